@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a Debian 12 (bookworm) machine:
+# Mesa 25 lavapipe (Vulkan on the CPU) and llvmpipe (GL/EGL) from bookworm-backports.
+# Debian 12's own Mesa 22.3.6 lavapipe silently cuts shader loops after 65,535
+# iterations, which turns kernels wrong without an error, so backports are required.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  # Same mirror as the machine's existing bookworm entry.
+  mirror=$( (cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null || true) \
+    | grep -E '^(URIs:|deb )' | grep -m1 -E 'debian/? *$|debian ' | sed -E 's/^URIs: *//; s/^deb +(\[[^]]*\] +)?//; s/ .*//' || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  echo "deb ${mirror} bookworm-backports main" > /etc/apt/sources.list.d/bookworm-backports.list
+fi
+apt-get update -qq
+apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libegl-mesa0 libgl1-mesa-dri libgles2 libvulkan1 >/dev/null

@@ -1,0 +1,1 @@
+//! The emulated SRAM-only machine: hardware description, placement, cost.

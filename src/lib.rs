@@ -1,0 +1,7 @@
+//! sramlm: real Llama-family inference on any GPU through wgpu, in two modes:
+//! VRAM mode (weights in GPU storage buffers) and SRAM mode (an emulated cluster
+//! of SRAM-only chips). See ARCHITECTURE.md for the data flow.
+
+pub mod chip;
+pub mod model;
+pub mod tokenizer;

@@ -1,0 +1,110 @@
+//! Model loading: one canonical description ([`LlamaConfig`] + [`ModelWeights`]
+//! + [`Tokenizer`]), produced by a loader per file format.
+
+pub mod config;
+pub mod gguf;
+pub mod safetensors;
+pub mod weights;
+
+pub use config::{LlamaConfig, RopeLayout};
+pub use weights::{DType, LayerTensor, ModelWeights, Tensor, WeightName};
+
+use crate::tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong between a path on disk and a model in memory.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("model path {0} does not exist")]
+    NotFound(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is missing from the model folder")]
+    MissingFile(PathBuf),
+    #[error("unsupported architecture: {0} (sramlm runs LlamaForCausalLM / GGUF `llama` models)")]
+    UnsupportedArchitecture(String),
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error("tensor `{0}` is missing from the weights")]
+    MissingTensor(String),
+    #[error("tensor `{tensor}` has shape {found:?}, but the config implies {expected:?}")]
+    Shape {
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("unsupported tensor type {dtype} for tensor `{tensor}`")]
+    UnsupportedDType { tensor: String, dtype: String },
+    #[error("corrupt or truncated weights file: {0}")]
+    Format(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}
+
+impl LoadError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A loaded model: configuration, weights (still in file encoding, mostly
+/// memory-mapped) and tokenizer.
+pub struct Model {
+    /// Short display name (folder or file stem).
+    pub name: String,
+    pub path: PathBuf,
+    /// `"safetensors"` or `"gguf"`.
+    pub format: &'static str,
+    pub config: LlamaConfig,
+    pub weights: ModelWeights,
+    pub tokenizer: Tokenizer,
+    /// Jinja chat template, when the model ships one.
+    pub chat_template: Option<String>,
+}
+
+/// Loads a Hugging Face model folder or a `.gguf` file.
+pub fn load(path: &Path) -> Result<Model, LoadError> {
+    if !path.exists() {
+        return Err(LoadError::NotFound(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        safetensors::load_folder(path)
+    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        gguf::load(path)
+    } else if path.file_name().is_some_and(|n| n == "config.json") {
+        safetensors::load_folder(path.parent().unwrap_or(Path::new(".")))
+    } else {
+        // Sniff the magic so a renamed GGUF still loads.
+        let mut magic = [0u8; 4];
+        use std::io::Read;
+        let ok = std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok();
+        if ok && &magic == b"GGUF" {
+            gguf::load(path)
+        } else {
+            Err(LoadError::Format(format!(
+                "{} is neither a model folder (config.json + model.safetensors) nor a GGUF file",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// The model compiled into the default search path: `models/stories260K`.
+pub fn default_model_path() -> PathBuf {
+    // A fresh clone run through cargo: the crate's own models/ folder.
+    let in_crate = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/stories260K");
+    let rel = PathBuf::from("models/stories260K");
+    if rel.exists() {
+        rel
+    } else {
+        in_crate
+    }
+}

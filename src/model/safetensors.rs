@@ -1,0 +1,152 @@
+//! Hugging Face folders: `config.json`, `model.safetensors` (or a sharded
+//! `model.safetensors.index.json`), `tokenizer.json`. Files are memory-mapped;
+//! tensor bytes are not copied until the GPU upload.
+
+use super::weights::{Bytes, DType, ModelWeights, Tensor, WeightName};
+use super::{LlamaConfig, LoadError, Model};
+use crate::tokenizer::Tokenizer;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Tensors of one or more memory-mapped safetensors files, by name.
+pub struct SafetensorsFiles {
+    tensors: HashMap<String, Tensor>,
+}
+
+impl SafetensorsFiles {
+    pub fn open_folder(dir: &Path) -> Result<Self, LoadError> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let mut files = Vec::new();
+        if single.exists() {
+            files.push(single);
+        } else if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| LoadError::io(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                LoadError::Format(format!("{} is not valid JSON: {e}", index.display()))
+            })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                LoadError::Format(format!("{} has no `weight_map` object", index.display()))
+            })?;
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            for s in shards {
+                if s.contains('/') || s.contains('\\') || s.contains("..") {
+                    return Err(LoadError::Format(format!("shard name `{s}` is not a plain file name")));
+                }
+                files.push(dir.join(s));
+            }
+        } else {
+            return Err(LoadError::MissingFile(single));
+        }
+        let mut tensors = HashMap::new();
+        for f in files {
+            for (name, t) in Self::open_file(&f)? {
+                tensors.insert(name, t);
+            }
+        }
+        Ok(SafetensorsFiles { tensors })
+    }
+
+    /// Maps one file and lists its tensors (bytes stay in the mapping).
+    pub fn open_file(path: &Path) -> Result<Vec<(String, Tensor)>, LoadError> {
+        if !path.exists() {
+            return Err(LoadError::MissingFile(path.to_path_buf()));
+        }
+        let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+        // SAFETY: the mapping is read-only; sramlm never writes model files, and
+        // the usual caveat (another process truncating the file) is accepted by
+        // every mmap-based loader.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
+        let map = Arc::new(map);
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| {
+            LoadError::Format(format!("{}: {e}", path.display()))
+        })?;
+        let base = map.as_ptr() as usize;
+        let mut out = Vec::new();
+        for (name, view) in st.tensors() {
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => DType::F32,
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                other => {
+                    return Err(LoadError::UnsupportedDType {
+                        tensor: name,
+                        dtype: format!("{other:?}"),
+                    })
+                }
+            };
+            let data = view.data();
+            let start = data.as_ptr() as usize - base;
+            out.push((
+                name,
+                Tensor {
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    bytes: Bytes::Mapped {
+                        map: map.clone(),
+                        start,
+                        len: data.len(),
+                    },
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn take(&mut self, name: &str) -> Option<Tensor> {
+        self.tensors.remove(name)
+    }
+}
+
+/// Loads a Hugging Face Llama folder.
+pub fn load_folder(dir: &Path) -> Result<Model, LoadError> {
+    if !dir.is_dir() {
+        return Err(LoadError::NotFound(dir.to_path_buf()));
+    }
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        return Err(LoadError::MissingFile(cfg_path));
+    }
+    let config = LlamaConfig::from_hf_json(&cfg_path)?;
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.exists() {
+        return Err(LoadError::MissingFile(tok_path));
+    }
+    let tokenizer = Tokenizer::from_file(&tok_path)?;
+    let mut files = SafetensorsFiles::open_folder(dir)?;
+    let weights = ModelWeights::assemble(
+        &config,
+        |w: WeightName| Ok(files.take(&w.hf())),
+        &|w: WeightName| w.hf(),
+    )?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(LoadError::Config(format!(
+            "tokenizer has {} tokens but the model's vocab_size is {}",
+            tokenizer.vocab_size(),
+            config.vocab_size
+        )));
+    }
+    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("chat_template").and_then(|s| s.as_str()).map(String::from));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    Ok(Model {
+        name,
+        path: dir.to_path_buf(),
+        format: "safetensors",
+        config,
+        weights,
+        tokenizer,
+        chat_template,
+    })
+}
