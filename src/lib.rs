@@ -5,3 +5,9 @@
 pub mod chip;
 pub mod model;
 pub mod tokenizer;
+pub mod gpu;
+pub mod kernels;
+pub mod exec;
+pub mod generate;
+pub mod sampling;
+pub mod testing;

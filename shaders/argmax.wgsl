@@ -1,0 +1,66 @@
+// Greedy pick on the GPU: the index of the largest logit of row `row`
+// (first index on ties, like torch.argmax). Writes [id, bitcast(value)].
+
+struct Params {
+    vocab: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+struct Step {
+    n_tokens: u32,
+    pos0: u32,
+    out_row0: u32,
+    n_out_rows: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<uniform> S: Step;
+@group(0) @binding(2) var<storage, read> L: array<f32>;      // [rows, vocab]
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;
+
+const WG: u32 = 256u;
+var<workgroup> best_v: array<f32, 256>;
+var<workgroup> best_i: array<u32, 256>;
+
+// NaN sorts below everything.
+fn key(v: f32) -> f32 {
+    if (v != v) {
+        return -3.4e38;
+    }
+    return v;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    let base = (S.n_out_rows - 1u) * P.vocab;
+    var bv = -3.4e38;
+    var bi = 0xffffffffu;
+    for (var i = lid; i < P.vocab; i += WG) {
+        let v = key(L[base + i]);
+        if (v > bv || bi == 0xffffffffu) {
+            bv = v;
+            bi = i;
+        }
+    }
+    best_v[lid] = bv;
+    best_i[lid] = bi;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            let ov = best_v[lid + s];
+            let oi = best_i[lid + s];
+            let mv = best_v[lid];
+            let mi = best_i[lid];
+            if (oi != 0xffffffffu && (mi == 0xffffffffu || ov > mv || (ov == mv && oi < mi))) {
+                best_v[lid] = ov;
+                best_i[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        out[0] = best_i[0];
+        out[1] = bitcast<u32>(best_v[0]);
+    }
+}

@@ -1,0 +1,34 @@
+// Token embedding gather: X[t, :] = decode(E[ids[t], :]).
+// PyTorch: x = embed_tokens(ids)        # [T, D]
+
+struct Params {
+    dim: u32,          // D
+    row_bytes: u32,    // bytes of one embedding row in file encoding
+    vocab: u32,
+    _pad: u32,
+}
+struct Step {
+    n_tokens: u32,
+    pos0: u32,
+    out_row0: u32,
+    n_out_rows: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<uniform> S: Step;
+@group(0) @binding(2) var<storage, read> W: array<u32>;
+@group(0) @binding(3) var<storage, read> ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> X: array<vec4<f32>>;
+
+#include wdecode
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c4 = gid.x;
+    let t = gid.y;
+    if (t >= S.n_tokens || c4 * 4u >= P.dim) {
+        return;
+    }
+    let id = min(ids[t], P.vocab - 1u);
+    X[(t * P.dim) / 4u + c4] = w4(id * P.row_bytes, c4 * 4u);
+}

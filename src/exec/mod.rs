@@ -1,0 +1,87 @@
+//! Executors: one per mode, same interface. An executor owns the GPU state of
+//! one model (weights, KV cache, activations) and runs steps of tokens.
+
+pub mod vram;
+
+use crate::gpu::GpuError;
+use crate::kernels::KernelClass;
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error("context window exceeded: position {pos} + {n} tokens > context length {ctx}")]
+    ContextFull { pos: usize, n: usize, ctx: usize },
+    #[error("token id {id} is outside the vocabulary ({vocab})")]
+    BadToken { id: u32, vocab: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a step sends back to the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readback {
+    /// Arg-max of the last position's logits (8 bytes).
+    Argmax,
+    /// The K best (id, logit) pairs of the last position (8·K bytes).
+    TopK(usize),
+    /// The full logits of the last position.
+    LastLogits,
+    /// The logits of every position of the step (tests, parity checks).
+    AllLogits,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepOutput {
+    Token { id: u32, logit: f32 },
+    Candidates(Vec<(u32, f32)>),
+    /// Row-major `[rows, vocab]`.
+    Logits { rows: usize, data: Vec<f32> },
+}
+
+/// Counters an executor keeps; modes add their own fields.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ExecCounters {
+    pub steps: u64,
+    pub submissions: u64,
+    pub dispatches: u64,
+    /// Dispatches of the most recent single-token step.
+    pub dispatches_last_decode: u64,
+    pub dispatches_by_class: BTreeMap<String, u64>,
+    pub readback_bytes: u64,
+}
+
+impl ExecCounters {
+    pub fn count(&mut self, class: KernelClass) {
+        self.dispatches += 1;
+        let name = serde_json::to_value(class)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        *self.dispatches_by_class.entry(name).or_default() += 1;
+    }
+}
+
+/// One mode's engine for one model.
+pub trait Executor {
+    /// `"vram"` or `"sram"`.
+    fn mode(&self) -> &'static str;
+    fn context_len(&self) -> usize;
+    /// Tokens already in the KV cache.
+    fn position(&self) -> usize;
+    /// Forgets the sequence (the cache is overwritten, not reallocated).
+    fn reset(&mut self);
+    /// Runs `ids` at the current position (any length up to the context), then
+    /// reads back what `rb` asks for about the step's last position (or all).
+    fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError>;
+    fn counters(&self) -> &ExecCounters;
+    /// Bytes of weights resident on the GPU.
+    fn weight_bytes(&self) -> u64;
+    /// Bytes of KV cache allocated on the GPU.
+    fn kv_bytes(&self) -> u64;
+    /// Mode-specific stats for the JSON output.
+    fn extra_stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}

@@ -1,0 +1,347 @@
+//! VRAM mode: the conventional engine. Every weight lives in a GPU storage
+//! buffer in its file encoding; each step streams them through the kernels.
+//! Activations and the KV cache are allocated once; a step is one command
+//! buffer and one submission; the next token is picked on the GPU.
+
+use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
+use crate::gpu::Gpu;
+use crate::kernels::{
+    argmax, attention, embed, matmul, rmsnorm, rope, silu_mul, topk, GpuWeight, KernelOp, Step,
+};
+use crate::model::{LayerTensor, LlamaConfig, ModelWeights, Tensor, WeightName};
+use std::sync::Arc;
+
+/// Default prompt-chunk size: tokens per batched prefill pass.
+pub const DEFAULT_CHUNK: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct VramOptions {
+    /// KV-cache length; `None` = the model's context window.
+    pub context: Option<usize>,
+    /// Most tokens per step (larger prompts run in several batched passes).
+    pub chunk: usize,
+}
+
+impl Default for VramOptions {
+    fn default() -> Self {
+        VramOptions {
+            context: None,
+            chunk: DEFAULT_CHUNK,
+        }
+    }
+}
+
+/// Activation buffers, allocated once for `chunk` tokens.
+struct Activations {
+    ids: wgpu::Buffer,    // [chunk] u32
+    x: wgpu::Buffer,      // [chunk, D]   residual stream
+    xn: wgpu::Buffer,     // [chunk, D]   normed
+    q: wgpu::Buffer,      // [chunk, H*hd]
+    k: wgpu::Buffer,      // [chunk, Hkv*hd]
+    v: wgpu::Buffer,      // [chunk, Hkv*hd]
+    att: wgpu::Buffer,    // [chunk, H*hd]
+    g: wgpu::Buffer,      // [chunk, I]
+    u: wgpu::Buffer,      // [chunk, I]
+    h: wgpu::Buffer,      // [chunk, I]
+    logits: wgpu::Buffer, // [chunk, V]
+    result: wgpu::Buffer, // [MAX_K][id, bits]
+}
+
+pub struct VramExecutor {
+    gpu: Arc<Gpu>,
+    cfg: LlamaConfig,
+    ctx: usize,
+    chunk: usize,
+    pos: usize,
+    step_buf: wgpu::Buffer,
+    act: Activations,
+    /// Embedding → layers → final norm, in forward order.
+    body: Vec<KernelOp>,
+    /// lm_head over the requested logit rows.
+    head: Vec<KernelOp>,
+    argmax: KernelOp,
+    topk: Option<(usize, KernelOp)>,
+    readback: wgpu::Buffer,
+    readback_size: u64,
+    weight_bytes: u64,
+    kv_bytes: u64,
+    counters: ExecCounters,
+    _keep: Vec<wgpu::Buffer>,
+}
+
+impl VramExecutor {
+    pub fn new(
+        gpu: Arc<Gpu>,
+        cfg: &LlamaConfig,
+        w: &ModelWeights,
+        opts: &VramOptions,
+    ) -> Result<Self, ExecError> {
+        let ctx = opts.context.unwrap_or(cfg.max_position_embeddings).max(1);
+        let chunk = opts.chunk.clamp(1, ctx);
+        let (d, qd, kvd, inter, vocab) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+            cfg.vocab_size,
+        );
+        let f = |n: usize| (n * 4) as u64;
+        let buf = |label: &str, size: u64| gpu.storage_buffer(label, size);
+        let act = Activations {
+            ids: buf("ids", f(chunk))?,
+            x: buf("x", f(chunk * d))?,
+            xn: buf("xn", f(chunk * d))?,
+            q: buf("q", f(chunk * qd))?,
+            k: buf("k", f(chunk * kvd))?,
+            v: buf("v", f(chunk * kvd))?,
+            att: buf("att", f(chunk * qd))?,
+            g: buf("g", f(chunk * inter))?,
+            u: buf("u", f(chunk * inter))?,
+            h: buf("h", f(chunk * inter))?,
+            logits: buf("logits", f(chunk * vocab))?,
+            result: buf("result", f(2 * topk::MAX_K))?,
+        };
+        let step_buf = gpu.uniform("step", &Step::default());
+        let table = rope::cos_sin_table(ctx, cfg.head_dim, cfg.rope_theta);
+        let cos_sin = gpu.upload("rope.cos_sin", bytemuck::cast_slice(&table))?;
+
+        // Weights: matrices as stored, norm vectors widened to f32 (tiny).
+        let weight_bytes = w.total_bytes() as u64;
+        let upload = |name: WeightName, t: &Tensor| -> Result<GpuWeight, ExecError> {
+            Ok(GpuWeight::upload(&gpu, &name.to_string(), t)?)
+        };
+        let norm = |gpu: &Gpu, name: WeightName, t: &Tensor| {
+            gpu.upload(&name.to_string(), bytemuck::cast_slice(&t.to_f32()))
+        };
+
+        let mut body = Vec::new();
+        let mut keep = vec![cos_sin.clone()];
+        // x = embed_tokens(ids)                                   [T, D]
+        let embed_w = upload(WeightName::Embed, &w.embed)?;
+        body.push(embed::build(&gpu, &step_buf, &embed_w, &act.ids, &act.x)?);
+        let mut kv_bytes = 0u64;
+        let shape = rope::Shape {
+            n_heads: cfg.num_heads,
+            n_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            layout: cfg.rope_layout,
+        };
+        let mut mats = Vec::new();
+        for (i, lw) in w.layers.iter().enumerate() {
+            let name = |t| WeightName::Layer(i, t);
+            let k_cache = buf(&format!("layers.{i}.k_cache"), f(ctx * kvd))?;
+            let v_cache = buf(&format!("layers.{i}.v_cache"), f(ctx * kvd))?;
+            kv_bytes += 2 * f(ctx * kvd);
+            let attn_norm = norm(&gpu, name(LayerTensor::AttnNorm), &lw.attn_norm)?;
+            let ffn_norm = norm(&gpu, name(LayerTensor::FfnNorm), &lw.ffn_norm)?;
+            let wq = upload(name(LayerTensor::Q), &lw.wq)?;
+            let wk = upload(name(LayerTensor::K), &lw.wk)?;
+            let wv = upload(name(LayerTensor::V), &lw.wv)?;
+            let wo = upload(name(LayerTensor::O), &lw.wo)?;
+            let wg = upload(name(LayerTensor::Gate), &lw.w_gate)?;
+            let wu = upload(name(LayerTensor::Up), &lw.w_up)?;
+            let wd = upload(name(LayerTensor::Down), &lw.w_down)?;
+            let l = format!("layers.{i}");
+            let mm = |n: &str, wt: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, acc: bool| {
+                matmul::build(&gpu, &step_buf, &format!("{l}.{n}"), wt, x, y, acc, matmul::Rows::Tokens)
+            };
+            // xn = rms_norm(x) * attn_norm                        [T, D]
+            body.push(rmsnorm::build(&gpu, &step_buf, &format!("{l}.attn_norm"), d, cfg.rms_norm_eps, &attn_norm, &act.x, &act.xn)?);
+            // q, k, v = xn @ Wq.T, xn @ Wk.T, xn @ Wv.T           [T, H*hd], [T, Hkv*hd] x2
+            body.extend(mm("wq", &wq, &act.xn, &act.q, false)?);
+            body.extend(mm("wk", &wk, &act.xn, &act.k, false)?);
+            body.extend(mm("wv", &wv, &act.xn, &act.v, false)?);
+            // q, k = rope(q, k, pos); k_cache[pos], v_cache[pos] = k, v
+            body.push(rope::build(&gpu, &step_buf, &format!("{l}.rope"), &shape, &cos_sin, &act.q, &act.k, &act.v, &k_cache, &v_cache)?);
+            // att = softmax(q k^T / sqrt(hd) + causal) v          [T, H*hd]
+            body.push(attention::build(&gpu, &step_buf, &format!("{l}.attention"), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, &act.q, &k_cache, &v_cache, &act.att)?);
+            // x += att @ Wo.T                                     [T, D]
+            body.extend(mm("wo", &wo, &act.att, &act.x, true)?);
+            // xn = rms_norm(x) * ffn_norm
+            body.push(rmsnorm::build(&gpu, &step_buf, &format!("{l}.ffn_norm"), d, cfg.rms_norm_eps, &ffn_norm, &act.x, &act.xn)?);
+            // h = silu(xn @ Wg.T) * (xn @ Wu.T)                   [T, I]
+            body.extend(mm("w_gate", &wg, &act.xn, &act.g, false)?);
+            body.extend(mm("w_up", &wu, &act.xn, &act.u, false)?);
+            body.push(silu_mul::build(&gpu, &step_buf, &format!("{l}.silu_mul"), inter, &act.g, &act.u, &act.h)?);
+            // x += h @ Wd.T                                       [T, D]
+            body.extend(mm("w_down", &wd, &act.h, &act.x, true)?);
+            keep.extend([k_cache, v_cache, attn_norm, ffn_norm]);
+            mats.extend([wq, wk, wv, wo, wg, wu, wd]);
+        }
+        // xn = rms_norm(x) * final_norm
+        let final_norm = norm(&gpu, WeightName::FinalNorm, &w.final_norm)?;
+        body.push(rmsnorm::build(&gpu, &step_buf, "final_norm", d, cfg.rms_norm_eps, &final_norm, &act.x, &act.xn)?);
+        // logits[rows] = xn[rows] @ W_out.T (tied: the embedding)   [rows, V]
+        let out_w = match &w.lm_head {
+            Some(t) => upload(WeightName::LmHead, t)?,
+            None => embed_w,
+        };
+        let head: Vec<KernelOp> = matmul::build(&gpu, &step_buf, "lm_head", &out_w, &act.xn, &act.logits, false, matmul::Rows::OutRows)?.into();
+        let argmax = argmax::build(&gpu, &step_buf, vocab, &act.logits, &act.result)?;
+        keep.push(final_norm);
+        let readback_size = f(2 * topk::MAX_K);
+        let readback = gpu.readback_buffer("readback", readback_size);
+        Ok(VramExecutor {
+            gpu,
+            cfg: cfg.clone(),
+            ctx,
+            chunk,
+            pos: 0,
+            step_buf,
+            act,
+            body,
+            head,
+            argmax,
+            topk: None,
+            readback,
+            readback_size,
+            weight_bytes,
+            kv_bytes,
+            counters: ExecCounters::default(),
+            _keep: keep,
+        })
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    fn ensure_readback(&mut self, size: u64) {
+        if size > self.readback_size {
+            self.readback = self.gpu.readback_buffer("readback", size);
+            self.readback_size = size;
+        }
+    }
+
+    /// Runs one chunk (≤ `self.chunk` tokens) and reads back `rb`.
+    fn run_chunk(&mut self, ids: &[u32], rb: Option<Readback>) -> Result<Option<StepOutput>, ExecError> {
+        let n = ids.len();
+        let vocab = self.cfg.vocab_size;
+        let (out_row0, n_out_rows) = match rb {
+            None => (0, 0),
+            Some(Readback::AllLogits) => (0, n),
+            Some(_) => (n - 1, 1),
+        };
+        let step = Step {
+            n_tokens: n as u32,
+            pos0: self.pos as u32,
+            out_row0: out_row0 as u32,
+            n_out_rows: n_out_rows as u32,
+        };
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&step));
+        q.write_buffer(&self.act.ids, 0, bytemuck::cast_slice(ids));
+        if let Some(Readback::TopK(k)) = rb {
+            let k = k.clamp(1, topk::MAX_K.min(vocab));
+            if self.topk.as_ref().map(|t| t.0) != Some(k) {
+                let op = topk::build(&self.gpu, &self.step_buf, vocab, k, &self.act.logits, &self.act.result)?;
+                self.topk = Some((k, op));
+            }
+        }
+        let mut enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        let mut dispatched = 0u64;
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+            let mut ops: Vec<&KernelOp> = self.body.iter().collect();
+            if n_out_rows > 0 {
+                ops.extend(self.head.iter());
+            }
+            match rb {
+                Some(Readback::Argmax) => ops.push(&self.argmax),
+                Some(Readback::TopK(_)) => ops.extend(self.topk.as_ref().map(|t| &t.1)),
+                _ => {}
+            }
+            for op in ops {
+                if op.record(&mut pass, &step) {
+                    self.counters.count(op.class);
+                    dispatched += 1;
+                }
+            }
+        }
+        let read_len: u64 = match rb {
+            None => 0,
+            Some(Readback::Argmax) => 8,
+            Some(Readback::TopK(_)) => 8 * self.topk.as_ref().map_or(1, |t| t.0) as u64,
+            Some(Readback::LastLogits) => (vocab * 4) as u64,
+            Some(Readback::AllLogits) => (n * vocab * 4) as u64,
+        };
+        if read_len > 0 {
+            self.ensure_readback(read_len);
+            let src = match rb {
+                Some(Readback::Argmax) | Some(Readback::TopK(_)) => &self.act.result,
+                _ => &self.act.logits,
+            };
+            enc.copy_buffer_to_buffer(src, 0, &self.readback, 0, read_len);
+        }
+        self.gpu.queue.submit([enc.finish()]);
+        self.counters.submissions += 1;
+        if n == 1 {
+            self.counters.dispatches_last_decode = dispatched;
+        }
+        self.pos += n;
+        if read_len == 0 {
+            return Ok(None);
+        }
+        let bytes = self.gpu.read(&self.readback, read_len)?;
+        self.counters.readback_bytes += read_len;
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        Ok(Some(match rb {
+            Some(Readback::Argmax) => StepOutput::Token { id: words[0], logit: f32::from_bits(words[1]) },
+            Some(Readback::TopK(_)) => StepOutput::Candidates(words.chunks(2).map(|p| (p[0], f32::from_bits(p[1]))).collect()),
+            Some(Readback::LastLogits) => StepOutput::Logits { rows: 1, data: bytemuck::cast_slice(&bytes).to_vec() },
+            _ => StepOutput::Logits { rows: n, data: bytemuck::cast_slice(&bytes).to_vec() },
+        }))
+    }
+}
+
+impl Executor for VramExecutor {
+    fn mode(&self) -> &'static str {
+        "vram"
+    }
+    fn context_len(&self) -> usize {
+        self.ctx
+    }
+    fn position(&self) -> usize {
+        self.pos
+    }
+    fn reset(&mut self) {
+        self.pos = 0;
+    }
+    fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
+        if ids.is_empty() {
+            return Err(ExecError::Invalid("a step needs at least one token".into()));
+        }
+        if self.pos + ids.len() > self.ctx {
+            return Err(ExecError::ContextFull { pos: self.pos, n: ids.len(), ctx: self.ctx });
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(ExecError::BadToken { id, vocab: self.cfg.vocab_size });
+        }
+        self.counters.steps += 1;
+        let chunks: Vec<&[u32]> = ids.chunks(self.chunk).collect();
+        let last = chunks.len() - 1;
+        let mut all = Vec::new();
+        let mut rows = 0;
+        for (i, c) in chunks.into_iter().enumerate() {
+            let want = if rb == Readback::AllLogits { Some(rb) } else if i == last { Some(rb) } else { None };
+            match self.run_chunk(c, want)? {
+                Some(StepOutput::Logits { rows: r, data }) if rb == Readback::AllLogits => {
+                    rows += r;
+                    all.extend(data);
+                }
+                Some(out) if i == last => return Ok(out),
+                _ => {}
+            }
+        }
+        Ok(StepOutput::Logits { rows, data: all })
+    }
+    fn counters(&self) -> &ExecCounters {
+        &self.counters
+    }
+    fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+    fn kv_bytes(&self) -> u64 {
+        self.kv_bytes
+    }
+}

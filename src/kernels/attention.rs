@@ -1,0 +1,121 @@
+//! Causal GQA attention over the KV cache (`shaders/attention.wgsl`).
+
+use super::{KernelClass, KernelOp, Step};
+use crate::gpu::{Gpu, GpuError, Shader, ShaderVariant};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub scale: f32,
+}
+
+pub fn variant(head_dim: usize) -> ShaderVariant {
+    let ch = head_dim.min(16);
+    ShaderVariant::new("main")
+        .define(format!("HD={head_dim}"))
+        .define(format!("CH={ch}"))
+        .define(format!("REDV={}", 64 * ch))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    q: &wgpu::Buffer,
+    k_cache: &wgpu::Buffer,
+    v_cache: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<KernelOp, GpuError> {
+    if head_dim > 16 && head_dim % 16 != 0 {
+        return Err(GpuError::Device(format!(
+            "attention needs head_dim ≤ 16 or a multiple of 16, got {head_dim}"
+        )));
+    }
+    let p = Params {
+        n_heads: n_heads as u32,
+        n_kv_heads: n_kv_heads as u32,
+        head_dim: head_dim as u32,
+        scale: (head_dim as f64).powf(-0.5) as f32,
+    };
+    let params = gpu.uniform("attention.params", &p);
+    let pipe = gpu.pipeline(Shader::Attention, &variant(head_dim))?;
+    let h = n_heads as u32;
+    Ok(KernelOp::new(
+        gpu,
+        name,
+        KernelClass::Attention,
+        pipe,
+        &[&params, step, q, k_cache, v_cache, out],
+        move |s: &Step| [h, s.n_tokens, 1],
+    ))
+}
+
+/// CPU reference for token at `pos` (f64): q `[H*hd]`, caches `[ctx, Hkv*hd]`.
+pub fn cpu(q: &[f32], kc: &[f32], vc: &[f32], pos: usize, h: usize, hkv: usize, hd: usize) -> Vec<f32> {
+    let kv_dim = hkv * hd;
+    let scale = (hd as f64).powf(-0.5);
+    let mut out = vec![0f32; h * hd];
+    for head in 0..h {
+        let kvh = head / (h / hkv);
+        let qh = &q[head * hd..(head + 1) * hd];
+        let scores: Vec<f64> = (0..=pos)
+            .map(|s| {
+                let kr = &kc[s * kv_dim + kvh * hd..s * kv_dim + (kvh + 1) * hd];
+                qh.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for d in 0..hd {
+            let v: f64 = (0..=pos).map(|s| e[s] * vc[s * kv_dim + kvh * hd + d] as f64).sum();
+            out[head * hd + d] = (v / z) as f32;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    fn check(h: usize, hkv: usize, hd: usize, t: usize, pos0: usize) {
+        let Some(gpu) = gpu() else { return };
+        let ctx = pos0 + t + 3;
+        let kv_dim = hkv * hd;
+        let q: Vec<f32> = seeded(t * h * hd, 1).iter().map(|v| v * 3.0).collect();
+        let kc = seeded(ctx * kv_dim, 2);
+        let vc: Vec<f32> = seeded(ctx * kv_dim, 3).iter().enumerate().map(|(i, v)| v + (i % 7) as f32).collect();
+        let up = |n: &str, d: &[f32]| gpu.upload(n, bytemuck::cast_slice(d)).unwrap();
+        let (qb, kb, vb) = (up("q", &q), up("kc", &kc), up("vc", &vc));
+        let ob = gpu.storage_buffer("o", (t * h * hd * 4) as u64).unwrap();
+        let step_buf = gpu.uniform("step", &Step::default());
+        let op = build(&gpu, &step_buf, "attn", h, hkv, hd, &qb, &kb, &vb, &ob).unwrap();
+        run(&gpu, &step_buf, Step { n_tokens: t as u32, pos0: pos0 as u32, out_row0: 0, n_out_rows: 1 }, &[&op]);
+        let got = read_f32(&gpu, &ob, t * h * hd);
+        let want: Vec<f32> = (0..t)
+            .flat_map(|i| cpu(&q[i * h * hd..(i + 1) * h * hd], &kc, &vc, pos0 + i, h, hkv, hd))
+            .collect();
+        assert_close(&got, &want, 1e-5, &format!("attention h={h} hkv={hkv} hd={hd}"));
+    }
+
+    #[test]
+    fn attention_small_heads() {
+        check(8, 4, 8, 5, 0);
+        check(8, 4, 8, 1, 37);
+    }
+
+    #[test]
+    fn attention_long_context_gqa() {
+        check(9, 3, 64, 3, 150);
+        check(6, 2, 32, 1, 0);
+    }
+}

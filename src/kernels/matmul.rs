@@ -1,0 +1,221 @@
+//! `Y (+)= X · Wᵀ` with the weight decoded in-kernel (`shaders/matmul.wgsl`).
+//!
+//! Two variants of one shader: TT=1 token per workgroup (decode, a matvec) and
+//! TT=4 (prefill, weights reused across 4 tokens). Both are built; each step
+//! dispatches exactly one of them (the other's grid is empty).
+
+use super::{weight_define, GpuWeight, KernelClass, KernelOp, Step};
+use crate::gpu::{Gpu, GpuError, Shader, ShaderVariant};
+use crate::model::DType;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub n: u32,
+    pub k: u32,
+    pub row_bytes: u32,
+    pub out_rows_only: u32,
+}
+
+/// Output rows per workgroup.
+pub const R: u32 = 4;
+/// Tokens per workgroup in the prefill variant.
+pub const TT_PREFILL: u32 = 4;
+
+/// Which rows of X the product runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// All of the step's tokens (`Step::n_tokens`).
+    Tokens,
+    /// Only the logit rows (`Step::out_row0 .. + n_out_rows`), written from row 0.
+    OutRows,
+}
+
+pub fn variant(dtype: DType, tt: u32, accumulate: bool) -> ShaderVariant {
+    let mut v = ShaderVariant::new("main")
+        .define(weight_define(dtype))
+        .define(format!("R={R}"))
+        .define(format!("TT={tt}"))
+        .define(format!("RED={}", 64 * R * tt));
+    if accumulate {
+        v = v.define("ACCUMULATE");
+    }
+    v
+}
+
+/// Builds both variants; record both every step (one of them is empty).
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    w: &GpuWeight,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    accumulate: bool,
+    rows: Rows,
+) -> Result<[KernelOp; 2], GpuError> {
+    let p = Params {
+        n: w.rows as u32,
+        k: w.cols as u32,
+        row_bytes: w.row_bytes(),
+        out_rows_only: (rows == Rows::OutRows) as u32,
+    };
+    let params = gpu.uniform("matmul.params", &p);
+    let class = if rows == Rows::OutRows {
+        KernelClass::Logits
+    } else {
+        KernelClass::Matmul
+    };
+    let n_groups = (w.rows as u32).div_ceil(R);
+    let count = move |s: &Step| match rows {
+        Rows::Tokens => s.n_tokens,
+        Rows::OutRows => s.n_out_rows,
+    };
+    let one = KernelOp::new(
+        gpu,
+        format!("{name}"),
+        class,
+        gpu.pipeline(Shader::Matmul, &variant(w.dtype, 1, accumulate))?,
+        &[&params, step, &w.buf, x, y],
+        move |s: &Step| if count(s) == 1 { [n_groups, 1, 1] } else { [0, 0, 0] },
+    );
+    let many = KernelOp::new(
+        gpu,
+        format!("{name}"),
+        class,
+        gpu.pipeline(Shader::Matmul, &variant(w.dtype, TT_PREFILL, accumulate))?,
+        &[&params, step, &w.buf, x, y],
+        move |s: &Step| {
+            let c = count(s);
+            if c > 1 {
+                [n_groups, c.div_ceil(TT_PREFILL), 1]
+            } else {
+                [0, 0, 0]
+            }
+        },
+    );
+    Ok([one, many])
+}
+
+/// CPU reference: `y[t, n] = sum_k x[t, k] w[n, k]` (f64 accumulation).
+pub fn cpu(x: &[f32], w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    x.chunks(k)
+        .flat_map(|xr| {
+            (0..n).map(move |r| {
+                w[r * k..(r + 1) * k]
+                    .iter()
+                    .zip(xr)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>() as f32
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+    use crate::model::weights::{dequantize, Bytes};
+    use crate::model::Tensor;
+    use std::sync::Arc;
+
+    /// Random bytes in `dtype`'s encoding with sane scales.
+    fn encode(dtype: DType, n: usize, k: usize, seed: u64) -> Vec<u8> {
+        let vals = seeded(n * k, seed);
+        let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
+        let mut out = Vec::new();
+        match dtype {
+            DType::F32 => out.extend(bytemuck::cast_slice::<f32, u8>(&vals)),
+            DType::F16 => vals.iter().for_each(|&v| out.extend(f16(v))),
+            DType::BF16 => vals.iter().for_each(|&v| out.extend(half::bf16::from_f32(v).to_le_bytes())),
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                let raw = seeded(n * k * 2, seed ^ 0x55);
+                for b in 0..n * k / 32 {
+                    let d = 0.01 + raw[2 * b].abs() * 0.05;
+                    out.extend(f16(d));
+                    if dtype == DType::Q4_1 {
+                        out.extend(f16(raw[2 * b + 1] * 0.3));
+                    }
+                    let qs: Vec<u8> = (0..32).map(|j| ((vals[b * 32 + j] + 1.0) * 127.9) as u8).collect();
+                    match dtype {
+                        DType::Q8_0 => out.extend(qs.iter().map(|&q| q.wrapping_sub(128))),
+                        _ => out.extend((0..16).map(|j| (qs[j] >> 4) | (qs[j + 16] & 0xf0))),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check(dtype: DType, n: usize, k: usize, tokens: usize, accumulate: bool, rows: Rows) {
+        let gpu = match gpu() {
+            Some(g) => g,
+            None => return,
+        };
+        let bytes = encode(dtype, n, k, 11 + n as u64);
+        let wf = dequantize(dtype, &bytes, n * k);
+        let t = Tensor {
+            dtype,
+            shape: vec![n, k],
+            bytes: Bytes::Owned(Arc::new(bytes)),
+        };
+        let w = GpuWeight::upload(&gpu, "w", &t).unwrap();
+        // Asymmetric input: rows differ in scale so a transpose shows.
+        let x: Vec<f32> = seeded(tokens * k, 3)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1.0 + (i / k) as f32))
+            .collect();
+        let y0 = seeded(tokens * n, 5);
+        let xb = gpu.upload("x", bytemuck::cast_slice(&x)).unwrap();
+        let yb = gpu.upload("y", bytemuck::cast_slice(&y0)).unwrap();
+        let step_buf = gpu.uniform("step", &Step::default());
+        let ops = build(&gpu, &step_buf, "mm", &w, &xb, &yb, accumulate, rows).unwrap();
+        let (step, xs) = match rows {
+            Rows::Tokens => (
+                Step { n_tokens: tokens as u32, pos0: 0, out_row0: 0, n_out_rows: 1 },
+                &x[..],
+            ),
+            Rows::OutRows => (
+                Step { n_tokens: tokens as u32, pos0: 0, out_row0: 1, n_out_rows: tokens as u32 - 1 },
+                &x[k..],
+            ),
+        };
+        run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
+        let mut want = cpu(xs, &wf, n, k);
+        if accumulate {
+            want.iter_mut().zip(&y0).for_each(|(a, b)| *a += b);
+        }
+        let got = read_f32(&gpu, &yb, want.len());
+        assert_close(&got, &want, 2e-5, &format!("matmul {dtype} n={n} k={k} T={tokens}"));
+    }
+
+    #[test]
+    fn f32_decode_and_prefill() {
+        check(DType::F32, 37, 172, 1, false, Rows::Tokens);
+        check(DType::F32, 37, 172, 7, false, Rows::Tokens);
+        check(DType::F32, 19, 64, 9, true, Rows::Tokens);
+    }
+
+    #[test]
+    fn half_types() {
+        check(DType::F16, 23, 68, 1, false, Rows::Tokens);
+        check(DType::BF16, 23, 68, 6, true, Rows::Tokens);
+    }
+
+    #[test]
+    fn quantized_types() {
+        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            check(dt, 29, 96, 1, false, Rows::Tokens);
+            check(dt, 13, 160, 5, true, Rows::Tokens);
+        }
+    }
+
+    #[test]
+    fn logits_rows_only() {
+        check(DType::F32, 41, 64, 6, false, Rows::OutRows);
+        check(DType::Q8_0, 41, 64, 2, false, Rows::OutRows);
+    }
+}

@@ -1,0 +1,154 @@
+//! Kernels: each op pairs `shaders/<op>.wgsl` with `src/kernels/<op>.rs`
+//! (params struct in WGSL binding order, variant choice, dispatch sizing, CPU
+//! reference, tests). An op is built once into a [`KernelOp`] (pipeline + bind
+//! group); executors record the list per step.
+
+pub mod argmax;
+pub mod attention;
+pub mod embed;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod silu_mul;
+pub mod topk;
+
+
+use crate::gpu::{Gpu, GpuError};
+use crate::model::DType;
+use std::sync::Arc;
+
+/// Per-step values every kernel can read (one uniform buffer, written before
+/// each submission). Matches `struct Step` in the WGSL files.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Step {
+    /// Tokens processed in this step (prompt chunk length, or 1 when decoding).
+    pub n_tokens: u32,
+    /// Position of the first of them.
+    pub pos0: u32,
+    /// First row whose logits are computed.
+    pub out_row0: u32,
+    /// Number of logit rows computed (1 when generating).
+    pub n_out_rows: u32,
+}
+
+/// What a kernel is, for per-class timing and dispatch counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelClass {
+    Embed,
+    Norm,
+    Matmul,
+    Rope,
+    Attention,
+    Elementwise,
+    Logits,
+    Sample,
+    Link,
+}
+
+type GridFn = Box<dyn Fn(&Step) -> [u32; 3] + Send + Sync>;
+
+/// A built dispatch: pipeline, bind group and how many workgroups a step needs.
+pub struct KernelOp {
+    pub name: String,
+    pub class: KernelClass,
+    pub pipeline: Arc<wgpu::ComputePipeline>,
+    pub bind_group: wgpu::BindGroup,
+    grid: GridFn,
+}
+
+impl KernelOp {
+    pub fn new(
+        gpu: &Gpu,
+        name: impl Into<String>,
+        class: KernelClass,
+        pipeline: Arc<wgpu::ComputePipeline>,
+        buffers: &[&wgpu::Buffer],
+        grid: impl Fn(&Step) -> [u32; 3] + Send + Sync + 'static,
+    ) -> Self {
+        let name = name.into();
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&name),
+            layout: &layout,
+            entries: &entries,
+        });
+        KernelOp {
+            name,
+            class,
+            pipeline,
+            bind_group,
+            grid: Box::new(grid),
+        }
+    }
+
+    pub fn groups(&self, step: &Step) -> [u32; 3] {
+        (self.grid)(step)
+    }
+
+    /// Records this op into a compute pass; returns false if the step needs no work.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, step: &Step) -> bool {
+        let [x, y, z] = self.groups(step);
+        if x == 0 || y == 0 || z == 0 {
+            return false;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+        true
+    }
+}
+
+/// A weight matrix on the GPU, bytes exactly as in the model file.
+pub struct GpuWeight {
+    pub buf: wgpu::Buffer,
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    /// Bytes of the file encoding (what `info` and the stats report).
+    pub bytes: usize,
+}
+
+impl GpuWeight {
+    pub fn upload(gpu: &Gpu, label: &str, t: &crate::model::Tensor) -> Result<Self, GpuError> {
+        Ok(GpuWeight {
+            buf: gpu.upload(label, t.bytes.as_slice())?,
+            dtype: t.dtype,
+            rows: t.rows(),
+            cols: t.cols(),
+            bytes: t.byte_len(),
+        })
+    }
+    pub fn row_bytes(&self) -> u32 {
+        (self.cols / self.dtype.block_len() * self.dtype.block_bytes()) as u32
+    }
+}
+
+/// The WGSL define selecting the weight decoder for `dtype`.
+pub fn weight_define(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "W_F32",
+        DType::F16 => "W_F16",
+        DType::BF16 => "W_BF16",
+        DType::Q8_0 => "W_Q8_0",
+        DType::Q4_0 => "W_Q4_0",
+        DType::Q4_1 => "W_Q4_1",
+    }
+}
+
+pub fn f32_bytes(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+pub fn ceil_div(a: u32, b: u32) -> u32 {
+    a.div_ceil(b)
+}

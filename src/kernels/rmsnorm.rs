@@ -1,0 +1,78 @@
+//! RMSNorm (`shaders/rmsnorm.wgsl`).
+
+use super::{KernelClass, KernelOp, Step};
+use crate::gpu::{Gpu, GpuError, Shader, ShaderVariant};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub dim: u32,
+    pub eps: f32,
+    pub _pad: [u32; 2],
+}
+
+/// `Y[t] = X[t] * rsqrt(mean(X[t]^2) + eps) * w` for each of the step's rows.
+pub fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    dim: usize,
+    eps: f32,
+    w: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+) -> Result<KernelOp, GpuError> {
+    let pipe = gpu.pipeline(Shader::Rmsnorm, &ShaderVariant::new("main"))?;
+    let params = gpu.uniform(
+        "rmsnorm.params",
+        &Params {
+            dim: dim as u32,
+            eps,
+            _pad: [0; 2],
+        },
+    );
+    Ok(KernelOp::new(
+        gpu,
+        name,
+        KernelClass::Norm,
+        pipe,
+        &[&params, step, w, x, y],
+        |s: &Step| [s.n_tokens, 1, 1],
+    ))
+}
+
+/// CPU reference (f64 accumulation).
+pub fn cpu(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let dim = w.len();
+    x.chunks(dim)
+        .flat_map(|row| {
+            let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            row.iter()
+                .zip(w)
+                .map(move |(&v, &g)| (g as f64 * (v as f64 * inv)) as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    fn rmsnorm_matches_cpu() {
+        let Some(gpu) = gpu() else { return };
+        let (rows, dim) = (5, 141);
+        let x: Vec<f32> = seeded(rows * dim, 1).iter().enumerate().map(|(i, v)| v * (1.0 + i as f32 * 0.01)).collect();
+        let w = seeded(dim, 2);
+        let xb = gpu.upload("x", bytemuck::cast_slice(&x)).unwrap();
+        let wb = gpu.upload("w", bytemuck::cast_slice(&w)).unwrap();
+        let yb = gpu.storage_buffer("y", (x.len() * 4) as u64).unwrap();
+        let step_buf = gpu.uniform("step", &Step::default());
+        let op = build(&gpu, &step_buf, "norm", dim, 1e-5, &wb, &xb, &yb).unwrap();
+        run(&gpu, &step_buf, Step { n_tokens: rows as u32, pos0: 0, out_row0: 0, n_out_rows: 1 }, &[&op]);
+        assert_close(&read_f32(&gpu, &yb, x.len()), &cpu(&x, &w, 1e-5), 1e-6, "rmsnorm");
+    }
+}

@@ -1,0 +1,185 @@
+//! Helpers for the test suite (unit and integration tests): the test GPU,
+//! seeded data, tolerant comparison. Not used by the engine itself.
+
+use crate::gpu::{Gpu, GpuOptions};
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
+
+/// Writes past libtest's output capture, so every GPU test shows its adapter.
+fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "[sramlm test] {msg}");
+}
+
+/// The adapter chosen by `SRAMLM_BACKEND` / `SRAMLM_ADAPTER` /
+/// `SRAMLM_DOWNLEVEL`, shared by the tests of one binary. Without one: a
+/// visible skip locally, a panic (test failure) when `CI` is set.
+pub fn gpu() -> Option<Arc<Gpu>> {
+    static GPU: OnceLock<Result<Arc<Gpu>, String>> = OnceLock::new();
+    let g = GPU.get_or_init(|| {
+        GpuOptions::from_env()
+            .map_err(|e| e.to_string())
+            .and_then(|o| Gpu::new(&o).map_err(|e| e.to_string()))
+    });
+    let name = std::thread::current().name().unwrap_or("?").to_string();
+    match g {
+        Ok(g) => {
+            say(&format!("{name}: adapter {} {:?}", g.describe(), g.level));
+            Some(g.clone())
+        }
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set but no GPU adapter is usable: {e}");
+            }
+            say(&format!("{name}: SKIPPED (no GPU adapter): {e}"));
+            None
+        }
+    }
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (splitmix64).
+pub fn seeded(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        assert!(
+            err <= tol * (1.0 + w.abs()),
+            "{what}: index {i}: got {g}, want {w} (err {err})"
+        );
+    }
+}
+
+pub fn read_f32(gpu: &Gpu, buf: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    let bytes = gpu.read_storage(buf, (n * 4) as u64).expect("readback");
+    bytemuck::cast_slice(&bytes).to_vec()
+}
+
+/// Runs the given ops in one pass with `step` and waits for them.
+pub fn run(
+    gpu: &Gpu,
+    step_buf: &wgpu::Buffer,
+    step: crate::kernels::Step,
+    ops: &[&crate::kernels::KernelOp],
+) {
+    gpu.queue.write_buffer(step_buf, 0, bytemuck::bytes_of(&step));
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for op in ops {
+            op.record(&mut pass, &step);
+        }
+    }
+    gpu.queue.submit([enc.finish()]);
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+}
+
+/// One prompt of a reference fixture (computed with Hugging Face transformers).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct RefPrompt {
+    pub key: String,
+    pub text: String,
+    pub input_ids: Vec<u32>,
+    /// Per position: the 10 largest `[id, logit]`, best first.
+    pub topk_per_position: Vec<Vec<(u32, f32)>>,
+    pub logit_11th_largest_per_position: Vec<f32>,
+    pub greedy: RefGreedy,
+    pub all_logits_tensor: Option<String>,
+    pub last_logits_tensor: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct RefGreedy {
+    pub new_ids: Vec<u32>,
+    pub top1_minus_top2_logit_margin: Vec<f32>,
+}
+
+/// A reference fixture folder: `<name>.json` plus `<name>.safetensors`.
+pub struct Reference {
+    pub prompts: Vec<RefPrompt>,
+    tensors: std::collections::HashMap<String, Vec<f32>>,
+}
+
+impl Reference {
+    pub fn load(dir: &std::path::Path, name: &str) -> anyhow::Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            prompts: Vec<RefPrompt>,
+        }
+        let json = std::fs::read_to_string(dir.join(format!("{name}.json")))?;
+        let f: File = serde_json::from_str(&json)?;
+        let bytes = std::fs::read(dir.join(format!("{name}.safetensors")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)?;
+        let mut tensors = std::collections::HashMap::new();
+        for (k, v) in st.tensors() {
+            let data: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            tensors.insert(k, data);
+        }
+        Ok(Reference {
+            prompts: f.prompts,
+            tensors,
+        })
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&[f32]> {
+        self.tensors.get(name).map(|v| v.as_slice())
+    }
+}
+
+/// The fixture folder of the crate (`tests/fixtures/<name>`).
+pub fn fixture_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Checks one position's logits against the reference top-10 with tolerance
+/// `tol`: the sets must agree where the 10th logit clears the 11th by more than
+/// `tol`, and ranks may differ only between logits tied within `tol`.
+pub fn check_top10(
+    logits: &[f32],
+    want: &[(u32, f32)],
+    eleventh: f32,
+    tol: f32,
+) -> Result<(), String> {
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    let got: Vec<u32> = ids[..want.len()].to_vec();
+    for (r, &(wid, wl)) in want.iter().enumerate() {
+        let gid = got[r];
+        if gid == wid {
+            continue;
+        }
+        // A different id at rank r: fine only if its reference logit ties.
+        let gl_ref = want.iter().find(|p| p.0 == gid).map(|p| p.1);
+        let tie = match gl_ref {
+            Some(l) => (l - wl).abs() <= 2.0 * tol,
+            // Outside the reference top-10: allowed only at the boundary tie.
+            None => want.last().is_some_and(|l| l.1 - eleventh <= 2.0 * tol),
+        };
+        if !tie {
+            return Err(format!(
+                "rank {r}: got id {gid}, reference id {wid} (logit {wl}); top-10 got {got:?}"
+            ));
+        }
+    }
+    Ok(())
+}
