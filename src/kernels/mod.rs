@@ -152,3 +152,26 @@ pub fn f32_bytes(v: &[f32]) -> &[u8] {
 pub fn ceil_div(a: u32, b: u32) -> u32 {
     a.div_ceil(b)
 }
+
+/// Every (shader, variant) the VRAM-mode kernels can build, for the GPU-free
+/// naga test (each must parse, validate and fit 16 KiB of workgroup memory).
+pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
+    use crate::gpu::{Shader, ShaderVariant};
+    let dtypes = [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1];
+    let mut v = Vec::new();
+    for dt in dtypes {
+        v.push((Shader::Embed, ShaderVariant::new("main").define(weight_define(dt))));
+        for tt in [1, matmul::TT_PREFILL] {
+            for acc in [false, true] {
+                v.push((Shader::Matmul, matmul::variant(dt, tt, acc)));
+            }
+        }
+    }
+    for hd in [8, 16, 32, 64, 128] {
+        v.push((Shader::Attention, attention::variant(hd)));
+    }
+    for s in [Shader::Rmsnorm, Shader::Rope, Shader::SiluMul, Shader::Argmax, Shader::Topk] {
+        v.push((s, ShaderVariant::new("main")));
+    }
+    v
+}
