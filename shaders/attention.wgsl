@@ -7,12 +7,26 @@
 // with an online softmax (running max, sum and weighted V); the 64 partial
 // states are then merged in shared memory. HD={{HD}} (head_dim), CH={{CH}}
 // (dims merged per round, divides HD).
+//
+// PARTIAL (SRAM mode): the layer's KV cache is split over chips by KV heads and
+// positions. Each chip folds its block [kv_head_begin, kv_head_end) x
+// [pos_begin, pos_end) into a running softmax state St[t, h] = (m, l, acc[HD])
+// that travels chip to chip over the links; the first block starts it (init),
+// the last one normalises it into O (finalize).
 
 struct Params {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
     scale: f32,
+    kv_head_begin: u32,
+    kv_head_end: u32,
+    pos_begin: u32,
+    pos_end: u32,
+    init: u32,
+    finalize: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 struct Step {
     n_tokens: u32,
@@ -27,6 +41,9 @@ struct Step {
 @group(0) @binding(3) var<storage, read> Kc: array<f32>;      // [ctx, Hkv*hd]
 @group(0) @binding(4) var<storage, read> Vc: array<f32>;      // [ctx, Hkv*hd]
 @group(0) @binding(5) var<storage, read_write> O: array<f32>; // [T, H*hd]
+#ifdef PARTIAL
+@group(0) @binding(6) var<storage, read_write> St: array<f32>; // [T, H, 2 + hd]
+#endif
 
 const WG: u32 = 64u;
 const HD: u32 = {{HD}}u;
@@ -55,7 +72,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var d = 0u; d < HD; d++) {
         acc[d] = 0.0;
     }
-    for (var s = lid; s <= pos; s += WG) {
+    var s_begin = P.pos_begin;
+    var s_end = min(P.pos_end, pos + 1u);
+    if (kvh < P.kv_head_begin || kvh >= P.kv_head_end) {
+        s_end = s_begin; // not this block's head: nothing to fold in
+    }
+    for (var s = s_begin + lid; s < s_end; s += WG) {
         let kb = s * kv_dim + kvh * HD;
         var dotp = 0.0;
         for (var d = 0u; d < HD; d++) {
@@ -95,8 +117,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    let inv_l = 1.0 / red_m[0];
+    let l_sum = red_m[0];
     let ob = t * P.n_heads * HD + h * HD;
+#ifdef PARTIAL
+    let sb = (t * P.n_heads + h) * (2u + HD);
+    var m0 = -3.0e38;
+    var l0 = 0.0;
+    if (P.init == 0u) {
+        m0 = St[sb];
+        l0 = St[sb + 1u];
+    }
+    let m_new = max(m0, gm);
+    var a = 0.0;
+    if (l0 > 0.0) {
+        a = exp(m0 - m_new);
+    }
+    var b = 0.0;
+    if (l_sum > 0.0) {
+        b = exp(gm - m_new);
+    }
+    let l_new = l0 * a + l_sum * b;
+    let inv_l = 1.0 / l_new;
+#else
+    let inv_l = 1.0 / l_sum;
+#endif
     for (var c = 0u; c < HD; c += CH) {
         for (var j = 0u; j < CH; j++) {
             red_v[lid * CH + j] = acc[c + j] * f;
@@ -111,8 +155,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             workgroupBarrier();
         }
         if (lid < CH) {
+#ifdef PARTIAL
+            var acc0 = 0.0;
+            if (P.init == 0u) {
+                acc0 = St[sb + 2u + c + lid];
+            }
+            let merged = acc0 * a + red_v[lid] * b;
+            if (P.finalize == 1u) {
+                O[ob + c + lid] = merged * inv_l;
+            } else {
+                St[sb + 2u + c + lid] = merged;
+            }
+#else
             O[ob + c + lid] = red_v[lid] * inv_l;
+#endif
         }
         workgroupBarrier();
     }
+#ifdef PARTIAL
+    if (lid == 0u && P.finalize == 0u) {
+        St[sb] = m_new;
+        St[sb + 1u] = l_new;
+    }
+#endif
 }

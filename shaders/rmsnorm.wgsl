@@ -22,6 +22,10 @@ struct Step {
 
 const WG: u32 = 64u;
 var<workgroup> red: array<f32, 64>;
+#ifdef STAGE_WEIGHT
+// SRAM mode: the norm weight is staged into the slice and read from there.
+var<workgroup> wsram: array<f32, {{DIM}}>;
+#endif
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -30,6 +34,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let base = t * P.dim;
+#ifdef STAGE_WEIGHT
+    for (var i = lid; i < P.dim; i += WG) {
+        wsram[i] = w[i];
+    }
+#endif
     var ss = 0.0;
     for (var i = lid; i < P.dim; i += WG) {
         let v = X[base + i];
@@ -45,6 +54,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let inv = inverseSqrt(red[0] / f32(P.dim) + P.eps);
     for (var i = lid; i < P.dim; i += WG) {
+#ifdef STAGE_WEIGHT
+        Y[base + i] = wsram[i] * (X[base + i] * inv);
+#else
         Y[base + i] = w[i] * (X[base + i] * inv);
+#endif
     }
 }

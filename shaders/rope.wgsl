@@ -4,12 +4,24 @@
 // PyTorch: q, k = apply_rotary_pos_emb(q, k, cos, sin); cache[pos] = k, v
 //
 // LAYOUT 0 (rotate_half): pairs (i, i + hd/2); LAYOUT 1 (GGUF): pairs (2i, 2i+1).
+//
+// SRAM mode splits a layer's KV cache over chips by KV heads and positions:
+// each chip rotates and stores only its block [kv_head_begin, kv_head_end) x
+// [pos_begin, pos_end), and Q is rotated once (do_q). VRAM mode: the full ranges.
 
 struct Params {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
     pair_layout: u32,
+    kv_head_begin: u32,
+    kv_head_end: u32,
+    pos_begin: u32,
+    pos_end: u32,
+    do_q: u32,
+    do_kv: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 struct Step {
     n_tokens: u32,
@@ -39,9 +51,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let kv_pairs = P.n_kv_heads * half;
     let p = gid.x;
     let pos = S.pos0 + t;
+    let in_block = P.do_kv == 1u && pos >= P.pos_begin && pos < P.pos_end;
     // V copy: one element per thread over kv_dim.
-    if (p < kv_dim) {
-        Vc[pos * kv_dim + p] = V[t * kv_dim + p];
+    if (in_block && p < kv_dim) {
+        let vh = p / P.head_dim;
+        if (vh >= P.kv_head_begin && vh < P.kv_head_end) {
+            Vc[pos * kv_dim + p] = V[t * kv_dim + p];
+        }
     }
     if (p >= q_pairs + kv_pairs) {
         return;
@@ -50,11 +66,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var i: u32;
     var is_q = p < q_pairs;
     if (is_q) {
+        if (P.do_q == 0u) {
+            return;
+        }
         head = p / half;
         i = p % half;
     } else {
         head = (p - q_pairs) / half;
         i = (p - q_pairs) % half;
+        if (!in_block || head < P.kv_head_begin || head >= P.kv_head_end) {
+            return;
+        }
     }
     var i0: u32;
     var i1: u32;

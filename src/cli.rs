@@ -3,6 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sramlm::chip::{place, plan_json, plan_table, ChipSpec, PlaceOptions, Plan, TensorInfo};
+use sramlm::exec::sram::{SramExecutor, SramOptions};
 use sramlm::exec::vram::{VramExecutor, VramOptions};
 use sramlm::exec::Executor;
 use sramlm::generate::{generate, GenerateOptions};
@@ -31,6 +33,59 @@ enum Command {
     /// Show every GPU adapter, the limits and features sramlm uses, which one
     /// would be picked, and (with -m) a model summary.
     Info(InfoArgs),
+    /// Place a model onto emulated SRAM-only chips: which chip holds which
+    /// layers and weight blocks, SRAM used, link traffic per token.
+    Plan(PlanArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ChipArgs {
+    /// Chip to emulate: a preset (groq-v1, mini-64k, mini-4m) or a JSON spec file
+    #[arg(long, default_value = "groq-v1")]
+    chip: String,
+    /// Most chips the placement may use (error if the model needs more)
+    #[arg(long)]
+    chips: Option<usize>,
+    /// SRAM slice = one workgroup's shared-memory budget, in bytes [default: the spec's, 16384]
+    #[arg(long)]
+    slice: Option<usize>,
+}
+
+impl ChipArgs {
+    fn spec(&self) -> Result<ChipSpec> {
+        let mut spec = ChipSpec::resolve(&self.chip)?;
+        if let Some(s) = self.slice {
+            spec = spec.with_slice_bytes(s)?;
+        }
+        if self.chips == Some(0) {
+            bail!("--chips must be at least 1");
+        }
+        Ok(spec)
+    }
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    /// Model folder (Hugging Face) or .gguf file [default: the embedded models/stories260K]
+    #[arg(short, long, conflicts_with = "config")]
+    model: Option<PathBuf>,
+    /// Plan from a Hugging Face config.json alone (no weights), e.g. models/configs/llama-2-70b.json
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// With --config: weight encoding to assume for the matrices (f32, f16, bf16, q8_0, q4_0, q4_1, int8)
+    #[arg(long, default_value = "f16")]
+    weights: String,
+    /// KV-cache positions per sequence [default: the model's context window]
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Sequences whose KV cache is resident
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Output: a table, or the plan as JSON
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    chip: ChipArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -81,13 +136,13 @@ struct GenerateArgs {
     #[arg(short = 'n', long, default_value_t = 256)]
     max_tokens: usize,
     /// Sampling temperature; 0 = greedy (arg-max on the GPU)
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
     /// Sample among the K most likely tokens (reduced on the GPU, K ≤ 64); 0 = whole vocabulary
     #[arg(long, default_value_t = 40)]
     top_k: usize,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     top_p: f32,
     /// Random seed (same seed, same output)
     #[arg(long, default_value_t = 0)]
@@ -104,9 +159,14 @@ struct GenerateArgs {
     /// KV-cache length in tokens [default: the model's context window]
     #[arg(long)]
     ctx: Option<usize>,
-    /// Most prompt tokens per batched prefill pass
+    /// Most prompt tokens per batched prefill pass (VRAM mode)
     #[arg(long, default_value_t = sramlm::exec::vram::DEFAULT_CHUNK)]
     chunk: usize,
+    /// Prompt tokens per pipeline micro-batch (SRAM mode)
+    #[arg(long, default_value_t = 16)]
+    microbatch: usize,
+    #[command(flatten)]
+    chip: ChipArgs,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -128,6 +188,7 @@ pub fn run() -> Result<()> {
     match cli.cmd {
         Command::Generate(a) => cmd_generate(a),
         Command::Info(a) => cmd_info(a),
+        Command::Plan(a) => cmd_plan(a),
     }
 }
 
@@ -154,7 +215,9 @@ fn read_prompt(p: Option<&str>) -> Result<String> {
     match p {
         Some("-") => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from stdin")?;
             Ok(s.strip_suffix('\n').unwrap_or(&s).to_string())
         }
         Some(s) => Ok(s.to_string()),
@@ -179,9 +242,14 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
     };
     sampling.validate().map_err(anyhow::Error::msg)?;
-    if a.mode == Mode::Sram {
-        bail!("--mode sram is not available yet: the SRAM-mode executor is still being built (use --mode vram)");
+    if a.microbatch == 0 {
+        bail!("--microbatch must be at least 1");
     }
+    let spec = if a.mode == Mode::Sram {
+        Some(a.chip.spec()?)
+    } else {
+        None
+    };
     let prompt = read_prompt(a.prompt.as_deref())?;
     let m = load_model(a.model.as_ref())?;
     let prompt_ids = m.tokenizer.encode(&prompt)?;
@@ -200,17 +268,42 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     }
     let gpu = Gpu::new(&a.gpu.options()?)?;
     eprintln!("adapter: {}", gpu.describe());
-    let pb = spinner("building GPU pipelines and uploading weights");
-    let mut exec = VramExecutor::new(
-        gpu.clone(),
-        &m.config,
-        &m.weights,
-        &VramOptions {
-            context: Some(ctx),
-            chunk: a.chunk,
-        },
-    )?;
-    pb.finish_and_clear();
+    let mut plan_stats = None;
+    let mut exec: Box<dyn Executor> = match &spec {
+        None => {
+            let pb = spinner("building GPU pipelines and uploading weights");
+            let e = VramExecutor::new(
+                gpu.clone(),
+                &m.config,
+                &m.weights,
+                &VramOptions {
+                    context: Some(ctx),
+                    chunk: a.chunk,
+                },
+            )?;
+            pb.finish_and_clear();
+            Box::new(e)
+        }
+        Some(spec) => {
+            spec.check_slice_against_limit(gpu.limits.max_compute_workgroup_storage_size)?;
+            let pb = spinner("placing the model on chips, building pipelines");
+            let plan = plan_for(&m, spec, a.chip.chips, ctx, 1, a.microbatch)?;
+            let e = SramExecutor::new(
+                gpu.clone(),
+                &m.config,
+                &m.weights,
+                &plan,
+                &SramOptions {
+                    context: Some(ctx),
+                    microbatch: a.microbatch,
+                },
+            )?;
+            pb.finish_and_clear();
+            plan_stats = Some(plan);
+            Box::new(e)
+        }
+    };
+    let exec = exec.as_mut();
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampling,
@@ -219,7 +312,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     let stream = a.format == Format::Text;
     let mut out = std::io::stdout().lock();
-    let g = generate(&mut exec, &m.tokenizer, &m.config, &prompt_ids, &opts, |piece| {
+    let g = generate(exec, &m.tokenizer, &m.config, &prompt_ids, &opts, |piece| {
         if stream {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
@@ -240,12 +333,34 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
                 s.dispatches_per_token,
                 human_bytes(s.weight_bytes_gpu)
             );
+            if let Some(plan) = &plan_stats {
+                let x = exec.extra_stats();
+                eprintln!(
+                    "[sram] chip {} x {} (slice {}) | SRAM used per chip: max {} / mean {} of {} | link traffic: {}/token over {} transfers | emulation overhead (not a chip cost): {} staged from GPU memory into workgroup SRAM per step",
+                    plan.spec.name,
+                    plan.totals.chips_used,
+                    human_bytes(plan.spec.slice_bytes as u64),
+                    human_bytes(plan.totals.sram_used_max as u64),
+                    human_bytes(plan.totals.sram_used_mean as u64),
+                    human_bytes(plan.spec.sram_bytes as u64),
+                    human_bytes(x["link_bytes_per_token"].as_u64().unwrap_or(0)),
+                    x["link_transfers_per_token"].as_u64().unwrap_or(0),
+                    human_bytes(x["emulation_staged_bytes_per_step"].as_u64().unwrap_or(0)),
+                );
+            }
         }
         Format::Json => {
             let mut stats = serde_json::to_value(s)?;
             stats["adapter"] = serde_json::json!(gpu.info.name);
             stats["backend"] = serde_json::json!(format!("{:?}", gpu.info.backend));
             stats["model"] = serde_json::json!(m.name);
+            if let Some(plan) = &plan_stats {
+                let mut x = exec.extra_stats();
+                x["sram_capacity_bytes"] = serde_json::json!(plan.spec.sram_bytes);
+                x["placement_link_bytes_per_token"] =
+                    serde_json::json!(plan.totals.link_bytes_per_token);
+                stats["sram"] = x;
+            }
             let obj = serde_json::json!({
                 "prompt_ids": g.prompt_ids,
                 "ids": g.ids,
@@ -302,7 +417,9 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         return Ok(());
     }
     if summaries.is_empty() {
-        println!("no GPU adapters found (on Linux without a GPU: apt-get install mesa-vulkan-drivers)");
+        println!(
+            "no GPU adapters found (on Linux without a GPU: apt-get install mesa-vulkan-drivers)"
+        );
     }
     for s in &summaries {
         println!(
@@ -352,7 +469,9 @@ fn dtype_bytes(m: &Model) -> std::collections::BTreeMap<String, (usize, u64)> {
     let mut by = std::collections::BTreeMap::new();
     for w in model::WeightName::all(&m.config) {
         if let Some(t) = m.weights.get(w) {
-            let e = by.entry(t.dtype.name().to_string()).or_insert((0usize, 0u64));
+            let e = by
+                .entry(t.dtype.name().to_string())
+                .or_insert((0usize, 0u64));
             e.0 += 1;
             e.1 += t.byte_len() as u64;
         }
@@ -397,4 +516,66 @@ fn print_model(m: &Model) {
     for (dt, (n, b)) in dtype_bytes(m) {
         println!("    {dt}: {n} tensors, {}", human_bytes(b));
     }
+}
+
+/// The placement for a loaded model.
+fn plan_for(
+    m: &Model,
+    spec: &ChipSpec,
+    max_chips: Option<usize>,
+    ctx: usize,
+    batch: usize,
+    microbatch: usize,
+) -> Result<Plan> {
+    let mut opts = PlaceOptions::for_config(&m.config);
+    opts.max_chips = max_chips;
+    opts.context_len = ctx;
+    opts.batch = batch;
+    opts.microbatch_tokens = microbatch;
+    Ok(place(
+        &m.config,
+        &TensorInfo::from_weights(&m.weights),
+        spec,
+        &opts,
+    )?)
+}
+
+fn cmd_plan(a: PlanArgs) -> Result<()> {
+    let spec = a.chip.spec()?;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let plan = match &a.config {
+        Some(path) => {
+            let cfg = model::LlamaConfig::from_hf_json(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
+            let fmt = sramlm::chip::WeightFormat::from_name(&a.weights).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown --weights `{}` (expected f32, f16, bf16, q8_0, q4_0, q4_1 or int8)",
+                    a.weights
+                )
+            })?;
+            let norms = if fmt == sramlm::chip::WeightFormat::F32 {
+                fmt
+            } else {
+                sramlm::chip::WeightFormat::F16
+            };
+            let tensors = TensorInfo::from_config(&cfg, fmt, norms)?;
+            let mut opts = PlaceOptions::for_config(&cfg);
+            opts.max_chips = a.chip.chips;
+            opts.context_len = a.ctx.unwrap_or(cfg.max_position_embeddings);
+            opts.batch = a.batch;
+            place(&cfg, &tensors, &spec, &opts)?
+        }
+        None => {
+            let m = load_model(a.model.as_ref())?;
+            let ctx = a.ctx.unwrap_or(m.config.max_position_embeddings);
+            plan_for(&m, &spec, a.chip.chips, ctx, a.batch, 1)?
+        }
+    };
+    match a.format {
+        Format::Text => print!("{}", plan_table(&plan)),
+        Format::Json => println!("{}", plan_json(&plan)),
+    }
+    Ok(())
 }

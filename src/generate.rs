@@ -71,14 +71,19 @@ pub fn generate(
 ) -> Result<Generation, GenerateError> {
     opts.sampling.validate().map_err(GenerateError::Invalid)?;
     if opts.max_tokens == 0 {
-        return Err(GenerateError::Invalid("-n/--max-tokens must be at least 1".into()));
+        return Err(GenerateError::Invalid(
+            "-n/--max-tokens must be at least 1".into(),
+        ));
     }
     let ctx = exec.context_len();
     if prompt_ids.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
     if prompt_ids.len() > ctx {
-        return Err(GenerateError::PromptTooLong { prompt: prompt_ids.len(), ctx });
+        return Err(GenerateError::PromptTooLong {
+            prompt: prompt_ids.len(),
+            ctx,
+        });
     }
     exec.reset();
     let mut sampler = Sampler::new(opts.sampling.clone());
@@ -99,7 +104,9 @@ pub fn generate(
     let mut ids = Vec::new();
     let mut dec = StreamDecoder::new();
     let mut text = String::new();
-    let is_stop = |id: u32| !opts.ignore_eos && (cfg.eos_token_ids.contains(&id) || opts.stop_ids.contains(&id));
+    let is_stop = |id: u32| {
+        !opts.ignore_eos && (cfg.eos_token_ids.contains(&id) || opts.stop_ids.contains(&id))
+    };
     let decode_start = Instant::now();
     loop {
         ids.push(next);
@@ -123,7 +130,11 @@ pub fn generate(
     stats.decode_s = decode_start.elapsed().as_secs_f64();
     stats.generated_tokens = ids.len();
     let steps = stats.decode_ms.len();
-    stats.decode_tok_s = if steps > 0 { steps as f64 / (stats.decode_ms.iter().sum::<f64>() / 1e3) } else { 0.0 };
+    stats.decode_tok_s = if steps > 0 {
+        steps as f64 / (stats.decode_ms.iter().sum::<f64>() / 1e3)
+    } else {
+        0.0
+    };
     let c = exec.counters();
     stats.dispatches_per_token = c.dispatches_last_decode;
     stats.submissions = c.submissions;

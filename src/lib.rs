@@ -3,11 +3,11 @@
 //! of SRAM-only chips). See ARCHITECTURE.md for the data flow.
 
 pub mod chip;
-pub mod model;
-pub mod tokenizer;
-pub mod gpu;
-pub mod kernels;
 pub mod exec;
 pub mod generate;
+pub mod gpu;
+pub mod kernels;
+pub mod model;
 pub mod sampling;
 pub mod testing;
+pub mod tokenizer;

@@ -50,7 +50,10 @@ impl Default for SamplingOptions {
 impl SamplingOptions {
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(format!("--temperature must be ≥ 0, got {}", self.temperature));
+            return Err(format!(
+                "--temperature must be ≥ 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("--top-p must be in (0, 1], got {}", self.top_p));
@@ -95,7 +98,11 @@ impl Sampler {
                 if self.opts.is_greedy() {
                     return Some(crate::kernels::argmax::cpu(last) as u32);
                 }
-                let mut c: Vec<(u32, f32)> = last.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+                let mut c: Vec<(u32, f32)> = last
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (i as u32, v))
+                    .collect();
                 c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 if self.opts.top_k > 0 {
                     c.truncate(self.opts.top_k);
@@ -150,23 +157,41 @@ mod tests {
     #[test]
     fn seeded_sampling_is_reproducible_and_respects_top_k() {
         let cands: Vec<(u32, f32)> = (0..10).map(|i| (i, 5.0 - i as f32 * 0.3)).collect();
-        let opts = SamplingOptions { temperature: 1.0, top_k: 3, top_p: 1.0, seed: 42 };
+        let opts = SamplingOptions {
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 1.0,
+            seed: 42,
+        };
         let draw = |o: &SamplingOptions| {
             let mut s = Sampler::new(o.clone());
-            (0..200).map(|_| s.pick(&StepOutput::Candidates(cands[..3].to_vec())).unwrap()).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| {
+                    s.pick(&StepOutput::Candidates(cands[..3].to_vec()))
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
         };
         let a = draw(&opts);
         assert_eq!(a, draw(&opts));
         assert!(a.iter().all(|&id| id < 3));
         assert!(a.contains(&0) && a.contains(&2));
-        let other = draw(&SamplingOptions { seed: 43, ..opts.clone() });
+        let other = draw(&SamplingOptions {
+            seed: 43,
+            ..opts.clone()
+        });
         assert_ne!(a, other);
     }
 
     #[test]
     fn top_p_keeps_the_nucleus() {
         let cands = vec![(7, 10.0), (8, 0.0), (9, 0.0)];
-        let mut s = Sampler::new(SamplingOptions { temperature: 1.0, top_k: 3, top_p: 0.5, seed: 1 });
+        let mut s = Sampler::new(SamplingOptions {
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 0.5,
+            seed: 1,
+        });
         for _ in 0..50 {
             assert_eq!(s.pick(&StepOutput::Candidates(cands.clone())), Some(7));
         }
@@ -174,9 +199,15 @@ mod tests {
 
     #[test]
     fn greedy_asks_for_argmax() {
-        let s = Sampler::new(SamplingOptions { temperature: 0.0, ..Default::default() });
+        let s = Sampler::new(SamplingOptions {
+            temperature: 0.0,
+            ..Default::default()
+        });
         assert_eq!(s.readback(), Readback::Argmax);
-        let s = Sampler::new(SamplingOptions { top_k: 0, ..Default::default() });
+        let s = Sampler::new(SamplingOptions {
+            top_k: 0,
+            ..Default::default()
+        });
         assert_eq!(s.readback(), Readback::LastLogits);
     }
 }

@@ -74,7 +74,8 @@ pub fn run(
     step: crate::kernels::Step,
     ops: &[&crate::kernels::KernelOp],
 ) {
-    gpu.queue.write_buffer(step_buf, 0, bytemuck::bytes_of(&step));
+    gpu.queue
+        .write_buffer(step_buf, 0, bytemuck::bytes_of(&step));
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
@@ -161,7 +162,11 @@ pub fn check_top10(
     tol: f32,
 ) -> Result<(), String> {
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-    ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    ids.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
     let got: Vec<u32> = ids[..want.len()].to_vec();
     for (r, &(wid, wl)) in want.iter().enumerate() {
         let gid = got[r];

@@ -10,7 +10,11 @@ const WEBGPU_DEFAULT_WORKGROUP_STORAGE: u64 = 16 * 1024;
 fn every_vram_kernel_variant_validates_and_fits_16k() {
     let variants = sramlm::kernels::all_variants();
     for s in Shader::ALL {
-        assert!(variants.iter().any(|(v, _)| v == s), "no variant listed for {}", s.name());
+        assert!(
+            variants.iter().any(|(v, _)| v == s),
+            "no variant listed for {}",
+            s.name()
+        );
     }
     for (s, v) in &variants {
         let src = s.source(v);

@@ -22,13 +22,18 @@ fn check_prompt_logits(exec: &mut dyn Executor, r: &Reference, m: &model::Model)
         let ids = m.tokenizer.encode(&p.text).unwrap();
         assert_eq!(ids, p.input_ids, "{}: prompt ids", p.key);
         exec.reset();
-        let StepOutput::Logits { rows, data } = exec.step(&ids, Readback::AllLogits).unwrap() else {
+        let StepOutput::Logits { rows, data } = exec.step(&ids, Readback::AllLogits).unwrap()
+        else {
             panic!("expected logits")
         };
         let vocab = m.config.vocab_size;
         assert_eq!(rows, ids.len());
         let want = r
-            .tensor(p.all_logits_tensor.as_deref().expect("stories260K stores all logits"))
+            .tensor(
+                p.all_logits_tensor
+                    .as_deref()
+                    .expect("stories260K stores all logits"),
+            )
             .unwrap();
         let mut max_err = 0f32;
         for (i, (g, w)) in data.iter().zip(want).enumerate() {
@@ -36,7 +41,11 @@ fn check_prompt_logits(exec: &mut dyn Executor, r: &Reference, m: &model::Model)
             assert!(e.is_finite(), "{}: non-finite logit at {i}", p.key);
             max_err = max_err.max(e);
         }
-        assert!(max_err <= TOL, "{}: max |logit error| {max_err} > {TOL}", p.key);
+        assert!(
+            max_err <= TOL,
+            "{}: max |logit error| {max_err} > {TOL}",
+            p.key
+        );
         for pos in 0..rows {
             let row = &data[pos * vocab..(pos + 1) * vocab];
             check_top10(
@@ -47,14 +56,20 @@ fn check_prompt_logits(exec: &mut dyn Executor, r: &Reference, m: &model::Model)
             )
             .unwrap_or_else(|e| panic!("{} position {pos}: {e}", p.key));
         }
-        eprintln!("{}: {} positions, max |logit error| {max_err:.2e}", p.key, rows);
+        eprintln!(
+            "{}: {} positions, max |logit error| {max_err:.2e}",
+            p.key, rows
+        );
     }
 }
 
 fn check_greedy(exec: &mut dyn Executor, r: &Reference, m: &model::Model) {
     let opts = GenerateOptions {
         max_tokens: 32,
-        sampling: SamplingOptions { temperature: 0.0, ..Default::default() },
+        sampling: SamplingOptions {
+            temperature: 0.0,
+            ..Default::default()
+        },
         ignore_eos: true,
         stop_ids: vec![],
     };
@@ -80,7 +95,10 @@ fn stories260k_vram_small_prefill_chunks_match() {
     let Some(gpu) = gpu() else { return };
     let m = stories();
     let r = Reference::load(&fixture_dir("stories260K"), "stories260K").unwrap();
-    let opts = VramOptions { context: Some(128), chunk: 7 };
+    let opts = VramOptions {
+        context: Some(128),
+        chunk: 7,
+    };
     let mut exec = VramExecutor::new(gpu, &m.config, &m.weights, &opts).unwrap();
     check_prompt_logits(&mut exec, &r, &m);
 }

@@ -34,10 +34,16 @@ pub enum Readback {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepOutput {
-    Token { id: u32, logit: f32 },
+    Token {
+        id: u32,
+        logit: f32,
+    },
     Candidates(Vec<(u32, f32)>),
     /// Row-major `[rows, vocab]`.
-    Logits { rows: usize, data: Vec<f32> },
+    Logits {
+        rows: usize,
+        data: Vec<f32>,
+    },
 }
 
 /// Counters an executor keeps; modes add their own fields.
@@ -85,3 +91,4 @@ pub trait Executor {
         serde_json::Value::Null
     }
 }
+pub mod sram;

@@ -143,26 +143,83 @@ impl VramExecutor {
             let wd = upload(name(LayerTensor::Down), &lw.w_down)?;
             let l = format!("layers.{i}");
             let mm = |n: &str, wt: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, acc: bool| {
-                matmul::build(&gpu, &step_buf, &format!("{l}.{n}"), wt, x, y, acc, matmul::Rows::Tokens)
+                matmul::build(
+                    &gpu,
+                    &step_buf,
+                    &format!("{l}.{n}"),
+                    wt,
+                    x,
+                    y,
+                    acc,
+                    matmul::Rows::Tokens,
+                )
             };
             // xn = rms_norm(x) * attn_norm                        [T, D]
-            body.push(rmsnorm::build(&gpu, &step_buf, &format!("{l}.attn_norm"), d, cfg.rms_norm_eps, &attn_norm, &act.x, &act.xn)?);
+            body.push(rmsnorm::build(
+                &gpu,
+                &step_buf,
+                &format!("{l}.attn_norm"),
+                d,
+                cfg.rms_norm_eps,
+                &attn_norm,
+                &act.x,
+                &act.xn,
+            )?);
             // q, k, v = xn @ Wq.T, xn @ Wk.T, xn @ Wv.T           [T, H*hd], [T, Hkv*hd] x2
             body.extend(mm("wq", &wq, &act.xn, &act.q, false)?);
             body.extend(mm("wk", &wk, &act.xn, &act.k, false)?);
             body.extend(mm("wv", &wv, &act.xn, &act.v, false)?);
             // q, k = rope(q, k, pos); k_cache[pos], v_cache[pos] = k, v
-            body.push(rope::build(&gpu, &step_buf, &format!("{l}.rope"), &shape, &cos_sin, &act.q, &act.k, &act.v, &k_cache, &v_cache)?);
+            body.push(rope::build(
+                &gpu,
+                &step_buf,
+                &format!("{l}.rope"),
+                &shape,
+                &cos_sin,
+                &act.q,
+                &act.k,
+                &act.v,
+                &k_cache,
+                &v_cache,
+            )?);
             // att = softmax(q k^T / sqrt(hd) + causal) v          [T, H*hd]
-            body.push(attention::build(&gpu, &step_buf, &format!("{l}.attention"), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, &act.q, &k_cache, &v_cache, &act.att)?);
+            body.push(attention::build(
+                &gpu,
+                &step_buf,
+                &format!("{l}.attention"),
+                cfg.num_heads,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                &act.q,
+                &k_cache,
+                &v_cache,
+                &act.att,
+            )?);
             // x += att @ Wo.T                                     [T, D]
             body.extend(mm("wo", &wo, &act.att, &act.x, true)?);
             // xn = rms_norm(x) * ffn_norm
-            body.push(rmsnorm::build(&gpu, &step_buf, &format!("{l}.ffn_norm"), d, cfg.rms_norm_eps, &ffn_norm, &act.x, &act.xn)?);
+            body.push(rmsnorm::build(
+                &gpu,
+                &step_buf,
+                &format!("{l}.ffn_norm"),
+                d,
+                cfg.rms_norm_eps,
+                &ffn_norm,
+                &act.x,
+                &act.xn,
+            )?);
             // h = silu(xn @ Wg.T) * (xn @ Wu.T)                   [T, I]
             body.extend(mm("w_gate", &wg, &act.xn, &act.g, false)?);
             body.extend(mm("w_up", &wu, &act.xn, &act.u, false)?);
-            body.push(silu_mul::build(&gpu, &step_buf, &format!("{l}.silu_mul"), inter, &act.g, &act.u, &act.h)?);
+            body.push(silu_mul::build(
+                &gpu,
+                &step_buf,
+                &format!("{l}.silu_mul"),
+                inter,
+                &act.g,
+                &act.u,
+                &act.h,
+            )?);
             // x += h @ Wd.T                                       [T, D]
             body.extend(mm("w_down", &wd, &act.h, &act.x, true)?);
             keep.extend([k_cache, v_cache, attn_norm, ffn_norm]);
@@ -170,13 +227,32 @@ impl VramExecutor {
         }
         // xn = rms_norm(x) * final_norm
         let final_norm = norm(&gpu, WeightName::FinalNorm, &w.final_norm)?;
-        body.push(rmsnorm::build(&gpu, &step_buf, "final_norm", d, cfg.rms_norm_eps, &final_norm, &act.x, &act.xn)?);
+        body.push(rmsnorm::build(
+            &gpu,
+            &step_buf,
+            "final_norm",
+            d,
+            cfg.rms_norm_eps,
+            &final_norm,
+            &act.x,
+            &act.xn,
+        )?);
         // logits[rows] = xn[rows] @ W_out.T (tied: the embedding)   [rows, V]
         let out_w = match &w.lm_head {
             Some(t) => upload(WeightName::LmHead, t)?,
             None => embed_w,
         };
-        let head: Vec<KernelOp> = matmul::build(&gpu, &step_buf, "lm_head", &out_w, &act.xn, &act.logits, false, matmul::Rows::OutRows)?.into();
+        let head: Vec<KernelOp> = matmul::build(
+            &gpu,
+            &step_buf,
+            "lm_head",
+            &out_w,
+            &act.xn,
+            &act.logits,
+            false,
+            matmul::Rows::OutRows,
+        )?
+        .into();
         let argmax = argmax::build(&gpu, &step_buf, vocab, &act.logits, &act.result)?;
         keep.push(final_norm);
         let readback_size = f(2 * topk::MAX_K);
@@ -214,7 +290,11 @@ impl VramExecutor {
     }
 
     /// Runs one chunk (≤ `self.chunk` tokens) and reads back `rb`.
-    fn run_chunk(&mut self, ids: &[u32], rb: Option<Readback>) -> Result<Option<StepOutput>, ExecError> {
+    fn run_chunk(
+        &mut self,
+        ids: &[u32],
+        rb: Option<Readback>,
+    ) -> Result<Option<StepOutput>, ExecError> {
         let n = ids.len();
         let vocab = self.cfg.vocab_size;
         let (out_row0, n_out_rows) = match rb {
@@ -234,14 +314,29 @@ impl VramExecutor {
         if let Some(Readback::TopK(k)) = rb {
             let k = k.clamp(1, topk::MAX_K.min(vocab));
             if self.topk.as_ref().map(|t| t.0) != Some(k) {
-                let op = topk::build(&self.gpu, &self.step_buf, vocab, k, &self.act.logits, &self.act.result)?;
+                let op = topk::build(
+                    &self.gpu,
+                    &self.step_buf,
+                    vocab,
+                    k,
+                    &self.act.logits,
+                    &self.act.result,
+                )?;
                 self.topk = Some((k, op));
             }
         }
-        let mut enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        let mut enc = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
         let mut dispatched = 0u64;
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
             let mut ops: Vec<&KernelOp> = self.body.iter().collect();
             if n_out_rows > 0 {
                 ops.extend(self.head.iter());
@@ -286,10 +381,24 @@ impl VramExecutor {
         self.counters.readback_bytes += read_len;
         let words: &[u32] = bytemuck::cast_slice(&bytes);
         Ok(Some(match rb {
-            Some(Readback::Argmax) => StepOutput::Token { id: words[0], logit: f32::from_bits(words[1]) },
-            Some(Readback::TopK(_)) => StepOutput::Candidates(words.chunks(2).map(|p| (p[0], f32::from_bits(p[1]))).collect()),
-            Some(Readback::LastLogits) => StepOutput::Logits { rows: 1, data: bytemuck::cast_slice(&bytes).to_vec() },
-            _ => StepOutput::Logits { rows: n, data: bytemuck::cast_slice(&bytes).to_vec() },
+            Some(Readback::Argmax) => StepOutput::Token {
+                id: words[0],
+                logit: f32::from_bits(words[1]),
+            },
+            Some(Readback::TopK(_)) => StepOutput::Candidates(
+                words
+                    .chunks(2)
+                    .map(|p| (p[0], f32::from_bits(p[1])))
+                    .collect(),
+            ),
+            Some(Readback::LastLogits) => StepOutput::Logits {
+                rows: 1,
+                data: bytemuck::cast_slice(&bytes).to_vec(),
+            },
+            _ => StepOutput::Logits {
+                rows: n,
+                data: bytemuck::cast_slice(&bytes).to_vec(),
+            },
         }))
     }
 }
@@ -312,10 +421,17 @@ impl Executor for VramExecutor {
             return Err(ExecError::Invalid("a step needs at least one token".into()));
         }
         if self.pos + ids.len() > self.ctx {
-            return Err(ExecError::ContextFull { pos: self.pos, n: ids.len(), ctx: self.ctx });
+            return Err(ExecError::ContextFull {
+                pos: self.pos,
+                n: ids.len(),
+                ctx: self.ctx,
+            });
         }
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(ExecError::BadToken { id, vocab: self.cfg.vocab_size });
+            return Err(ExecError::BadToken {
+                id,
+                vocab: self.cfg.vocab_size,
+            });
         }
         self.counters.steps += 1;
         let chunks: Vec<&[u32]> = ids.chunks(self.chunk).collect();
@@ -323,7 +439,13 @@ impl Executor for VramExecutor {
         let mut all = Vec::new();
         let mut rows = 0;
         for (i, c) in chunks.into_iter().enumerate() {
-            let want = if rb == Readback::AllLogits { Some(rb) } else if i == last { Some(rb) } else { None };
+            let want = if rb == Readback::AllLogits {
+                Some(rb)
+            } else if i == last {
+                Some(rb)
+            } else {
+                None
+            };
             match self.run_chunk(c, want)? {
                 Some(StepOutput::Logits { rows: r, data }) if rb == Readback::AllLogits => {
                     rows += r;

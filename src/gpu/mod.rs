@@ -11,7 +11,7 @@ pub use shader::{Shader, ShaderVariant};
 /// Everything that can go wrong talking to the GPU.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
-    #[error("no GPU adapter found{0} (on Linux without a GPU install Mesa's lavapipe: `apt-get install mesa-vulkan-drivers`)")]
+    #[error("no GPU adapter found{0}")]
     NoAdapter(String),
     #[error("unknown backend `{0}` (expected auto, vulkan, gl, metal or dx12)")]
     UnknownBackend(String),
@@ -22,7 +22,9 @@ pub enum GpuError {
     },
     #[error("shader `{shader}` failed to compile: {message}")]
     Shader { shader: String, message: String },
-    #[error("kernel `{kernel}` needs {needed} bytes of workgroup memory but the adapter allows {limit}")]
+    #[error(
+        "kernel `{kernel}` needs {needed} bytes of workgroup memory but the adapter allows {limit}"
+    )]
     WorkgroupMemory {
         kernel: String,
         needed: u64,
@@ -99,7 +101,9 @@ impl GpuOptions {
             Ok(s) => BackendChoice::parse(&s)?,
             Err(_) => BackendChoice::Auto,
         };
-        let adapter = std::env::var("SRAMLM_ADAPTER").ok().filter(|s| !s.is_empty());
+        let adapter = std::env::var("SRAMLM_ADAPTER")
+            .ok()
+            .filter(|s| !s.is_empty());
         let downlevel = std::env::var("SRAMLM_DOWNLEVEL").is_ok_and(|s| s == "1");
         Ok(GpuOptions {
             backend,
@@ -189,7 +193,8 @@ pub fn pick_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter, GpuError> {
     let found = match &opts.adapter {
         Some(want) => {
             let w = want.to_lowercase();
-            all.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&w))
+            all.into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&w))
         }
         None => all.into_iter().next(),
     };
@@ -200,9 +205,11 @@ pub fn pick_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter, GpuError> {
         }
         if let Some(a) = &opts.adapter {
             why.push_str(&format!(" matching `{a}`"));
-            if !names.is_empty() {
-                why.push_str(&format!(" (available: {})", names.join(", ")));
-            }
+        }
+        if names.is_empty() {
+            why.push_str(" (on Linux without a GPU install Mesa's lavapipe: `apt-get install mesa-vulkan-drivers`)");
+        } else {
+            why.push_str(&format!(" (available: {})", names.join(", ")));
         }
         GpuError::NoAdapter(why)
     })
@@ -316,14 +323,20 @@ impl Gpu {
                 .map(|(k, v)| (k.to_string(), v.to_bits()))
                 .collect(),
         };
-        if let Some(p) = self.pipelines.lock().map_err(|e| GpuError::Device(e.to_string()))?.get(&key) {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .map_err(|e| GpuError::Device(e.to_string()))?
+            .get(&key)
+        {
             return Ok(p.clone());
         }
         let source = shader.source(variant);
-        let needed = shader::workgroup_bytes(&source, variant).map_err(|message| GpuError::Shader {
-            shader: shader.name().into(),
-            message,
-        })?;
+        let needed =
+            shader::workgroup_bytes(&source, variant).map_err(|message| GpuError::Shader {
+                shader: shader.name().into(),
+                message,
+            })?;
         let limit = self.limits.max_compute_workgroup_storage_size;
         if needed > limit as u64 {
             return Err(GpuError::WorkgroupMemory {
@@ -333,24 +346,28 @@ impl Gpu {
             });
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(shader.name()),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.name()),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
         let constants: Vec<(&str, f64)> = variant.constants.iter().map(|(k, v)| (*k, *v)).collect();
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(shader.name()),
-            layout: None,
-            module: &module,
-            entry_point: Some(variant.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &constants,
-                // Every kernel writes its workgroup memory before reading it;
-                // zero-filling large arrays made GL compiles take minutes.
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(shader.name()),
+                layout: None,
+                module: &module,
+                entry_point: Some(variant.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Every kernel writes its workgroup memory before reading it;
+                    // zero-filling large arrays made GL compiles take minutes.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Shader {
                 shader: shader.name().into(),
@@ -367,7 +384,8 @@ impl Gpu {
 
     pub fn storage_buffer(&self, label: &str, size: u64) -> Result<wgpu::Buffer, GpuError> {
         let size = size.max(4).div_ceil(4) * 4;
-        let limit = (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let limit =
+            (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
         if size > limit {
             return Err(GpuError::BufferTooLarge {
                 what: label.into(),

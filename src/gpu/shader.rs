@@ -36,6 +36,8 @@ shaders! {
     SiluMul => "silu_mul",
     Argmax => "argmax",
     Topk => "topk",
+    SramMatmul => "sram_matmul",
+    LinkCopy => "link_copy",
 }
 
 /// Entry point, defines (`NAME` or `NAME=VALUE`) and override constants.
@@ -124,7 +126,9 @@ pub fn preprocess(src: &str, v: &ShaderVariant) -> String {
         }
         let mut l = line.to_string();
         while let Some(start) = l.find("{{") {
-            let Some(end) = l[start..].find("}}") else { break };
+            let Some(end) = l[start..].find("}}") else {
+                break;
+            };
             let name = &l[start + 2..start + end];
             let val = v.value_of(name).unwrap_or("").to_string();
             l.replace_range(start..start + end + 2, &val);
@@ -138,7 +142,10 @@ pub fn preprocess(src: &str, v: &ShaderVariant) -> String {
 /// Shared WGSL snippets (`#include NAME`), under `shaders/lib/`.
 fn include(name: &str) -> &'static str {
     match name {
-        "wdecode" => include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/lib/wdecode.wgsl")),
+        "wdecode" => include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/lib/wdecode.wgsl"
+        )),
         _ => "",
     }
 }

@@ -11,10 +11,29 @@ pub struct Params {
 }
 
 /// Arg-max of the last logit row (`Step::n_out_rows - 1`); writes `[id, bits]` to `out`.
-pub fn build(gpu: &Gpu, step: &wgpu::Buffer, vocab: usize, logits: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<KernelOp, GpuError> {
-    let params = gpu.uniform("argmax.params", &Params { vocab: vocab as u32, _pad: [0; 3] });
+pub fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    vocab: usize,
+    logits: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<KernelOp, GpuError> {
+    let params = gpu.uniform(
+        "argmax.params",
+        &Params {
+            vocab: vocab as u32,
+            _pad: [0; 3],
+        },
+    );
     let pipe = gpu.pipeline(Shader::Argmax, &ShaderVariant::new("main"))?;
-    Ok(KernelOp::new(gpu, "argmax", KernelClass::Sample, pipe, &[&params, step, logits, out], |_: &Step| [1, 1, 1]))
+    Ok(KernelOp::new(
+        gpu,
+        "argmax",
+        KernelClass::Sample,
+        pipe,
+        &[&params, step, logits, out],
+        |_: &Step| [1, 1, 1],
+    ))
 }
 
 /// CPU reference: first index of the maximum (NaN ranks lowest).
@@ -45,7 +64,17 @@ mod tests {
         let ob = gpu.storage_buffer("o", 8).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, vocab, &lb, &ob).unwrap();
-        run(&gpu, &step_buf, Step { n_tokens: 2, pos0: 0, out_row0: 0, n_out_rows: 2 }, &[&op]);
+        run(
+            &gpu,
+            &step_buf,
+            Step {
+                n_tokens: 2,
+                pos0: 0,
+                out_row0: 0,
+                n_out_rows: 2,
+            },
+            &[&op],
+        );
         let out: Vec<u32> = bytemuck::cast_slice(&gpu.read_storage(&ob, 8).unwrap()).to_vec();
         assert_eq!(out[0] as usize, 700);
         assert_eq!(cpu(&rows[vocab..]), 700);

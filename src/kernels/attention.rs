@@ -10,6 +10,24 @@ pub struct Params {
     pub n_kv_heads: u32,
     pub head_dim: u32,
     pub scale: f32,
+    pub kv_head_begin: u32,
+    pub kv_head_end: u32,
+    pub pos_begin: u32,
+    pub pos_end: u32,
+    pub init: u32,
+    pub finalize: u32,
+    pub _pad: [u32; 2],
+}
+
+/// One KV block's share of a layer's attention (SRAM mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub kv_heads: (usize, usize),
+    pub positions: (usize, usize),
+    /// First block of the layer: start the running state.
+    pub init: bool,
+    /// Last block: normalise into the output.
+    pub finalize: bool,
 }
 
 pub fn variant(head_dim: usize) -> ShaderVariant {
@@ -18,6 +36,53 @@ pub fn variant(head_dim: usize) -> ShaderVariant {
         .define(format!("HD={head_dim}"))
         .define(format!("CH={ch}"))
         .define(format!("REDV={}", 64 * ch))
+}
+
+pub fn partial_variant(head_dim: usize) -> ShaderVariant {
+    variant(head_dim).define("PARTIAL")
+}
+
+/// SRAM mode: folds one KV block into the running state `st` `[T, H, 2+hd]`,
+/// writing `out` on the last block.
+#[allow(clippy::too_many_arguments)]
+pub fn build_block(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    block: Block,
+    q: &wgpu::Buffer,
+    k_cache: &wgpu::Buffer,
+    v_cache: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    st: &wgpu::Buffer,
+) -> Result<KernelOp, GpuError> {
+    let p = Params {
+        n_heads: n_heads as u32,
+        n_kv_heads: n_kv_heads as u32,
+        head_dim: head_dim as u32,
+        scale: (head_dim as f64).powf(-0.5) as f32,
+        kv_head_begin: block.kv_heads.0 as u32,
+        kv_head_end: block.kv_heads.1 as u32,
+        pos_begin: block.positions.0 as u32,
+        pos_end: block.positions.1.min(u32::MAX as usize) as u32,
+        init: block.init as u32,
+        finalize: block.finalize as u32,
+        _pad: [0; 2],
+    };
+    let params = gpu.uniform("attention.params", &p);
+    let pipe = gpu.pipeline(Shader::Attention, &partial_variant(head_dim))?;
+    let h = n_heads as u32;
+    Ok(KernelOp::new(
+        gpu,
+        name,
+        KernelClass::Attention,
+        pipe,
+        &[&params, step, q, k_cache, v_cache, out, st],
+        move |s: &Step| [h, s.n_tokens, 1],
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -43,6 +108,13 @@ pub fn build(
         n_kv_heads: n_kv_heads as u32,
         head_dim: head_dim as u32,
         scale: (head_dim as f64).powf(-0.5) as f32,
+        kv_head_begin: 0,
+        kv_head_end: n_kv_heads as u32,
+        pos_begin: 0,
+        pos_end: u32::MAX,
+        init: 1,
+        finalize: 1,
+        _pad: [0; 2],
     };
     let params = gpu.uniform("attention.params", &p);
     let pipe = gpu.pipeline(Shader::Attention, &variant(head_dim))?;
@@ -58,7 +130,15 @@ pub fn build(
 }
 
 /// CPU reference for token at `pos` (f64): q `[H*hd]`, caches `[ctx, Hkv*hd]`.
-pub fn cpu(q: &[f32], kc: &[f32], vc: &[f32], pos: usize, h: usize, hkv: usize, hd: usize) -> Vec<f32> {
+pub fn cpu(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    pos: usize,
+    h: usize,
+    hkv: usize,
+    hd: usize,
+) -> Vec<f32> {
     let kv_dim = hkv * hd;
     let scale = (hd as f64).powf(-0.5);
     let mut out = vec![0f32; h * hd];
@@ -68,14 +148,20 @@ pub fn cpu(q: &[f32], kc: &[f32], vc: &[f32], pos: usize, h: usize, hkv: usize, 
         let scores: Vec<f64> = (0..=pos)
             .map(|s| {
                 let kr = &kc[s * kv_dim + kvh * hd..s * kv_dim + (kvh + 1) * hd];
-                qh.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
+                qh.iter()
+                    .zip(kr)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>()
+                    * scale
             })
             .collect();
         let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
         let z: f64 = e.iter().sum();
         for d in 0..hd {
-            let v: f64 = (0..=pos).map(|s| e[s] * vc[s * kv_dim + kvh * hd + d] as f64).sum();
+            let v: f64 = (0..=pos)
+                .map(|s| e[s] * vc[s * kv_dim + kvh * hd + d] as f64)
+                .sum();
             out[head * hd + d] = (v / z) as f32;
         }
     }
@@ -93,18 +179,116 @@ mod tests {
         let kv_dim = hkv * hd;
         let q: Vec<f32> = seeded(t * h * hd, 1).iter().map(|v| v * 3.0).collect();
         let kc = seeded(ctx * kv_dim, 2);
-        let vc: Vec<f32> = seeded(ctx * kv_dim, 3).iter().enumerate().map(|(i, v)| v + (i % 7) as f32).collect();
+        let vc: Vec<f32> = seeded(ctx * kv_dim, 3)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + (i % 7) as f32)
+            .collect();
         let up = |n: &str, d: &[f32]| gpu.upload(n, bytemuck::cast_slice(d)).unwrap();
         let (qb, kb, vb) = (up("q", &q), up("kc", &kc), up("vc", &vc));
         let ob = gpu.storage_buffer("o", (t * h * hd * 4) as u64).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, "attn", h, hkv, hd, &qb, &kb, &vb, &ob).unwrap();
-        run(&gpu, &step_buf, Step { n_tokens: t as u32, pos0: pos0 as u32, out_row0: 0, n_out_rows: 1 }, &[&op]);
+        run(
+            &gpu,
+            &step_buf,
+            Step {
+                n_tokens: t as u32,
+                pos0: pos0 as u32,
+                out_row0: 0,
+                n_out_rows: 1,
+            },
+            &[&op],
+        );
         let got = read_f32(&gpu, &ob, t * h * hd);
         let want: Vec<f32> = (0..t)
-            .flat_map(|i| cpu(&q[i * h * hd..(i + 1) * h * hd], &kc, &vc, pos0 + i, h, hkv, hd))
+            .flat_map(|i| {
+                cpu(
+                    &q[i * h * hd..(i + 1) * h * hd],
+                    &kc,
+                    &vc,
+                    pos0 + i,
+                    h,
+                    hkv,
+                    hd,
+                )
+            })
             .collect();
-        assert_close(&got, &want, 1e-5, &format!("attention h={h} hkv={hkv} hd={hd}"));
+        assert_close(
+            &got,
+            &want,
+            1e-5,
+            &format!("attention h={h} hkv={hkv} hd={hd}"),
+        );
+    }
+
+    /// The same attention folded over KV blocks split by heads and positions.
+    #[test]
+    fn attention_in_blocks_matches_whole() {
+        let Some(gpu) = gpu() else { return };
+        let (h, hkv, hd, t, pos0) = (6usize, 3usize, 16usize, 4usize, 9usize);
+        let ctx = 20;
+        let kv_dim = hkv * hd;
+        let q: Vec<f32> = seeded(t * h * hd, 1).iter().map(|v| v * 3.0).collect();
+        let kc = seeded(ctx * kv_dim, 2);
+        let vc = seeded(ctx * kv_dim, 3);
+        let up = |n: &str, d: &[f32]| gpu.upload(n, bytemuck::cast_slice(d)).unwrap();
+        let (qb, kb, vb) = (up("q", &q), up("kc", &kc), up("vc", &vc));
+        let ob = gpu.storage_buffer("o", (t * h * hd * 4) as u64).unwrap();
+        let sb = gpu
+            .storage_buffer("st", (t * h * (2 + hd) * 4) as u64)
+            .unwrap();
+        let step_buf = gpu.uniform("step", &Step::default());
+        let blocks = [
+            ((0, 2), (0, 5)),
+            ((0, 2), (5, 11)),
+            ((2, 3), (0, 7)),
+            ((0, 2), (11, 20)),
+            ((2, 3), (7, 20)),
+        ];
+        let ops: Vec<_> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, &(kv_heads, positions))| {
+                let b = Block {
+                    kv_heads,
+                    positions,
+                    init: i == 0,
+                    finalize: i == blocks.len() - 1,
+                };
+                build_block(
+                    &gpu, &step_buf, "blk", h, hkv, hd, b, &qb, &kb, &vb, &ob, &sb,
+                )
+                .unwrap()
+            })
+            .collect();
+        let refs: Vec<_> = ops.iter().collect();
+        run(
+            &gpu,
+            &step_buf,
+            Step {
+                n_tokens: t as u32,
+                pos0: pos0 as u32,
+                out_row0: 0,
+                n_out_rows: 1,
+            },
+            &refs,
+        );
+        let got = read_f32(&gpu, &ob, t * h * hd);
+        let want: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                cpu(
+                    &q[i * h * hd..(i + 1) * h * hd],
+                    &kc,
+                    &vc,
+                    pos0 + i,
+                    h,
+                    hkv,
+                    hd,
+                )
+            })
+            .collect();
+        assert_close(&got, &want, 1e-5, "attention in blocks");
     }
 
     #[test]

@@ -45,15 +45,19 @@ pub fn build(
 /// CPU reference.
 pub fn cpu(table: &[f32], dim: usize, ids: &[u32]) -> Vec<f32> {
     ids.iter()
-        .flat_map(|&id| table[id as usize * dim..(id as usize + 1) * dim].iter().copied())
+        .flat_map(|&id| {
+            table[id as usize * dim..(id as usize + 1) * dim]
+                .iter()
+                .copied()
+        })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::model::{weights::Bytes, DType, Tensor};
+    use crate::testing::*;
     use std::sync::Arc;
 
     #[test]
@@ -69,11 +73,23 @@ mod tests {
         let w = GpuWeight::upload(&gpu, "t", &t).unwrap();
         let ids = [3u32, 0, 36, 3, 11];
         let ids_buf = gpu.upload("ids", bytemuck::cast_slice(&ids)).unwrap();
-        let x = gpu.storage_buffer("x", (ids.len() * dim * 4) as u64).unwrap();
+        let x = gpu
+            .storage_buffer("x", (ids.len() * dim * 4) as u64)
+            .unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, &w, &ids_buf, &x).unwrap();
-        let step = Step { n_tokens: ids.len() as u32, pos0: 0, out_row0: 0, n_out_rows: 1 };
+        let step = Step {
+            n_tokens: ids.len() as u32,
+            pos0: 0,
+            out_row0: 0,
+            n_out_rows: 1,
+        };
         run(&gpu, &step_buf, step, &[&op]);
-        assert_close(&read_f32(&gpu, &x, ids.len() * dim), &cpu(&table, dim, &ids), 0.0, "embed");
+        assert_close(
+            &read_f32(&gpu, &x, ids.len() * dim),
+            &cpu(&table, dim, &ids),
+            0.0,
+            "embed",
+        );
     }
 }

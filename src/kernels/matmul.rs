@@ -78,7 +78,13 @@ pub fn build(
         class,
         gpu.pipeline(Shader::Matmul, &variant(w.dtype, 1, accumulate))?,
         &[&params, step, &w.buf, x, y],
-        move |s: &Step| if count(s) == 1 { [n_groups, 1, 1] } else { [0, 0, 0] },
+        move |s: &Step| {
+            if count(s) == 1 {
+                [n_groups, 1, 1]
+            } else {
+                [0, 0, 0]
+            }
+        },
     );
     let many = KernelOp::new(
         gpu,
@@ -116,9 +122,9 @@ pub fn cpu(x: &[f32], w: &[f32], n: usize, k: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::*;
     use crate::model::weights::{dequantize, Bytes};
     use crate::model::Tensor;
+    use crate::testing::*;
     use std::sync::Arc;
 
     /// Random bytes in `dtype`'s encoding with sane scales.
@@ -129,7 +135,9 @@ mod tests {
         match dtype {
             DType::F32 => out.extend(bytemuck::cast_slice::<f32, u8>(&vals)),
             DType::F16 => vals.iter().for_each(|&v| out.extend(f16(v))),
-            DType::BF16 => vals.iter().for_each(|&v| out.extend(half::bf16::from_f32(v).to_le_bytes())),
+            DType::BF16 => vals
+                .iter()
+                .for_each(|&v| out.extend(half::bf16::from_f32(v).to_le_bytes())),
             DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
                 let raw = seeded(n * k * 2, seed ^ 0x55);
                 for b in 0..n * k / 32 {
@@ -138,7 +146,9 @@ mod tests {
                     if dtype == DType::Q4_1 {
                         out.extend(f16(raw[2 * b + 1] * 0.3));
                     }
-                    let qs: Vec<u8> = (0..32).map(|j| ((vals[b * 32 + j] + 1.0) * 127.9) as u8).collect();
+                    let qs: Vec<u8> = (0..32)
+                        .map(|j| ((vals[b * 32 + j] + 1.0) * 127.9) as u8)
+                        .collect();
                     match dtype {
                         DType::Q8_0 => out.extend(qs.iter().map(|&q| q.wrapping_sub(128))),
                         _ => out.extend((0..16).map(|j| (qs[j] >> 4) | (qs[j + 16] & 0xf0))),
@@ -175,11 +185,21 @@ mod tests {
         let ops = build(&gpu, &step_buf, "mm", &w, &xb, &yb, accumulate, rows).unwrap();
         let (step, xs) = match rows {
             Rows::Tokens => (
-                Step { n_tokens: tokens as u32, pos0: 0, out_row0: 0, n_out_rows: 1 },
+                Step {
+                    n_tokens: tokens as u32,
+                    pos0: 0,
+                    out_row0: 0,
+                    n_out_rows: 1,
+                },
                 &x[..],
             ),
             Rows::OutRows => (
-                Step { n_tokens: tokens as u32, pos0: 0, out_row0: 1, n_out_rows: tokens as u32 - 1 },
+                Step {
+                    n_tokens: tokens as u32,
+                    pos0: 0,
+                    out_row0: 1,
+                    n_out_rows: tokens as u32 - 1,
+                },
                 &x[k..],
             ),
         };
@@ -189,7 +209,12 @@ mod tests {
             want.iter_mut().zip(&y0).for_each(|(a, b)| *a += b);
         }
         let got = read_f32(&gpu, &yb, want.len());
-        assert_close(&got, &want, 2e-5, &format!("matmul {dtype} n={n} k={k} T={tokens}"));
+        assert_close(
+            &got,
+            &want,
+            2e-5,
+            &format!("matmul {dtype} n={n} k={k} T={tokens}"),
+        );
     }
 
     #[test]

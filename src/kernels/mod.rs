@@ -6,12 +6,13 @@
 pub mod argmax;
 pub mod attention;
 pub mod embed;
+pub mod link_copy;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
 pub mod silu_mul;
+pub mod sram_matmul;
 pub mod topk;
-
 
 use crate::gpu::{Gpu, GpuError};
 use crate::model::DType;
@@ -157,10 +158,20 @@ pub fn ceil_div(a: u32, b: u32) -> u32 {
 /// naga test (each must parse, validate and fit 16 KiB of workgroup memory).
 pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
     use crate::gpu::{Shader, ShaderVariant};
-    let dtypes = [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1];
+    let dtypes = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+    ];
     let mut v = Vec::new();
     for dt in dtypes {
-        v.push((Shader::Embed, ShaderVariant::new("main").define(weight_define(dt))));
+        v.push((
+            Shader::Embed,
+            ShaderVariant::new("main").define(weight_define(dt)),
+        ));
         for tt in [1, matmul::TT_PREFILL] {
             for acc in [false, true] {
                 v.push((Shader::Matmul, matmul::variant(dt, tt, acc)));
@@ -169,9 +180,46 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
     }
     for hd in [8, 16, 32, 64, 128] {
         v.push((Shader::Attention, attention::variant(hd)));
+        v.push((Shader::Attention, attention::partial_variant(hd)));
     }
-    for s in [Shader::Rmsnorm, Shader::Rope, Shader::SiluMul, Shader::Argmax, Shader::Topk] {
+    for s in [
+        Shader::Rmsnorm,
+        Shader::Rope,
+        Shader::SiluMul,
+        Shader::Argmax,
+        Shader::Topk,
+        Shader::LinkCopy,
+    ] {
         v.push((s, ShaderVariant::new("main")));
     }
+    v.extend(sram_variants(crate::chip::DEFAULT_SLICE_BYTES, 576));
+    v
+}
+
+/// The SRAM-mode variants for one slice budget (bytes) and hidden size: each
+/// must fit `slice_bytes` of workgroup memory.
+pub fn sram_variants(
+    slice_bytes: usize,
+    hidden: usize,
+) -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
+    use crate::gpu::Shader;
+    let dtypes = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+    ];
+    let mut v = Vec::new();
+    for dt in dtypes {
+        for acc in [false, true] {
+            v.push((
+                Shader::SramMatmul,
+                sram_matmul::variant(dt, slice_bytes, acc),
+            ));
+        }
+    }
+    v.push((Shader::Rmsnorm, rmsnorm::sram_variant(hidden)));
     v
 }

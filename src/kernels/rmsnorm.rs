@@ -12,6 +12,7 @@ pub struct Params {
 }
 
 /// `Y[t] = X[t] * rsqrt(mean(X[t]^2) + eps) * w` for each of the step's rows.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -22,7 +23,39 @@ pub fn build(
     x: &wgpu::Buffer,
     y: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
-    let pipe = gpu.pipeline(Shader::Rmsnorm, &ShaderVariant::new("main"))?;
+    build_variant(
+        gpu,
+        step,
+        name,
+        dim,
+        eps,
+        w,
+        x,
+        y,
+        &ShaderVariant::new("main"),
+    )
+}
+
+/// SRAM mode: the weight vector is staged in workgroup memory (`dim` floats).
+pub fn sram_variant(dim: usize) -> ShaderVariant {
+    ShaderVariant::new("main")
+        .define("STAGE_WEIGHT")
+        .define(format!("DIM={dim}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn build_variant(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    dim: usize,
+    eps: f32,
+    w: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    variant: &ShaderVariant,
+) -> Result<KernelOp, GpuError> {
+    let pipe = gpu.pipeline(Shader::Rmsnorm, variant)?;
     let params = gpu.uniform(
         "rmsnorm.params",
         &Params {
@@ -65,14 +98,33 @@ mod tests {
     fn rmsnorm_matches_cpu() {
         let Some(gpu) = gpu() else { return };
         let (rows, dim) = (5, 141);
-        let x: Vec<f32> = seeded(rows * dim, 1).iter().enumerate().map(|(i, v)| v * (1.0 + i as f32 * 0.01)).collect();
+        let x: Vec<f32> = seeded(rows * dim, 1)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1.0 + i as f32 * 0.01))
+            .collect();
         let w = seeded(dim, 2);
         let xb = gpu.upload("x", bytemuck::cast_slice(&x)).unwrap();
         let wb = gpu.upload("w", bytemuck::cast_slice(&w)).unwrap();
         let yb = gpu.storage_buffer("y", (x.len() * 4) as u64).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, "norm", dim, 1e-5, &wb, &xb, &yb).unwrap();
-        run(&gpu, &step_buf, Step { n_tokens: rows as u32, pos0: 0, out_row0: 0, n_out_rows: 1 }, &[&op]);
-        assert_close(&read_f32(&gpu, &yb, x.len()), &cpu(&x, &w, 1e-5), 1e-6, "rmsnorm");
+        run(
+            &gpu,
+            &step_buf,
+            Step {
+                n_tokens: rows as u32,
+                pos0: 0,
+                out_row0: 0,
+                n_out_rows: 1,
+            },
+            &[&op],
+        );
+        assert_close(
+            &read_f32(&gpu, &yb, x.len()),
+            &cpu(&x, &w, 1e-5),
+            1e-6,
+            "rmsnorm",
+        );
     }
 }

@@ -19,7 +19,13 @@ pub fn build(
     u: &wgpu::Buffer,
     h: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
-    let params = gpu.uniform("silu_mul.params", &Params { dim: dim as u32, _pad: [0; 3] });
+    let params = gpu.uniform(
+        "silu_mul.params",
+        &Params {
+            dim: dim as u32,
+            _pad: [0; 3],
+        },
+    );
     let pipe = gpu.pipeline(Shader::SiluMul, &ShaderVariant::new("main"))?;
     let gx = (dim as u32).div_ceil(64);
     Ok(KernelOp::new(
@@ -33,7 +39,10 @@ pub fn build(
 }
 
 pub fn cpu(g: &[f32], u: &[f32]) -> Vec<f32> {
-    g.iter().zip(u).map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32).collect()
+    g.iter()
+        .zip(u)
+        .map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -52,7 +61,22 @@ mod tests {
         let hb = gpu.storage_buffer("h", (t * dim * 4) as u64).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, "silu", dim, &gb, &ub, &hb).unwrap();
-        run(&gpu, &step_buf, Step { n_tokens: t as u32, pos0: 0, out_row0: 0, n_out_rows: 1 }, &[&op]);
-        assert_close(&read_f32(&gpu, &hb, t * dim), &cpu(&g, &u), 1e-6, "silu_mul");
+        run(
+            &gpu,
+            &step_buf,
+            Step {
+                n_tokens: t as u32,
+                pos0: 0,
+                out_row0: 0,
+                n_out_rows: 1,
+            },
+            &[&op],
+        );
+        assert_close(
+            &read_f32(&gpu, &hb, t * dim),
+            &cpu(&g, &u),
+            1e-6,
+            "silu_mul",
+        );
     }
 }

@@ -16,11 +16,32 @@ pub struct Params {
 }
 
 /// Writes the `k` best `[id, bits]` pairs of the last logit row to `out`.
-pub fn build(gpu: &Gpu, step: &wgpu::Buffer, vocab: usize, k: usize, logits: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<KernelOp, GpuError> {
+pub fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    vocab: usize,
+    k: usize,
+    logits: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<KernelOp, GpuError> {
     let k = k.clamp(1, MAX_K.min(vocab));
-    let params = gpu.uniform("topk.params", &Params { vocab: vocab as u32, k: k as u32, _pad: [0; 2] });
+    let params = gpu.uniform(
+        "topk.params",
+        &Params {
+            vocab: vocab as u32,
+            k: k as u32,
+            _pad: [0; 2],
+        },
+    );
     let pipe = gpu.pipeline(Shader::Topk, &ShaderVariant::new("main"))?;
-    Ok(KernelOp::new(gpu, "topk", KernelClass::Sample, pipe, &[&params, step, logits, out], |_: &Step| [1, 1, 1]))
+    Ok(KernelOp::new(
+        gpu,
+        "topk",
+        KernelClass::Sample,
+        pipe,
+        &[&params, step, logits, out],
+        |_: &Step| [1, 1, 1],
+    ))
 }
 
 /// CPU reference: ids of the k largest values, best first, ties by lower id.
@@ -47,8 +68,19 @@ mod tests {
         let ob = gpu.storage_buffer("o", (k * 8) as u64).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, vocab, k, &lb, &ob).unwrap();
-        run(&gpu, &step_buf, Step { n_tokens: 1, pos0: 0, out_row0: 0, n_out_rows: 1 }, &[&op]);
-        let out: Vec<u32> = bytemuck::cast_slice(&gpu.read_storage(&ob, (k * 8) as u64).unwrap()).to_vec();
+        run(
+            &gpu,
+            &step_buf,
+            Step {
+                n_tokens: 1,
+                pos0: 0,
+                out_row0: 0,
+                n_out_rows: 1,
+            },
+            &[&op],
+        );
+        let out: Vec<u32> =
+            bytemuck::cast_slice(&gpu.read_storage(&ob, (k * 8) as u64).unwrap()).to_vec();
         let ids: Vec<u32> = out.chunks(2).map(|p| p[0]).collect();
         assert_eq!(ids, cpu(&v, k));
         for p in out.chunks(2) {

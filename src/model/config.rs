@@ -82,13 +82,22 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+            return bad(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return bad(format!("rms_norm_eps must be positive, got {}", self.rms_norm_eps));
+            return bad(format!(
+                "rms_norm_eps must be positive, got {}",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return bad(format!("rope_theta must be positive, got {}", self.rope_theta));
+            return bad(format!(
+                "rope_theta must be positive, got {}",
+                self.rope_theta
+            ));
         }
         for &id in self.eos_token_ids.iter().chain(self.bos_token_id.iter()) {
             if id as usize >= self.vocab_size {
@@ -106,11 +115,17 @@ impl LlamaConfig {
             ("num_attention_heads", self.num_heads, 1 << 10),
             ("head_dim", self.head_dim, 1 << 10),
             ("vocab_size", self.vocab_size, 1 << 22),
-            ("max_position_embeddings", self.max_position_embeddings, 1 << 22),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 22,
+            ),
         ];
         for (name, v, max) in limits {
             if v > max {
-                return bad(format!("`{name}` = {v} is larger than sramlm supports ({max})"));
+                return bad(format!(
+                    "`{name}` = {v} is larger than sramlm supports ({max})"
+                ));
             }
         }
         Ok(())
@@ -123,27 +138,32 @@ impl LlamaConfig {
     }
 
     pub fn from_hf_str(text: &str, path: &Path) -> Result<Self, LoadError> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            LoadError::Config(format!("{} is not valid JSON: {e}", path.display()))
-        })?;
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| LoadError::Config(format!("{} is not valid JSON: {e}", path.display())))?;
         let obj = v.as_object().ok_or_else(|| {
             LoadError::Config(format!("{} must hold a JSON object", path.display()))
         })?;
         let archs: Vec<String> = obj
             .get("architectures")
             .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         let model_type = obj.get("model_type").and_then(|s| s.as_str()).unwrap_or("");
         if !archs.is_empty() && !archs.iter().any(|a| a == "LlamaForCausalLM") {
             return Err(LoadError::UnsupportedArchitecture(archs.join(", ")));
         }
         if archs.is_empty() && model_type != "llama" {
-            return Err(LoadError::UnsupportedArchitecture(if model_type.is_empty() {
-                "(config.json names no `architectures` and no `model_type`)".into()
-            } else {
-                format!("model_type `{model_type}`")
-            }));
+            return Err(LoadError::UnsupportedArchitecture(
+                if model_type.is_empty() {
+                    "(config.json names no `architectures` and no `model_type`)".into()
+                } else {
+                    format!("model_type `{model_type}`")
+                },
+            ));
         }
         let get_usize = |key: &str| -> Result<usize, LoadError> {
             match obj.get(key) {
@@ -206,7 +226,9 @@ impl LlamaConfig {
         let num_heads = get_usize("num_attention_heads")?;
         let num_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
         if num_heads == 0 {
-            return Err(LoadError::Config("`num_attention_heads` must be positive, got 0".into()));
+            return Err(LoadError::Config(
+                "`num_attention_heads` must be positive, got 0".into(),
+            ));
         }
         let head_dim = match opt_usize("head_dim")? {
             Some(h) => h,
@@ -252,7 +274,10 @@ impl LlamaConfig {
             bos_token_id: opt_usize("bos_token_id")?.map(|x| x as u32),
             eos_token_ids,
         };
-        cfg.validate()?;
+        cfg.validate().map_err(|e| match e {
+            LoadError::Config(m) => LoadError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
         Ok(cfg)
     }
 
@@ -264,7 +289,11 @@ impl LlamaConfig {
             + self.q_dim() * d
             + 3 * d * self.intermediate_size
             + 2 * d;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * d };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d + self.num_layers * per_layer + d + head
     }
 }

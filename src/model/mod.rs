@@ -42,6 +42,8 @@ pub enum LoadError {
     Format(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("{0} is neither a model folder (config.json + model.safetensors) nor a GGUF file")]
+    NotAModel(PathBuf),
 }
 
 impl LoadError {
@@ -75,7 +77,10 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
     }
     if path.is_dir() {
         safetensors::load_folder(path)
-    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    } else if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         gguf::load(path)
     } else if path.file_name().is_some_and(|n| n == "config.json") {
         safetensors::load_folder(path.parent().unwrap_or(Path::new(".")))
@@ -89,10 +94,7 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
         if ok && &magic == b"GGUF" {
             gguf::load(path)
         } else {
-            Err(LoadError::Format(format!(
-                "{} is neither a model folder (config.json + model.safetensors) nor a GGUF file",
-                path.display()
-            )))
+            Err(LoadError::NotAModel(path.to_path_buf()))
         }
     }
 }

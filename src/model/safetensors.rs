@@ -26,9 +26,12 @@ impl SafetensorsFiles {
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 LoadError::Format(format!("{} is not valid JSON: {e}", index.display()))
             })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                LoadError::Format(format!("{} has no `weight_map` object", index.display()))
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    LoadError::Format(format!("{} has no `weight_map` object", index.display()))
+                })?;
             let mut shards: Vec<String> = map
                 .values()
                 .filter_map(|s| s.as_str().map(String::from))
@@ -37,7 +40,9 @@ impl SafetensorsFiles {
             shards.dedup();
             for s in shards {
                 if s.contains('/') || s.contains('\\') || s.contains("..") {
-                    return Err(LoadError::Format(format!("shard name `{s}` is not a plain file name")));
+                    return Err(LoadError::Format(format!(
+                        "shard name `{s}` is not a plain file name"
+                    )));
                 }
                 files.push(dir.join(s));
             }
@@ -64,9 +69,8 @@ impl SafetensorsFiles {
         // every mmap-based loader.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
         let map = Arc::new(map);
-        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| {
-            LoadError::Format(format!("{}: {e}", path.display()))
-        })?;
+        let st = safetensors::SafeTensors::deserialize(&map)
+            .map_err(|e| LoadError::Format(format!("{}: {e}", path.display())))?;
         let base = map.as_ptr() as usize;
         let mut out = Vec::new();
         for (name, view) in st.tensors() {
@@ -135,7 +139,11 @@ pub fn load_folder(dir: &Path) -> Result<Model, LoadError> {
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("chat_template").and_then(|s| s.as_str()).map(String::from));
+        .and_then(|v| {
+            v.get("chat_template")
+                .and_then(|s| s.as_str())
+                .map(String::from)
+        });
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -303,6 +303,23 @@ impl WeightName {
     }
 }
 
+impl WeightName {
+    /// Inverse of `Display` (`embed`, `layers.3.wq`, `final_norm`, `lm_head`).
+    pub fn parse(s: &str) -> Option<WeightName> {
+        match s {
+            "embed" => return Some(WeightName::Embed),
+            "final_norm" => return Some(WeightName::FinalNorm),
+            "lm_head" => return Some(WeightName::LmHead),
+            _ => {}
+        }
+        let rest = s.strip_prefix("layers.")?;
+        let (i, t) = rest.split_once('.')?;
+        let i: usize = i.parse().ok()?;
+        let t = LayerTensor::ALL.into_iter().find(|lt| lt.short() == t)?;
+        Some(WeightName::Layer(i, t))
+    }
+}
+
 impl fmt::Display for WeightName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -417,7 +434,12 @@ impl ModelWeights {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| LayerTensor::ALL.iter().map(|&t| l.get(t).byte_len()).sum::<usize>())
+            .map(|l| {
+                LayerTensor::ALL
+                    .iter()
+                    .map(|&t| l.get(t).byte_len())
+                    .sum::<usize>()
+            })
             .sum();
         self.embed.byte_len()
             + layers

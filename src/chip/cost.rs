@@ -1,0 +1,413 @@
+//! The analytic cost model: *modeled* time per token of a [`Plan`] on its
+//! chips, and of a GPU for comparison.
+//!
+//! Nothing here is measured. Every number is labelled `modeled` so it cannot
+//! be mistaken for a measurement of the emulator (which runs on a GPU and has
+//! its own, real, timings).
+//!
+//! # Per chip, per pass of `microbatch_tokens` tokens
+//!
+//! * compute: `2 × params_on_chip × tokens / rate` (rate: FP16 FLOP/s or INT8
+//!   op/s by [`Precision`]; an untied embedding is a gather — one row read per
+//!   token, no product) plus attention, `2 × (query heads per KV head) ×
+//!   KV values read` at the FP16 rate;
+//! * SRAM: `(weight bytes + KV bytes read per token × tokens) / sram_bandwidth`;
+//!   KV read per token is the chip's share of one sequence's cache filled to
+//!   `kv_positions` (default: the whole context, the worst case);
+//! * the chip's time is `max(compute, SRAM)`: a streaming machine (the TSP)
+//!   overlaps the two;
+//! * the link out: `carried bytes × tokens / (link_bandwidth × links_per_hop)`
+//!   plus `link_latency_s` per transfer (the loopback from the last chip to
+//!   chip 0 counts its transfers: 1 for a token id, 2 for a tied model's
+//!   gather).
+//!
+//! # Schedule
+//!
+//! One token at batch 1 visits the chips in order (a chip is a pipeline
+//! stage), so the **latency** is the sum of every chip's time and every link.
+//! With `inflight` independent sequences in the pipeline, each stage works on
+//! one at a time: the cycle for every sequence is `max(latency, inflight ×
+//! bottleneck stage)`. Throughput is `inflight × microbatch_tokens / cycle`;
+//! beyond `latency / bottleneck` sequences in flight the pipeline is full and
+//! adding more only makes each user slower. The bubble fraction is the share
+//! of chip-time that is idle.
+
+use super::{ChipSpec, Plan};
+use serde::{Deserialize, Serialize};
+
+/// Which compute rate of the chip the matrix-vector products run at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Fp16,
+    Int8,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+/// What crosses a chip boundary, for the link cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CarryModel {
+    /// The plan's live set at each boundary (what sramlm's executor moves).
+    AsPlanned,
+    /// Only the residual stream (`hidden_size` values) at every boundary: a
+    /// lower bound for any partition of the layers into chips.
+    ResidualOnly,
+}
+
+/// Knobs of the cost model beyond the plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CostOptions {
+    pub precision: Precision,
+    /// Links used in parallel between consecutive chips (default 1).
+    pub links_per_hop: usize,
+    /// KV positions read per token; `None`: the whole context (worst case).
+    pub kv_positions: Option<usize>,
+    /// Independent sequences in the pipeline (default 1).
+    pub inflight: usize,
+    /// Bytes per activation value on the links (default 4: f32, as planned).
+    pub activation_bytes: usize,
+    pub carry: CarryModel,
+}
+
+impl CostOptions {
+    pub fn new(precision: Precision) -> Self {
+        CostOptions {
+            precision,
+            links_per_hop: 1,
+            kv_positions: None,
+            inflight: 1,
+            activation_bytes: 4,
+            carry: CarryModel::AsPlanned,
+        }
+    }
+}
+
+/// Modeled time of one chip for one pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModeledChipCost {
+    pub index: usize,
+    pub modeled_compute_s: f64,
+    pub modeled_sram_s: f64,
+    /// `max(compute, sram)`.
+    pub modeled_chip_s: f64,
+    /// The link to the next chip (last chip: the loopback).
+    pub modeled_link_out_s: f64,
+    /// `chip + link out`: this stage's share of the pipeline cycle.
+    pub modeled_stage_s: f64,
+    /// `"compute"` or `"sram"`: which one sets `modeled_chip_s`.
+    pub modeled_bound: String,
+}
+
+/// Modeled latency and throughput of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CostBreakdown {
+    pub spec: String,
+    pub precision: Precision,
+    pub links_per_hop: usize,
+    pub activation_bytes: usize,
+    pub carry: CarryModel,
+    pub kv_positions: usize,
+    pub microbatch_tokens: usize,
+    pub chips: Vec<ModeledChipCost>,
+    /// Sums over chips.
+    pub modeled_compute_s: f64,
+    pub modeled_sram_s: f64,
+    pub modeled_chip_s: f64,
+    /// Every link on the path, loopback included.
+    pub modeled_link_s: f64,
+    /// One token (one pass), batch 1, empty pipeline.
+    pub modeled_token_latency_s: f64,
+    /// `1 / modeled_token_latency_s`.
+    pub modeled_tokens_per_s_per_user: f64,
+    pub modeled_bottleneck_stage_s: f64,
+    /// Sequences in flight that fill the pipeline: `latency / bottleneck`.
+    pub modeled_pipeline_depth: f64,
+    pub inflight: usize,
+    pub modeled_cycle_s: f64,
+    pub modeled_throughput_tokens_per_s: f64,
+    pub modeled_tokens_per_s_per_user_at_inflight: f64,
+    pub modeled_bubble_fraction: f64,
+}
+
+/// Modeled latency of `plan` on chips of `spec` with default options.
+pub fn modeled_token_latency(plan: &Plan, spec: &ChipSpec, precision: Precision) -> CostBreakdown {
+    modeled_token_latency_with(plan, spec, &CostOptions::new(precision))
+}
+
+/// Modeled latency of `plan` on chips of `spec` (normally `plan.spec`; another
+/// spec re-costs the same placement on faster or slower chips).
+pub fn modeled_token_latency_with(plan: &Plan, spec: &ChipSpec, o: &CostOptions) -> CostBreakdown {
+    let m = &plan.model;
+    let mb = m.microbatch_tokens.max(1) as f64;
+    let positions = o.kv_positions.unwrap_or(m.context_len).min(m.context_len);
+    let fill = positions as f64 / m.context_len.max(1) as f64;
+    let group = (m.num_heads / m.num_kv_heads.max(1)) as f64;
+    let rate = match o.precision {
+        Precision::Fp16 => spec.compute_flops_fp16,
+        Precision::Int8 => spec.compute_ops_int8,
+    };
+    let link_bw = spec.link_bandwidth * o.links_per_hop.max(1) as f64;
+    let n = plan.chips.len();
+    let loop_transfers = plan
+        .totals
+        .link_transfers_per_token
+        .saturating_sub(plan.totals.hops);
+    let mut chips = Vec::with_capacity(n);
+    for c in &plan.chips {
+        // One sequence's share of the chip's KV cache, filled to `positions`.
+        let kv_read = c.kv_bytes as f64 / m.batch.max(1) as f64 * fill;
+        let kv_values = kv_read / m.kv_dtype_bytes.max(1) as f64;
+        // An untied embedding is a gather: one row read per token, no product.
+        let (mut params, mut weight_bytes) = (c.params as f64, c.weight_bytes as f64);
+        if !m.tie_word_embeddings {
+            for p in c.tensors.iter().filter(|p| p.weight == "embed") {
+                let rows = (p.row_end - p.row_start).max(1) as f64;
+                params -= p.params as f64;
+                weight_bytes -= p.bytes as f64 - p.bytes as f64 / rows * mb.min(rows);
+            }
+        }
+        let compute =
+            2.0 * params * mb / rate + 2.0 * group * kv_values * mb / spec.compute_flops_fp16;
+        let sram = (weight_bytes + kv_read * mb) / spec.sram_bandwidth;
+        let chip = compute.max(sram);
+        let transfers = if n == 1 {
+            0
+        } else if c.index + 1 == n {
+            loop_transfers
+        } else {
+            1
+        };
+        let scale = o.activation_bytes as f64 / 4.0;
+        let bytes = match o.carry {
+            CarryModel::ResidualOnly if c.index + 1 < n => {
+                (m.hidden_size * o.activation_bytes) as f64
+            }
+            _ => c.link_bytes_out_per_token as f64 * scale,
+        };
+        let link = if transfers == 0 {
+            0.0
+        } else {
+            bytes * mb / link_bw + transfers as f64 * spec.link_latency_s
+        };
+        chips.push(ModeledChipCost {
+            index: c.index,
+            modeled_compute_s: compute,
+            modeled_sram_s: sram,
+            modeled_chip_s: chip,
+            modeled_link_out_s: link,
+            modeled_stage_s: chip + link,
+            modeled_bound: if compute >= sram { "compute" } else { "sram" }.into(),
+        });
+    }
+    let sum = |f: fn(&ModeledChipCost) -> f64| chips.iter().map(f).sum::<f64>();
+    let latency = sum(|c| c.modeled_stage_s);
+    let bottleneck = chips.iter().map(|c| c.modeled_stage_s).fold(0.0, f64::max);
+    let inflight = o.inflight.max(1);
+    let cycle = latency.max(inflight as f64 * bottleneck);
+    let busy: f64 = inflight as f64 * latency;
+    CostBreakdown {
+        spec: spec.name.clone(),
+        precision: o.precision,
+        links_per_hop: o.links_per_hop.max(1),
+        activation_bytes: o.activation_bytes,
+        carry: o.carry,
+        kv_positions: positions,
+        microbatch_tokens: m.microbatch_tokens.max(1),
+        modeled_compute_s: sum(|c| c.modeled_compute_s),
+        modeled_sram_s: sum(|c| c.modeled_sram_s),
+        modeled_chip_s: sum(|c| c.modeled_chip_s),
+        modeled_link_s: sum(|c| c.modeled_link_out_s),
+        modeled_token_latency_s: latency,
+        modeled_tokens_per_s_per_user: 1.0 / latency,
+        modeled_bottleneck_stage_s: bottleneck,
+        modeled_pipeline_depth: latency / bottleneck,
+        inflight,
+        modeled_cycle_s: cycle,
+        modeled_throughput_tokens_per_s: inflight as f64 * mb / cycle,
+        modeled_tokens_per_s_per_user_at_inflight: 1.0 / cycle,
+        modeled_bubble_fraction: 1.0 - busy / (n as f64 * cycle),
+        chips,
+    }
+}
+
+/// A GPU for the comparison: memory bandwidth, compute, and the fixed costs
+/// of driving it one kernel at a time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuSpec {
+    pub name: String,
+    /// Device memory bandwidth, B/s.
+    pub mem_bandwidth: f64,
+    /// Dense FP16 FLOP/s.
+    pub flops_fp16: f64,
+    /// Cost of one compute dispatch (kernel launch + barrier), seconds.
+    pub dispatch_s: f64,
+    /// One submit + wait for the results per token, seconds.
+    pub submit_wait_s: f64,
+}
+
+impl GpuSpec {
+    /// NVIDIA H100 SXM: 3.35 TB/s HBM3, ~989 TFLOP/s dense FP16 (tensor
+    /// cores); ~2.2 µs per wgpu dispatch and ~57 µs per submit+wait (sramlm's
+    /// estimates for the wgpu/Vulkan path).
+    pub fn h100_sxm() -> Self {
+        GpuSpec {
+            name: "h100-sxm".into(),
+            mem_bandwidth: 3.35e12,
+            flops_fp16: 989e12,
+            dispatch_s: 2.2e-6,
+            submit_wait_s: 57e-6,
+        }
+    }
+    /// A GPU from measured numbers (e.g. a bandwidth and dispatch benchmark).
+    pub fn measured(
+        name: &str,
+        mem_bandwidth: f64,
+        flops_fp16: f64,
+        dispatch_s: f64,
+        submit_wait_s: f64,
+    ) -> Self {
+        GpuSpec {
+            name: name.into(),
+            mem_bandwidth,
+            flops_fp16,
+            dispatch_s,
+            submit_wait_s,
+        }
+    }
+    pub fn preset(name: &str) -> Option<Self> {
+        (name == "h100-sxm").then(Self::h100_sxm)
+    }
+}
+
+/// Modeled GPU time per token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuCostBreakdown {
+    pub gpu: String,
+    pub modeled_memory_s: f64,
+    pub modeled_compute_s: f64,
+    pub modeled_dispatch_s: f64,
+    pub modeled_submit_s: f64,
+    /// `max(memory, compute) + dispatches + submit`.
+    pub modeled_token_latency_s: f64,
+    pub modeled_tokens_per_s: f64,
+}
+
+/// Modeled time for one token on a GPU that reads `weight_bytes + kv_bytes`
+/// from device memory, does `flops`, and issues `dispatches` kernels in one
+/// submission.
+pub fn modeled_gpu_token_latency(
+    weight_bytes: usize,
+    kv_bytes: usize,
+    flops: f64,
+    dispatches: usize,
+    gpu: &GpuSpec,
+) -> GpuCostBreakdown {
+    let memory = (weight_bytes + kv_bytes) as f64 / gpu.mem_bandwidth;
+    let compute = flops / gpu.flops_fp16;
+    let dispatch = dispatches as f64 * gpu.dispatch_s;
+    let latency = memory.max(compute) + dispatch + gpu.submit_wait_s;
+    GpuCostBreakdown {
+        gpu: gpu.name.clone(),
+        modeled_memory_s: memory,
+        modeled_compute_s: compute,
+        modeled_dispatch_s: dispatch,
+        modeled_submit_s: gpu.submit_wait_s,
+        modeled_token_latency_s: latency,
+        modeled_tokens_per_s: 1.0 / latency,
+    }
+}
+
+/// The GPU inputs for the same model and context as `plan`: weight bytes, KV
+/// bytes read per token (one sequence, `kv_positions` filled), and FLOPs.
+pub fn gpu_inputs_from_plan(plan: &Plan, kv_positions: Option<usize>) -> (usize, usize, f64) {
+    let m = &plan.model;
+    let positions = kv_positions.unwrap_or(m.context_len).min(m.context_len);
+    let kv = m.num_layers * 2 * positions * m.num_kv_heads * m.head_dim * m.kv_dtype_bytes;
+    let group = (m.num_heads / m.num_kv_heads.max(1)) as f64;
+    let kv_values = (m.num_layers * 2 * positions * m.num_kv_heads * m.head_dim) as f64;
+    // The embedding is a gather, not a product, unless it doubles as lm_head.
+    let embed_params = if m.tie_word_embeddings {
+        0
+    } else {
+        m.vocab_size * m.hidden_size
+    };
+    let flops = 2.0 * (m.params - embed_params) as f64 + 2.0 * group * kv_values;
+    (m.weight_bytes, kv, flops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chip::{place, PlaceOptions, TensorInfo};
+    use crate::model::{DType, LlamaConfig, RopeLayout};
+
+    fn cfg() -> LlamaConfig {
+        LlamaConfig {
+            hidden_size: 64,
+            intermediate_size: 172,
+            num_layers: 5,
+            num_heads: 8,
+            num_kv_heads: 4,
+            head_dim: 8,
+            vocab_size: 512,
+            max_position_embeddings: 512,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            tie_word_embeddings: true,
+            rope_layout: RopeLayout::Halves,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+        }
+    }
+
+    #[test]
+    fn latency_adds_up_and_pipeline_fills() {
+        let c = cfg();
+        let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
+        let spec = ChipSpec::preset("mini-64k").unwrap();
+        let plan = place(&c, &t, &spec, &PlaceOptions::for_config(&c)).unwrap();
+        let one = modeled_token_latency(&plan, &spec, Precision::Fp16);
+        let sum: f64 = one.chips.iter().map(|c| c.modeled_stage_s).sum();
+        assert!((sum - one.modeled_token_latency_s).abs() < 1e-15);
+        assert!(one.modeled_link_s > 0.0 && one.modeled_sram_s > 0.0);
+        assert!(
+            one.modeled_bubble_fraction > 0.5,
+            "one token in a long pipeline idles most chips"
+        );
+        let mut o = CostOptions::new(Precision::Fp16);
+        o.inflight = plan.chips.len() * 4;
+        let full = modeled_token_latency_with(&plan, &spec, &o);
+        assert!(full.modeled_throughput_tokens_per_s > one.modeled_throughput_tokens_per_s * 5.0);
+        assert!(full.modeled_tokens_per_s_per_user_at_inflight < one.modeled_tokens_per_s_per_user);
+        assert!(full.modeled_bubble_fraction < one.modeled_bubble_fraction);
+        let mut o = CostOptions::new(Precision::Fp16);
+        o.activation_bytes = 2;
+        let half = modeled_token_latency_with(&plan, &spec, &o);
+        assert!(half.modeled_link_s < one.modeled_link_s);
+        o.carry = CarryModel::ResidualOnly;
+        let res = modeled_token_latency_with(&plan, &spec, &o);
+        assert!(res.modeled_link_s < half.modeled_link_s);
+        // One-chip plans pay no links.
+        let g = ChipSpec::groq_v1();
+        let plan1 = place(&c, &t, &g, &PlaceOptions::for_config(&c)).unwrap();
+        let c1 = modeled_token_latency(&plan1, &g, Precision::Fp16);
+        assert_eq!(c1.modeled_link_s, 0.0);
+    }
+
+    #[test]
+    fn gpu_model() {
+        let g = GpuSpec::h100_sxm();
+        let r = modeled_gpu_token_latency(3_350_000_000, 0, 1e9, 100, &g);
+        assert!((r.modeled_memory_s - 1e-3).abs() < 1e-12);
+        assert!((r.modeled_token_latency_s - (1e-3 + 100.0 * 2.2e-6 + 57e-6)).abs() < 1e-12);
+    }
+}
