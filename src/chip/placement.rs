@@ -32,8 +32,10 @@
 //! allocator that never lets a tile straddle a slice boundary; an op that is a
 //! single tile (a norm vector, a small matrix) may instead fill a gap an
 //! earlier tile left in a slice. The scratch buffer follows the last tile.
-//! When a tile does not fit what is left of a chip, it is cut there (a weight
-//! tile by rows — a vector by column blocks —, a KV cell by positions): the
+//! When a tile does not fit what is left of a chip, it is cut there: a
+//! matrix's row group by rows (across all its column blocks, so every chip
+//! holds whole rows of a matrix — the only exception is a single row larger
+//! than a chip), a norm vector by column blocks, a KV cell by positions. The
 //! part that fits stays, the rest opens the next chip, each part a
 //! [`Placement`] of its own. Chips are therefore filled to within a slice.
 //!

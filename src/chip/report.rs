@@ -336,7 +336,8 @@ pub struct StudyRow {
     pub modeled_link_s: f64,
     pub modeled_token_latency_s: f64,
     pub modeled_tokens_per_s_per_user: f64,
-    /// Sequences in flight that fill the pipeline, and the throughput then.
+    /// Sequences in flight that fill the pipeline, and the throughput then
+    /// (assuming their KV caches were resident: this plan holds `batch`).
     pub modeled_pipeline_depth: f64,
     pub modeled_full_pipeline_tokens_per_s: f64,
     /// fp16 activations; fp16 residual stream only (a lower bound).
@@ -463,7 +464,7 @@ pub fn study_table(rows: &[StudyRow]) -> String {
         }
         writeln!(
             out,
-            "  modeled pipeline full at {:.0} sequences in flight: {:.0} tok/s total; H100 (same bytes, ignoring capacity): {:.0} tok/s",
+            "  modeled pipeline full at {:.0} sequences in flight: {:.0} tok/s total (their KV caches need a plan with that batch, which this one does not hold); H100 (same bytes, ignoring capacity): {:.0} tok/s",
             r.modeled_pipeline_depth.ceil(),
             r.modeled_full_pipeline_tokens_per_s,
             r.modeled_h100_tokens_per_s,
