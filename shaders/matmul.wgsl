@@ -1,16 +1,20 @@
 // Y[t, n] (+)= sum_k X[t, k] * W[n, k]        W in file encoding (see lib/wdecode)
 // PyTorch: y = x @ W.T  (nn.Linear without bias); with ACCUMULATE: x += x2 @ W.T
 //
-// One workgroup of 64 threads computes R output rows for TT tokens. Threads
-// split K (consecutive threads read consecutive 4-wide chunks of a weight row,
-// which coalesces on GPUs and vectorises on lavapipe); the R*TT partial sums
-// are then reduced across the workgroup in shared memory.
-// Defines: one W_* type, R={{R}}, TT={{TT}}, optional ACCUMULATE.
+// Each weight row is decoded once per workgroup and multiplied with TT tokens
+// (TT=1 decode: a matvec; TT=8 prefill: weights reused across 8 tokens).
+// Two paths, one file:
+//  - SG (adapter has subgroups): a subgroup per row; lanes take consecutive
+//    4-wide chunks of the row (coalesced on GPUs, contiguous vector loads on
+//    lavapipe) and finish with subgroupAdd. RPW={{RPW}} rows per workgroup.
+//  - plain (no subgroups, e.g. GL): a thread per row, no shared memory, no
+//    barriers. 64 rows per workgroup.
+// Defines: one W_* type, TT={{TT}}, optional ACCUMULATE, optional SG.
 
 struct Params {
-    n: u32,            // output features (rows of W)
-    k: u32,            // input features (multiple of 4)
-    row_bytes: u32,    // bytes of one row of W
+    n: u32,             // output features (rows of W)
+    k: u32,             // input features (multiple of 4)
+    row_bytes: u32,     // bytes of one row of W
     out_rows_only: u32, // 1: tokens are S.out_row0 .. + S.n_out_rows (logits), output rows from 0
 }
 struct Step {
@@ -28,68 +32,118 @@ struct Step {
 
 #include wdecode
 
-const WG: u32 = 64u;
-const R: u32 = {{R}}u;
+// Accumulators are explicit vectors (no private arrays: lavapipe/LLVM keeps
+// those in memory when indexed in loops). ACC holds tokens t0..t0+3, ACC2
+// tokens t0+4..t0+7 (TT=8 only).
 const TT: u32 = {{TT}}u;
-const RT: u32 = R * TT;
-var<workgroup> red: array<f32, {{RED}}>; // WG * R * TT
+
+fn store(tok: u32, n: u32, v: f32) {
+    let o = tok * P.n + n;
+#ifdef ACCUMULATE
+    Y[o] = Y[o] + v;
+#else
+    Y[o] = v;
+#endif
+}
+
+fn store_all(t0: u32, n_tok: u32, n: u32, a: vec4<f32>, b: vec4<f32>) {
+    for (var t = 0u; t < TT; t++) {
+        if (t0 + t < n_tok) {
+            var v: f32;
+            if (t < 4u) {
+                v = a[t];
+            } else {
+                v = b[t - 4u];
+            }
+            store(t0 + t, n, v);
+        }
+    }
+}
+
+// Row `rb` (byte offset) · the TT token rows starting at x row `xr0`, over
+// 4-wide chunks k4 = start, start + stride, …
+fn dot_rows(rb: u32, xr0: u32, last: u32, k4n: u32, start: u32, stride: u32) -> array<vec4<f32>, 2> {
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    // Row offsets of the token rows (clamped to the last valid one).
+    let x0 = min(xr0, last) * k4n;
+#ifndef TT1
+    let x1 = min(xr0 + 1u, last) * k4n;
+    let x2 = min(xr0 + 2u, last) * k4n;
+    let x3 = min(xr0 + 3u, last) * k4n;
+#endif
+#ifdef TT8
+    let x4 = min(xr0 + 4u, last) * k4n;
+    let x5 = min(xr0 + 5u, last) * k4n;
+    let x6 = min(xr0 + 6u, last) * k4n;
+    let x7 = min(xr0 + 7u, last) * k4n;
+#endif
+    for (var k4 = start; k4 < k4n; k4 += stride) {
+        let w = w4(rb, k4 * 4u);
+#ifdef TT1
+        a.x += dot(w, X[x0 + k4]);
+#else
+        a += vec4<f32>(dot(w, X[x0 + k4]), dot(w, X[x1 + k4]), dot(w, X[x2 + k4]), dot(w, X[x3 + k4]));
+#endif
+#ifdef TT8
+        b += vec4<f32>(dot(w, X[x4 + k4]), dot(w, X[x5 + k4]), dot(w, X[x6 + k4]), dot(w, X[x7 + k4]));
+#endif
+    }
+    return array<vec4<f32>, 2>(a, b);
+}
+
+#ifdef SG
+const RPW: u32 = {{RPW}}u;
 
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let n0 = wid.x * R;
-    let t0 = wid.y * TT;
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
     var n_tok = S.n_tokens;
     var x_row0 = 0u;
     if (P.out_rows_only == 1u) {
         n_tok = S.n_out_rows;
         x_row0 = S.out_row0;
     }
+    let t0 = wid.y * TT;
     if (t0 >= n_tok) {
         return;
     }
     let k4n = P.k / 4u;
-    var acc: array<f32, RT>;
-    for (var j = 0u; j < RT; j++) {
-        acc[j] = 0.0;
-    }
-    for (var k4 = lid; k4 < k4n; k4 += WG) {
-        var xs: array<vec4<f32>, TT>;
-        for (var t = 0u; t < TT; t++) {
-            let tt = min(t0 + t, n_tok - 1u);
-            xs[t] = X[(x_row0 + tt) * k4n + k4];
+    let sg_id = lid / sg_size;
+    let n_sg = (64u + sg_size - 1u) / sg_size;
+    for (var r = sg_id; r < RPW; r += n_sg) {
+        let n = wid.x * RPW + r;
+        // Subgroup-uniform: the whole subgroup skips rows past the end.
+        if (n >= P.n) {
+            break;
         }
-        for (var r = 0u; r < R; r++) {
-            let n = min(n0 + r, P.n - 1u);
-            let w = w4(n * P.row_bytes, k4 * 4u);
-            for (var t = 0u; t < TT; t++) {
-                acc[r * TT + t] += dot(w, xs[t]);
-            }
-        }
-    }
-    for (var j = 0u; j < RT; j++) {
-        red[lid * RT + j] = acc[j];
-    }
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            for (var j = 0u; j < RT; j++) {
-                red[lid * RT + j] += red[(lid + s) * RT + j];
-            }
-        }
-        workgroupBarrier();
-    }
-    if (lid < RT) {
-        let r = lid / TT;
-        let t = lid % TT;
-        let n = n0 + r;
-        let tok = t0 + t;
-        if (n < P.n && tok < n_tok) {
-            let o = tok * P.n + n;
-#ifdef ACCUMULATE
-            Y[o] = Y[o] + red[lid];
-#else
-            Y[o] = red[lid];
-#endif
+        let ab = dot_rows(n * P.row_bytes, x_row0 + t0, x_row0 + n_tok - 1u, k4n, lane, sg_size);
+        let a = subgroupAdd(ab[0]);
+        let b = subgroupAdd(ab[1]);
+        if (lane == 0u) {
+            store_all(t0, n_tok, n, a, b);
         }
     }
 }
+#else
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    var n_tok = S.n_tokens;
+    var x_row0 = 0u;
+    if (P.out_rows_only == 1u) {
+        n_tok = S.n_out_rows;
+        x_row0 = S.out_row0;
+    }
+    let n = gid.x;
+    let t0 = wid.y * TT;
+    if (t0 >= n_tok || n >= P.n) {
+        return;
+    }
+    let ab = dot_rows(n * P.row_bytes, x_row0 + t0, x_row0 + n_tok - 1u, P.k / 4u, 0u, 1u);
+    store_all(t0, n_tok, n, ab[0], ab[1]);
+}
+#endif

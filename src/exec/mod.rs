@@ -86,6 +86,15 @@ pub trait Executor {
     fn weight_bytes(&self) -> u64;
     /// Bytes of KV cache allocated on the GPU.
     fn kv_bytes(&self) -> u64;
+    /// GPU nanoseconds and dispatch counts per kernel class since profiling was
+    /// switched on (`None`: not profiling).
+    fn profile(&self) -> Option<BTreeMap<KernelClass, (f64, u64)>> {
+        None
+    }
+    /// Switches per-dispatch timestamp profiling; false if unavailable.
+    fn set_profiling(&mut self, _on: bool) -> bool {
+        false
+    }
     /// Mode-specific stats for the JSON output.
     fn extra_stats(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -66,6 +66,7 @@ pub struct VramExecutor {
     weight_bytes: u64,
     kv_bytes: u64,
     counters: ExecCounters,
+    profiler: Option<crate::gpu::profiler::Profiler>,
     _keep: Vec<wgpu::Buffer>,
 }
 
@@ -274,12 +275,24 @@ impl VramExecutor {
             weight_bytes,
             kv_bytes,
             counters: ExecCounters::default(),
+            profiler: None,
             _keep: keep,
         })
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
+    }
+
+    /// Times every dispatch with timestamp queries (one pass per dispatch).
+    /// Returns false when the adapter has no timestamps.
+    pub fn enable_profiling(&mut self, on: bool) -> bool {
+        self.profiler = if on {
+            crate::gpu::profiler::Profiler::new(&self.gpu)
+        } else {
+            None
+        };
+        self.profiler.is_some()
     }
 
     fn ensure_readback(&mut self, size: u64) {
@@ -333,10 +346,6 @@ impl VramExecutor {
             });
         let mut dispatched = 0u64;
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("forward"),
-                timestamp_writes: None,
-            });
             let mut ops: Vec<&KernelOp> = self.body.iter().collect();
             if n_out_rows > 0 {
                 ops.extend(self.head.iter());
@@ -346,10 +355,32 @@ impl VramExecutor {
                 Some(Readback::TopK(_)) => ops.extend(self.topk.as_ref().map(|t| &t.1)),
                 _ => {}
             }
-            for op in ops {
-                if op.record(&mut pass, &step) {
+            if let Some(prof) = self.profiler.as_mut() {
+                // Profiling: one pass per dispatch, each with timestamps.
+                for op in ops {
+                    if op.groups(&step).contains(&0) {
+                        continue;
+                    }
+                    let tw = prof.next(op.class);
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(&op.name),
+                        timestamp_writes: tw,
+                    });
+                    op.record(&mut pass, &step);
                     self.counters.count(op.class);
                     dispatched += 1;
+                }
+                prof.resolve(&mut enc);
+            } else {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("forward"),
+                    timestamp_writes: None,
+                });
+                for op in ops {
+                    if op.record(&mut pass, &step) {
+                        self.counters.count(op.class);
+                        dispatched += 1;
+                    }
                 }
             }
         }
@@ -374,6 +405,9 @@ impl VramExecutor {
             self.counters.dispatches_last_decode = dispatched;
         }
         self.pos += n;
+        if let Some(prof) = self.profiler.as_mut() {
+            prof.collect(&self.gpu)?;
+        }
         if read_len == 0 {
             return Ok(None);
         }
@@ -465,5 +499,13 @@ impl Executor for VramExecutor {
     }
     fn kv_bytes(&self) -> u64 {
         self.kv_bytes
+    }
+    fn profile(
+        &self,
+    ) -> Option<std::collections::BTreeMap<crate::kernels::KernelClass, (f64, u64)>> {
+        self.profiler.as_ref().map(|p| p.by_class.clone())
+    }
+    fn set_profiling(&mut self, on: bool) -> bool {
+        self.enable_profiling(on)
     }
 }

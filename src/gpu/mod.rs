@@ -1,6 +1,7 @@
 //! GPU access: adapter choice, device with the adapter's own limits, shader
 //! sources with variants, and a pipeline cache.
 
+pub mod profiler;
 pub mod shader;
 
 use std::collections::HashMap;
@@ -77,6 +78,9 @@ impl BackendChoice {
 pub struct FeatureLevel {
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// Use the subgroup matmul path (one subgroup per row). Off on CPU
+    /// adapters (lavapipe), where a thread per row measured faster.
+    pub subgroup_matmul: bool,
     pub timestamps: bool,
     /// `max_compute_workgroup_storage_size` requested from the device.
     pub workgroup_storage: u32,
@@ -278,6 +282,12 @@ impl Gpu {
         let level = FeatureLevel {
             shader_f16: want.contains(wgpu::Features::SHADER_F16),
             subgroups: want.contains(wgpu::Features::SUBGROUP),
+            subgroup_matmul: want.contains(wgpu::Features::SUBGROUP)
+                && match std::env::var("SRAMLM_MATMUL").as_deref() {
+                    Ok("plain") => false,
+                    Ok("subgroup") => true,
+                    _ => info.device_type != wgpu::DeviceType::Cpu,
+                },
             timestamps: want.contains(wgpu::Features::TIMESTAMP_QUERY),
             workgroup_storage: limits.max_compute_workgroup_storage_size,
         };

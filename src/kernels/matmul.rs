@@ -1,8 +1,10 @@
 //! `Y (+)= X · Wᵀ` with the weight decoded in-kernel (`shaders/matmul.wgsl`).
 //!
-//! Two variants of one shader: TT=1 token per workgroup (decode, a matvec) and
-//! TT=4 (prefill, weights reused across 4 tokens). Both are built; each step
-//! dispatches exactly one of them (the other's grid is empty).
+//! Two token widths of one shader: TT=1 (decode, a matvec) and TT=8 (prefill,
+//! each decoded weight reused across 8 tokens). Both are built; each step
+//! dispatches exactly one of them (the other's grid is empty). A subgroup path
+//! (one subgroup per row) is used where the adapter has subgroups, a
+//! thread-per-row path elsewhere.
 
 use super::{weight_define, GpuWeight, KernelClass, KernelOp, Step};
 use crate::gpu::{Gpu, GpuError, Shader, ShaderVariant};
@@ -17,10 +19,12 @@ pub struct Params {
     pub out_rows_only: u32,
 }
 
-/// Output rows per workgroup.
-pub const R: u32 = 4;
+/// Output rows per workgroup on the subgroup path.
+pub const RPW: u32 = 8;
+/// Output rows per workgroup on the plain (thread-per-row) path.
+pub const ROWS_PLAIN: u32 = 64;
 /// Tokens per workgroup in the prefill variant.
-pub const TT_PREFILL: u32 = 4;
+pub const TT_PREFILL: u32 = 8;
 
 /// Which rows of X the product runs over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,14 +35,17 @@ pub enum Rows {
     OutRows,
 }
 
-pub fn variant(dtype: DType, tt: u32, accumulate: bool) -> ShaderVariant {
+pub fn variant(dtype: DType, tt: u32, accumulate: bool, subgroups: bool) -> ShaderVariant {
     let mut v = ShaderVariant::new("main")
         .define(weight_define(dtype))
-        .define(format!("R={R}"))
         .define(format!("TT={tt}"))
-        .define(format!("RED={}", 64 * R * tt));
+        .define(format!("TT{tt}"))
+        .define(format!("RPW={RPW}"));
     if accumulate {
         v = v.define("ACCUMULATE");
+    }
+    if subgroups {
+        v = v.define("SG");
     }
     v
 }
@@ -67,16 +74,17 @@ pub fn build(
     } else {
         KernelClass::Matmul
     };
-    let n_groups = (w.rows as u32).div_ceil(R);
+    let sg = gpu.level.subgroup_matmul;
+    let n_groups = (w.rows as u32).div_ceil(if sg { RPW } else { ROWS_PLAIN });
     let count = move |s: &Step| match rows {
         Rows::Tokens => s.n_tokens,
         Rows::OutRows => s.n_out_rows,
     };
     let one = KernelOp::new(
         gpu,
-        format!("{name}"),
+        name.to_string(),
         class,
-        gpu.pipeline(Shader::Matmul, &variant(w.dtype, 1, accumulate))?,
+        gpu.pipeline(Shader::Matmul, &variant(w.dtype, 1, accumulate, sg))?,
         &[&params, step, &w.buf, x, y],
         move |s: &Step| {
             if count(s) == 1 {
@@ -88,9 +96,12 @@ pub fn build(
     );
     let many = KernelOp::new(
         gpu,
-        format!("{name}"),
+        name.to_string(),
         class,
-        gpu.pipeline(Shader::Matmul, &variant(w.dtype, TT_PREFILL, accumulate))?,
+        gpu.pipeline(
+            Shader::Matmul,
+            &variant(w.dtype, TT_PREFILL, accumulate, sg),
+        )?,
         &[&params, step, &w.buf, x, y],
         move |s: &Step| {
             let c = count(s);

@@ -174,7 +174,9 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
         ));
         for tt in [1, matmul::TT_PREFILL] {
             for acc in [false, true] {
-                v.push((Shader::Matmul, matmul::variant(dt, tt, acc)));
+                for sg in [false, true] {
+                    v.push((Shader::Matmul, matmul::variant(dt, tt, acc, sg)));
+                }
             }
         }
     }
