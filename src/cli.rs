@@ -3,16 +3,18 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sramlm::chat::{self, ChatError, Message};
 use sramlm::chip::{place, plan_json, plan_table, ChipSpec, PlaceOptions, Plan, TensorInfo};
 use sramlm::exec::sram::{SramExecutor, SramOptions};
 use sramlm::exec::vram::{VramExecutor, VramOptions};
 use sramlm::exec::Executor;
-use sramlm::generate::{generate, GenerateOptions};
+use sramlm::generate::{generate, GenStats, GenerateOptions};
 use sramlm::gpu::{self, BackendChoice, Gpu, GpuOptions};
 use sramlm::model::{self, Model};
 use sramlm::sampling::SamplingOptions;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,6 +32,9 @@ struct Cli {
 enum Command {
     /// Generate a continuation of PROMPT (or of standard input with `-`).
     Generate(GenerateArgs),
+    /// Multi-turn chat with the model's chat template: one user turn per line
+    /// of standard input (interactive on a terminal).
+    Chat(ChatArgs),
     /// Show every GPU adapter, the limits and features sramlm uses, which one
     /// would be picked, and (with -m) a model summary.
     Info(InfoArgs),
@@ -125,10 +130,9 @@ enum Format {
     Json,
 }
 
-#[derive(Args, Debug)]
-struct GenerateArgs {
-    /// Prompt text; `-` reads it from standard input. Empty: start from BOS.
-    prompt: Option<String>,
+/// Model, sampling, mode and GPU options shared by `generate`, `chat` and `bench`.
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
     /// Model folder (Hugging Face) or .gguf file [default: the embedded models/stories260K]
     #[arg(short, long)]
     model: Option<PathBuf>,
@@ -153,9 +157,6 @@ struct GenerateArgs {
     /// Execution mode
     #[arg(long, value_enum, default_value_t = Mode::Vram)]
     mode: Mode,
-    /// Output: streamed text, or one JSON object at the end
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
     /// KV-cache length in tokens [default: the model's context window]
     #[arg(long)]
     ctx: Option<usize>,
@@ -169,6 +170,32 @@ struct GenerateArgs {
     chip: ChipArgs,
     #[command(flatten)]
     gpu: GpuArgs,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Prompt text; `-` reads it from standard input. Empty: start from BOS.
+    prompt: Option<String>,
+    /// Format the prompt as one user turn with the model's chat template
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: a system message
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Output: streamed text, or one JSON object at the end
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+struct ChatArgs {
+    /// A system message for the conversation
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +214,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Command::Generate(a) => cmd_generate(a),
+        Command::Chat(a) => cmd_chat(a),
         Command::Info(a) => cmd_info(a),
         Command::Plan(a) => cmd_plan(a),
     }
@@ -225,150 +253,312 @@ fn read_prompt(p: Option<&str>) -> Result<String> {
     }
 }
 
+/// A loaded model with its executor, ready to generate.
+struct Session {
+    m: Model,
+    gpu: Arc<Gpu>,
+    exec: Box<dyn Executor>,
+    plan: Option<Plan>,
+    ctx: usize,
+    opts: GenerateOptions,
+}
+
+impl RunArgs {
+    fn check(&self) -> Result<SamplingOptions> {
+        if self.max_tokens == 0 {
+            bail!("-n/--max-tokens must be at least 1");
+        }
+        if self.chunk == 0 {
+            bail!("--chunk must be at least 1");
+        }
+        if self.ctx == Some(0) {
+            bail!("--ctx must be at least 1");
+        }
+        if self.microbatch == 0 {
+            bail!("--microbatch must be at least 1");
+        }
+        let sampling = SamplingOptions {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        };
+        sampling.validate().map_err(anyhow::Error::msg)?;
+        Ok(sampling)
+    }
+
+    /// Loads the model, opens the GPU and builds the executor of the mode.
+    fn session(&self) -> Result<Session> {
+        let sampling = self.check()?;
+        let spec = if self.mode == Mode::Sram {
+            Some(self.chip.spec()?)
+        } else {
+            None
+        };
+        let m = load_model(self.model.as_ref())?;
+        let ctx = self.ctx.unwrap_or(m.config.max_position_embeddings);
+        if ctx > m.config.max_position_embeddings {
+            bail!(
+                "--ctx {ctx} is larger than the model's context window ({})",
+                m.config.max_position_embeddings
+            );
+        }
+        let gpu = Gpu::new(&self.gpu.options()?)?;
+        eprintln!("adapter: {}", gpu.describe());
+        let mut plan = None;
+        let exec: Box<dyn Executor> = match &spec {
+            None => {
+                let pb = spinner("building GPU pipelines and uploading weights");
+                let e = VramExecutor::new(
+                    gpu.clone(),
+                    &m.config,
+                    &m.weights,
+                    &VramOptions {
+                        context: Some(ctx),
+                        chunk: self.chunk,
+                    },
+                )?;
+                pb.finish_and_clear();
+                Box::new(e)
+            }
+            Some(spec) => {
+                spec.check_slice_against_limit(gpu.limits.max_compute_workgroup_storage_size)?;
+                let pb = spinner("placing the model on chips, building pipelines");
+                let p = plan_for(&m, spec, self.chip.chips, ctx, 1, self.microbatch)?;
+                let e = SramExecutor::new(
+                    gpu.clone(),
+                    &m.config,
+                    &m.weights,
+                    &p,
+                    &SramOptions {
+                        context: Some(ctx),
+                        microbatch: self.microbatch,
+                    },
+                )?;
+                pb.finish_and_clear();
+                plan = Some(p);
+                Box::new(e)
+            }
+        };
+        let opts = GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling,
+            ignore_eos: self.ignore_eos,
+            stop_ids: vec![],
+        };
+        Ok(Session {
+            m,
+            gpu,
+            exec,
+            plan,
+            ctx,
+            opts,
+        })
+    }
+}
+
+impl Session {
+    fn check_prompt(&self, ids: &[u32]) -> Result<()> {
+        if ids.len() > self.ctx {
+            bail!(
+                "the prompt has {} tokens but the context window is {} tokens",
+                ids.len(),
+                self.ctx
+            );
+        }
+        Ok(())
+    }
+
+    /// Chat prompt text for `messages` (with the assistant turn opened).
+    fn chat_text(&self, messages: &[Message]) -> Result<String> {
+        let tmpl = self
+            .m
+            .chat_template
+            .as_deref()
+            .ok_or(ChatError::NoTemplate)?;
+        let tok = |id: Option<u32>| {
+            id.and_then(|i| self.m.tokenizer.id_to_token(i))
+                .unwrap_or_default()
+        };
+        Ok(chat::render(
+            tmpl,
+            messages,
+            true,
+            &tok(self.m.config.bos_token_id),
+            &tok(self.m.config.eos_token_ids.first().copied()),
+        )?)
+    }
+
+    /// End-of-turn tokens a chat stops at, besides EOS.
+    fn turn_stops(&self) -> Vec<u32> {
+        ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"]
+            .iter()
+            .filter_map(|t| self.m.tokenizer.token_to_id(t))
+            .collect()
+    }
+
+    fn print_stats(&self, s: &GenStats) {
+        eprintln!(
+            "[{}] prefill: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | {} dispatches/token | weights on GPU: {}",
+            self.exec.mode(),
+            s.prompt_tokens,
+            s.prefill_tok_s,
+            s.generated_tokens,
+            s.decode_tok_s,
+            s.dispatches_per_token,
+            human_bytes(s.weight_bytes_gpu)
+        );
+        if let Some(plan) = &self.plan {
+            let x = self.exec.extra_stats();
+            eprintln!(
+                "[sram] chip {} x {} (slice {}) | SRAM used per chip: max {} / mean {} of {} | link traffic: {}/token over {} transfers | emulation overhead (not a chip cost): {} staged from GPU memory into workgroup SRAM per step",
+                plan.spec.name,
+                plan.totals.chips_used,
+                human_bytes(plan.spec.slice_bytes as u64),
+                human_bytes(plan.totals.sram_used_max as u64),
+                human_bytes(plan.totals.sram_used_mean as u64),
+                human_bytes(plan.spec.sram_bytes as u64),
+                human_bytes(x["link_bytes_per_token"].as_u64().unwrap_or(0)),
+                x["link_transfers_per_token"].as_u64().unwrap_or(0),
+                human_bytes(x["emulation_staged_bytes_per_step"].as_u64().unwrap_or(0)),
+            );
+        }
+    }
+
+    fn stats_json(&self, s: &GenStats) -> Result<serde_json::Value> {
+        let mut stats = serde_json::to_value(s)?;
+        stats["adapter"] = serde_json::json!(self.gpu.info.name);
+        stats["backend"] = serde_json::json!(format!("{:?}", self.gpu.info.backend));
+        stats["model"] = serde_json::json!(self.m.name);
+        if let Some(plan) = &self.plan {
+            let mut x = self.exec.extra_stats();
+            x["sram_capacity_bytes"] = serde_json::json!(plan.spec.sram_bytes);
+            x["placement_link_bytes_per_token"] =
+                serde_json::json!(plan.totals.link_bytes_per_token);
+            stats["sram"] = x;
+        }
+        Ok(stats)
+    }
+}
+
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
-    if a.max_tokens == 0 {
-        bail!("-n/--max-tokens must be at least 1");
-    }
-    if a.chunk == 0 {
-        bail!("--chunk must be at least 1");
-    }
-    if a.ctx == Some(0) {
-        bail!("--ctx must be at least 1");
-    }
-    let sampling = SamplingOptions {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
-    sampling.validate().map_err(anyhow::Error::msg)?;
-    if a.microbatch == 0 {
-        bail!("--microbatch must be at least 1");
-    }
-    let spec = if a.mode == Mode::Sram {
-        Some(a.chip.spec()?)
-    } else {
-        None
-    };
+    a.run.check()?;
     let prompt = read_prompt(a.prompt.as_deref())?;
-    let m = load_model(a.model.as_ref())?;
-    let prompt_ids = m.tokenizer.encode(&prompt)?;
-    let ctx = a.ctx.unwrap_or(m.config.max_position_embeddings);
-    if ctx > m.config.max_position_embeddings {
-        bail!(
-            "--ctx {ctx} is larger than the model's context window ({})",
-            m.config.max_position_embeddings
-        );
-    }
-    if prompt_ids.len() > ctx {
-        bail!(
-            "the prompt has {} tokens but the context window is {ctx} tokens",
-            prompt_ids.len()
-        );
-    }
-    let gpu = Gpu::new(&a.gpu.options()?)?;
-    eprintln!("adapter: {}", gpu.describe());
-    let mut plan_stats = None;
-    let mut exec: Box<dyn Executor> = match &spec {
-        None => {
-            let pb = spinner("building GPU pipelines and uploading weights");
-            let e = VramExecutor::new(
-                gpu.clone(),
-                &m.config,
-                &m.weights,
-                &VramOptions {
-                    context: Some(ctx),
-                    chunk: a.chunk,
-                },
-            )?;
-            pb.finish_and_clear();
-            Box::new(e)
+    let mut s = a.run.session()?;
+    let text = if a.chat {
+        let mut msgs = Vec::new();
+        if let Some(sys) = &a.system {
+            msgs.push(Message::new("system", sys));
         }
-        Some(spec) => {
-            spec.check_slice_against_limit(gpu.limits.max_compute_workgroup_storage_size)?;
-            let pb = spinner("placing the model on chips, building pipelines");
-            let plan = plan_for(&m, spec, a.chip.chips, ctx, 1, a.microbatch)?;
-            let e = SramExecutor::new(
-                gpu.clone(),
-                &m.config,
-                &m.weights,
-                &plan,
-                &SramOptions {
-                    context: Some(ctx),
-                    microbatch: a.microbatch,
-                },
-            )?;
-            pb.finish_and_clear();
-            plan_stats = Some(plan);
-            Box::new(e)
-        }
+        msgs.push(Message::new("user", &prompt));
+        s.opts.stop_ids = s.turn_stops();
+        s.chat_text(&msgs)?
+    } else {
+        prompt
     };
-    let exec = exec.as_mut();
-    let opts = GenerateOptions {
-        max_tokens: a.max_tokens,
-        sampling,
-        ignore_eos: a.ignore_eos,
-        stop_ids: vec![],
-    };
+    let prompt_ids = s.m.tokenizer.encode(&text)?;
+    s.check_prompt(&prompt_ids)?;
+    let text_for_json = text.clone();
     let stream = a.format == Format::Text;
     let mut out = std::io::stdout().lock();
-    let g = generate(exec, &m.tokenizer, &m.config, &prompt_ids, &opts, |piece| {
-        if stream {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        }
-    })?;
+    let g = generate(
+        s.exec.as_mut(),
+        &s.m.tokenizer,
+        &s.m.config,
+        &prompt_ids,
+        &s.opts,
+        |piece| {
+            if stream {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            }
+        },
+    )?;
     drop(out);
-    let s = &g.stats;
     match a.format {
         Format::Text => {
             println!();
-            eprintln!(
-                "[{}] prefill: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | {} dispatches/token | weights on GPU: {}",
-                exec.mode(),
-                s.prompt_tokens,
-                s.prefill_tok_s,
-                s.generated_tokens,
-                s.decode_tok_s,
-                s.dispatches_per_token,
-                human_bytes(s.weight_bytes_gpu)
-            );
-            if let Some(plan) = &plan_stats {
-                let x = exec.extra_stats();
-                eprintln!(
-                    "[sram] chip {} x {} (slice {}) | SRAM used per chip: max {} / mean {} of {} | link traffic: {}/token over {} transfers | emulation overhead (not a chip cost): {} staged from GPU memory into workgroup SRAM per step",
-                    plan.spec.name,
-                    plan.totals.chips_used,
-                    human_bytes(plan.spec.slice_bytes as u64),
-                    human_bytes(plan.totals.sram_used_max as u64),
-                    human_bytes(plan.totals.sram_used_mean as u64),
-                    human_bytes(plan.spec.sram_bytes as u64),
-                    human_bytes(x["link_bytes_per_token"].as_u64().unwrap_or(0)),
-                    x["link_transfers_per_token"].as_u64().unwrap_or(0),
-                    human_bytes(x["emulation_staged_bytes_per_step"].as_u64().unwrap_or(0)),
-                );
-            }
+            s.print_stats(&g.stats);
         }
         Format::Json => {
-            let mut stats = serde_json::to_value(s)?;
-            stats["adapter"] = serde_json::json!(gpu.info.name);
-            stats["backend"] = serde_json::json!(format!("{:?}", gpu.info.backend));
-            stats["model"] = serde_json::json!(m.name);
-            if let Some(plan) = &plan_stats {
-                let mut x = exec.extra_stats();
-                x["sram_capacity_bytes"] = serde_json::json!(plan.spec.sram_bytes);
-                x["placement_link_bytes_per_token"] =
-                    serde_json::json!(plan.totals.link_bytes_per_token);
-                stats["sram"] = x;
-            }
             let obj = serde_json::json!({
+                "prompt": text_for_json,
                 "prompt_ids": g.prompt_ids,
                 "ids": g.ids,
                 "text": g.text,
-                "stats": stats,
+                "stats": s.stats_json(&g.stats)?,
             });
             println!("{}", serde_json::to_string(&obj)?);
         }
+    }
+    Ok(())
+}
+
+fn cmd_chat(a: ChatArgs) -> Result<()> {
+    a.run.check()?;
+    let mut s = a.run.session()?;
+    if s.m.chat_template.is_none() {
+        return Err(ChatError::NoTemplate.into());
+    }
+    s.opts.stop_ids = s.turn_stops();
+    let interactive = std::io::stdin().is_terminal();
+    let mut msgs = Vec::new();
+    if let Some(sys) = &a.system {
+        msgs.push(Message::new("system", sys));
+    }
+    if interactive {
+        eprintln!(
+            "chatting with {} — one message per line, Ctrl-D to quit",
+            s.m.name
+        );
+    }
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        if interactive {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        line.clear();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .context("reading standard input")?
+            == 0
+        {
+            break;
+        }
+        let user = line.trim_end_matches(['\n', '\r']);
+        if user.trim().is_empty() {
+            continue;
+        }
+        msgs.push(Message::new("user", user));
+        let ids = s.m.tokenizer.encode(&s.chat_text(&msgs)?)?;
+        if ids.len() + 1 > s.ctx {
+            bail!(
+                "the conversation has {} tokens but the context window is {} tokens",
+                ids.len(),
+                s.ctx
+            );
+        }
+        let mut out = std::io::stdout().lock();
+        let g = generate(
+            s.exec.as_mut(),
+            &s.m.tokenizer,
+            &s.m.config,
+            &ids,
+            &s.opts,
+            |piece| {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            },
+        )?;
+        println!();
+        drop(out);
+        if interactive {
+            s.print_stats(&g.stats);
+        }
+        msgs.push(Message::new("assistant", g.text.trim()));
     }
     Ok(())
 }

@@ -53,6 +53,10 @@ impl Tokenizer {
             .map_err(|e| LoadError::Tokenizer(format!("cannot decode ids: {e}")))
     }
 
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

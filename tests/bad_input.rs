@@ -136,7 +136,7 @@ fn edit_safetensors_header(
     let mut h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     f(h.as_object_mut().unwrap());
     let mut header = serde_json::to_vec(&h).unwrap();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
@@ -473,7 +473,7 @@ fn hand_written_safetensors_with_i32_tensor() {
         "model.norm.weight": {"dtype": "I32", "shape": [64], "data_offsets": [0, data.len()]}
     });
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut file = (h.len() as u64).to_le_bytes().to_vec();

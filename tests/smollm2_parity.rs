@@ -24,7 +24,10 @@ fn smollm2() -> Option<Model> {
         if std::env::var_os("CI").is_some() {
             panic!("{} is missing: run models/get-smollm2.sh", p.display());
         }
-        eprintln!("SKIPPED: {} missing (run models/get-smollm2.sh)", p.display());
+        eprintln!(
+            "SKIPPED: {} missing (run models/get-smollm2.sh)",
+            p.display()
+        );
         return None;
     }
     Some(model::load(&p).expect("SmolLM2 loads"))
@@ -36,7 +39,8 @@ fn check(exec: &mut dyn Executor, m: &Model, r: &Reference, what: &str) {
         let ids = m.tokenizer.encode(&p.text).unwrap();
         assert_eq!(ids, p.input_ids, "{what} {}: prompt ids", p.key);
         exec.reset();
-        let StepOutput::Logits { rows, data } = exec.step(&ids, Readback::AllLogits).unwrap() else {
+        let StepOutput::Logits { rows, data } = exec.step(&ids, Readback::AllLogits).unwrap()
+        else {
             panic!("logits expected")
         };
         assert_eq!(rows, ids.len());
@@ -46,7 +50,10 @@ fn check(exec: &mut dyn Executor, m: &Model, r: &Reference, what: &str) {
             let (want, want_logit) = p.topk_per_position[pos][0];
             if got != want {
                 // Allowed only where the reference's top two tie within TOL.
-                let got_ref = p.topk_per_position[pos].iter().find(|e| e.0 == got).map(|e| e.1);
+                let got_ref = p.topk_per_position[pos]
+                    .iter()
+                    .find(|e| e.0 == got)
+                    .map(|e| e.1);
                 assert!(
                     got_ref.is_some_and(|l| want_logit - l <= TOL),
                     "{what} {} position {pos}: top-1 {got}, reference {want}",
@@ -58,12 +65,23 @@ fn check(exec: &mut dyn Executor, m: &Model, r: &Reference, what: &str) {
         if let Some(name) = &p.last_logits_tensor {
             let want = r.tensor(name).unwrap();
             let last = &data[(rows - 1) * vocab..];
-            max_err = last.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            assert!(max_err <= TOL, "{what} {}: last-position max |logit error| {max_err}", p.key);
+            max_err = last
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                max_err <= TOL,
+                "{what} {}: last-position max |logit error| {max_err}",
+                p.key
+            );
         }
         let opts = GenerateOptions {
             max_tokens: 32,
-            sampling: SamplingOptions { temperature: 0.0, ..Default::default() },
+            sampling: SamplingOptions {
+                temperature: 0.0,
+                ..Default::default()
+            },
             ignore_eos: true,
             stop_ids: vec![],
         };
@@ -79,7 +97,10 @@ fn check(exec: &mut dyn Executor, m: &Model, r: &Reference, what: &str) {
                 break; // a near-tie took another path; the rest can differ
             }
         }
-        eprintln!("{what} {}: {} positions ok, last-logit max err {max_err:.2e}, decode {:.1} tok/s", p.key, rows, g.stats.decode_tok_s);
+        eprintln!(
+            "{what} {}: {} positions ok, last-logit max err {max_err:.2e}, decode {:.1} tok/s",
+            p.key, rows, g.stats.decode_tok_s
+        );
     }
 }
 
@@ -88,15 +109,48 @@ fn smollm2_vram_and_sram_match_reference() {
     let Some(gpu) = gpu() else { return };
     let Some(m) = smollm2() else { return };
     let r = Reference::load(&fixture_dir("smollm2"), "SmolLM2-135M-Instruct-Q4_1").unwrap();
-    let mut vram = VramExecutor::new(gpu.clone(), &m.config, &m.weights, &VramOptions { context: Some(CTX), chunk: 256 }).unwrap();
+    let mut vram = VramExecutor::new(
+        gpu.clone(),
+        &m.config,
+        &m.weights,
+        &VramOptions {
+            context: Some(CTX),
+            chunk: 256,
+        },
+    )
+    .unwrap();
     check(&mut vram, &m, &r, "vram");
     drop(vram);
     let spec = ChipSpec::preset("mini-4m").unwrap();
     let mut opts = PlaceOptions::for_config(&m.config);
     opts.context_len = CTX;
     opts.microbatch_tokens = 16;
-    let plan = place(&m.config, &TensorInfo::from_weights(&m.weights), &spec, &opts).unwrap();
-    assert!(plan.totals.chips_used > 10, "SmolLM2 should span many 4 MiB chips");
-    let mut sram = SramExecutor::new(gpu, &m.config, &m.weights, &plan, &SramOptions { context: Some(CTX), microbatch: 16 }).unwrap();
-    check(&mut sram, &m, &r, &format!("sram mini-4m x{}", plan.totals.chips_used));
+    let plan = place(
+        &m.config,
+        &TensorInfo::from_weights(&m.weights),
+        &spec,
+        &opts,
+    )
+    .unwrap();
+    assert!(
+        plan.totals.chips_used > 10,
+        "SmolLM2 should span many 4 MiB chips"
+    );
+    let mut sram = SramExecutor::new(
+        gpu,
+        &m.config,
+        &m.weights,
+        &plan,
+        &SramOptions {
+            context: Some(CTX),
+            microbatch: 16,
+        },
+    )
+    .unwrap();
+    check(
+        &mut sram,
+        &m,
+        &r,
+        &format!("sram mini-4m x{}", plan.totals.chips_used),
+    );
 }

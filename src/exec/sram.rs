@@ -645,12 +645,12 @@ impl SramExecutor {
             cfg: &LlamaConfig,
             mb: usize,
         ) -> Result<&'a wgpu::Buffer, ExecError> {
-            if !st.bufs.contains_key(&b) {
+            if let std::collections::btree_map::Entry::Vacant(e) = st.bufs.entry(b) {
                 let buf = gpu.storage_buffer(
                     &format!("chip{c}.{}", b.name()),
                     (mb * b.width(cfg) * 4) as u64,
                 )?;
-                st.bufs.insert(b, buf);
+                e.insert(buf);
             }
             Ok(&st.bufs[&b])
         }
@@ -837,7 +837,9 @@ impl SramExecutor {
                     }
                 }
             };
-            state.get_mut(&c).map(|st| st.compute.push(op));
+            if let Some(st) = state.get_mut(&c) {
+                st.compute.push(op)
+            }
             for (b, cols) in it.writes(cfg) {
                 valid.insert(b, cols);
             }
@@ -896,18 +898,22 @@ impl SramExecutor {
                             (&link, width, off),
                             (&dst, bw, 0),
                         )?;
-                        state.get_mut(&c).map(|s| s.send.push(send));
-                        state.get_mut(&next.chip).map(|s| s.recv.push(recv));
+                        if let Some(s) = state.get_mut(&c) {
+                            s.send.push(send)
+                        }
+                        if let Some(s) = state.get_mut(&next.chip) {
+                            s.recv.push(recv)
+                        }
                         off += cols;
                     }
                     let bytes = width * 4;
-                    state.get_mut(&c).map(|s| {
+                    if let Some(s) = state.get_mut(&c) {
                         s.link_out_bytes_per_token += bytes;
                         s.hops_out = hops;
-                    });
-                    state
-                        .get_mut(&next.chip)
-                        .map(|s| s.link_in_bytes_per_token += bytes);
+                    }
+                    if let Some(s) = state.get_mut(&next.chip) {
+                        s.link_in_bytes_per_token += bytes;
+                    }
                     link_bytes_per_token += bytes * hops;
                     link_transfers += live.len();
                     link_hops += hops;

@@ -473,13 +473,8 @@ impl Executor for VramExecutor {
         let mut all = Vec::new();
         let mut rows = 0;
         for (i, c) in chunks.into_iter().enumerate() {
-            let want = if rb == Readback::AllLogits {
-                Some(rb)
-            } else if i == last {
-                Some(rb)
-            } else {
-                None
-            };
+            // Every chunk's logits when all are asked for; else the last chunk's.
+            let want = (rb == Readback::AllLogits || i == last).then_some(rb);
             match self.run_chunk(c, want)? {
                 Some(StepOutput::Logits { rows: r, data }) if rb == Readback::AllLogits => {
                     rows += r;

@@ -149,7 +149,7 @@ impl AdapterSummary {
             driver: info.driver.clone(),
             driver_info: info.driver_info.clone(),
             max_workgroup_storage: l.max_compute_workgroup_storage_size,
-            max_storage_buffer_binding: l.max_storage_buffer_binding_size as u64,
+            max_storage_buffer_binding: l.max_storage_buffer_binding_size,
             max_buffer_size: l.max_buffer_size,
             max_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_stage: l.max_storage_buffers_per_shader_stage,
@@ -394,8 +394,10 @@ impl Gpu {
 
     pub fn storage_buffer(&self, label: &str, size: u64) -> Result<wgpu::Buffer, GpuError> {
         let size = size.max(4).div_ceil(4) * 4;
-        let limit =
-            (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let limit = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
         if size > limit {
             return Err(GpuError::BufferTooLarge {
                 what: label.into(),

@@ -98,7 +98,7 @@ pub fn build(
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
-    if head_dim > 16 && head_dim % 16 != 0 {
+    if head_dim > 16 && !head_dim.is_multiple_of(16) {
         return Err(GpuError::Device(format!(
             "attention needs head_dim ≤ 16 or a multiple of 16, got {head_dim}"
         )));

@@ -33,7 +33,7 @@ pub fn variant(dtype: DType, slice_bytes: usize, accumulate: bool) -> ShaderVari
 /// Whole rows of `row_bytes` that fit one slice (a tile that starts inside a
 /// word, as Q8_0/Q4_0 rows can, needs one spare word).
 pub fn rows_per_tile(row_bytes: usize, slice_bytes: usize) -> usize {
-    let spare = if row_bytes % 4 != 0 { 4 } else { 0 };
+    let spare = if !row_bytes.is_multiple_of(4) { 4 } else { 0 };
     slice_bytes.saturating_sub(spare) / row_bytes.max(1)
 }
 

@@ -48,7 +48,7 @@ impl DType {
     }
     /// Bytes taken by `n` consecutive values (`n` a multiple of the block length).
     pub fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return None;
         }
         (n / self.block_len()).checked_mul(self.block_bytes())
@@ -464,7 +464,7 @@ fn check_tensor(c: &LlamaConfig, w: WeightName, t: &Tensor, name: &str) -> Resul
             t.dtype
         )));
     }
-    if t.dtype.is_quantized() && t.cols() % t.dtype.block_len() != 0 {
+    if t.dtype.is_quantized() && !t.cols().is_multiple_of(t.dtype.block_len()) {
         return Err(LoadError::Format(format!(
             "tensor `{name}`: row length {} is not a multiple of the {} block length {}",
             t.cols(),
