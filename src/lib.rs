@@ -2,6 +2,7 @@
 //! VRAM mode (weights in GPU storage buffers) and SRAM mode (an emulated cluster
 //! of SRAM-only chips). See ARCHITECTURE.md for the data flow.
 
+pub mod bench;
 pub mod chat;
 pub mod chip;
 pub mod exec;

@@ -10,11 +10,31 @@ fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "[sramlm test] {msg}");
 }
 
+/// Ends the test process if it runs longer than `SRAMLM_TEST_TIMEOUT` seconds
+/// (default 1200): a hung GPU driver must fail CI, not stall it.
+fn start_watchdog() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let secs: u64 = std::env::var("SRAMLM_TEST_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1200);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            say(&format!(
+                "TIMEOUT: GPU tests still running after {secs} s; aborting"
+            ));
+            std::process::exit(101);
+        });
+    });
+}
+
 /// The adapter chosen by `SRAMLM_BACKEND` / `SRAMLM_ADAPTER` /
 /// `SRAMLM_DOWNLEVEL`, shared by the tests of one binary. Without one: a
 /// visible skip locally, a panic (test failure) when `CI` is set.
 pub fn gpu() -> Option<Arc<Gpu>> {
     static GPU: OnceLock<Result<Arc<Gpu>, String>> = OnceLock::new();
+    start_watchdog();
     let g = GPU.get_or_init(|| {
         GpuOptions::from_env()
             .map_err(|e| e.to_string())
@@ -187,4 +207,99 @@ pub fn check_top10(
         }
     }
     Ok(())
+}
+
+/// Opens a device on the first adapter of `backend` (for the cross-backend
+/// tests); `downlevel` forces the lowest feature level. `None` if absent.
+pub fn gpu_for(backend: crate::gpu::BackendChoice, downlevel: bool) -> Option<Arc<Gpu>> {
+    start_watchdog();
+    let opts = GpuOptions {
+        backend,
+        adapter: std::env::var("SRAMLM_ADAPTER")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        downlevel,
+    };
+    match Gpu::new(&opts) {
+        Ok(g) => {
+            say(&format!(
+                "{}: adapter {} {:?}",
+                std::thread::current().name().unwrap_or("?"),
+                g.describe(),
+                g.level
+            ));
+            Some(g)
+        }
+        Err(e) => {
+            say(&format!("no {backend:?} adapter: {e}"));
+            None
+        }
+    }
+}
+
+/// Parity of one executor with a stories260K-style reference (every prompt:
+/// ids, every logit within `tol`, top-10 per position, greedy 32 tokens).
+/// Returns the largest logit error seen.
+pub fn check_reference_parity(
+    exec: &mut dyn crate::exec::Executor,
+    m: &crate::model::Model,
+    r: &Reference,
+    tol: f32,
+    what: &str,
+) -> f32 {
+    use crate::exec::{Readback, StepOutput};
+    let vocab = m.config.vocab_size;
+    let mut worst = 0f32;
+    for p in &r.prompts {
+        let ids = m.tokenizer.encode(&p.text).expect("encode");
+        assert_eq!(ids, p.input_ids, "{what} {}: prompt ids", p.key);
+        exec.reset();
+        let StepOutput::Logits { rows, data } = exec.step(&ids, Readback::AllLogits).expect("step")
+        else {
+            panic!("{what}: logits expected")
+        };
+        assert_eq!(rows, ids.len());
+        let want = r
+            .tensor(p.all_logits_tensor.as_deref().expect("all logits stored"))
+            .expect("tensor");
+        let mut max_err = 0f32;
+        for (i, (g, w)) in data.iter().zip(want).enumerate() {
+            let e = (g - w).abs();
+            assert!(e.is_finite(), "{what} {}: non-finite logit at {i}", p.key);
+            max_err = max_err.max(e);
+        }
+        assert!(
+            max_err <= tol,
+            "{what} {}: max |logit error| {max_err} > {tol}",
+            p.key
+        );
+        for pos in 0..rows {
+            check_top10(
+                &data[pos * vocab..(pos + 1) * vocab],
+                &p.topk_per_position[pos],
+                p.logit_11th_largest_per_position[pos],
+                max_err.max(1e-6),
+            )
+            .unwrap_or_else(|e| panic!("{what} {} position {pos}: {e}", p.key));
+        }
+        let opts = crate::generate::GenerateOptions {
+            max_tokens: 32,
+            sampling: crate::sampling::SamplingOptions {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            ignore_eos: true,
+            stop_ids: vec![],
+        };
+        let g =
+            crate::generate::generate(exec, &m.tokenizer, &m.config, &p.input_ids, &opts, |_| {})
+                .expect("generate");
+        assert_eq!(
+            g.ids, p.greedy.new_ids,
+            "{what} {}: greedy continuation",
+            p.key
+        );
+        worst = worst.max(max_err);
+    }
+    worst
 }

@@ -3,25 +3,10 @@
 
 use sramlm::chip::{place, ChipSpec, PlaceOptions, TensorInfo, PRESET_NAMES};
 use sramlm::exec::sram::{SramExecutor, SramOptions};
-use sramlm::exec::{Executor, Readback, StepOutput};
-use sramlm::generate::{generate, GenerateOptions};
 use sramlm::model;
-use sramlm::sampling::SamplingOptions;
-use sramlm::testing::{check_top10, fixture_dir, gpu, Reference};
+use sramlm::testing::{check_reference_parity, fixture_dir, gpu, Reference};
 
 const TOL: f32 = 1e-4;
-
-fn greedy32() -> GenerateOptions {
-    GenerateOptions {
-        max_tokens: 32,
-        sampling: SamplingOptions {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        ignore_eos: true,
-        stop_ids: vec![],
-    }
-}
 
 #[test]
 fn stories260k_sram_matches_reference_on_every_preset() {
@@ -53,53 +38,9 @@ fn stories260k_sram_matches_reference_on_every_preset() {
                 },
             )
             .unwrap();
-            for p in &r.prompts {
-                exec.reset();
-                let StepOutput::Logits { rows, data } =
-                    exec.step(&p.input_ids, Readback::AllLogits).unwrap()
-                else {
-                    panic!()
-                };
-                let want = r.tensor(p.all_logits_tensor.as_deref().unwrap()).unwrap();
-                let max_err = data
-                    .iter()
-                    .zip(want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(
-                    max_err <= TOL,
-                    "{preset} mb={mb} {}: max |logit error| {max_err}",
-                    p.key
-                );
-                let v = m.config.vocab_size;
-                for pos in 0..rows {
-                    check_top10(
-                        &data[pos * v..(pos + 1) * v],
-                        &p.topk_per_position[pos],
-                        p.logit_11th_largest_per_position[pos],
-                        max_err.max(1e-6),
-                    )
-                    .unwrap_or_else(|e| panic!("{preset} {} pos {pos}: {e}", p.key));
-                }
-                let g = generate(
-                    &mut exec,
-                    &m.tokenizer,
-                    &m.config,
-                    &p.input_ids,
-                    &greedy32(),
-                    |_| {},
-                )
-                .unwrap();
-                assert_eq!(
-                    g.ids, p.greedy.new_ids,
-                    "{preset} mb={mb} {}: greedy",
-                    p.key
-                );
-                eprintln!(
-                    "{preset} mb={mb} {}: chips {} max err {max_err:.2e}",
-                    p.key, plan.totals.chips_used
-                );
-            }
+            let what = format!("{preset} x{} mb={mb}", plan.totals.chips_used);
+            let e = check_reference_parity(&mut exec, &m, &r, TOL, &what);
+            eprintln!("{what}: max logit error {e:.2e}");
         }
     }
 }

@@ -38,6 +38,7 @@ shaders! {
     Topk => "topk",
     SramMatmul => "sram_matmul",
     LinkCopy => "link_copy",
+    Copy => "copy",
 }
 
 /// Entry point, defines (`NAME` or `NAME=VALUE`) and override constants.

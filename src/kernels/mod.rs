@@ -5,6 +5,7 @@
 
 pub mod argmax;
 pub mod attention;
+pub mod copy;
 pub mod embed;
 pub mod link_copy;
 pub mod matmul;

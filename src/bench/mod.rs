@@ -1,0 +1,366 @@
+//! `sramlm bench`: VRAM and SRAM mode side by side on one model, measured on
+//! this adapter, next to what the cost model predicts. A row's speed counts
+//! only if its tokens match the other mode's and the reference's.
+
+pub mod calibrate;
+pub mod svg;
+
+use crate::chip::{self, ChipSpec, GpuSpec, Plan, Precision};
+use crate::exec::{Executor, Readback, StepOutput};
+use crate::kernels::KernelClass;
+use crate::model::Model;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// A reference continuation for the benchmarked prompt, when one exists.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefContinuation {
+    pub source: String,
+    pub ids: Vec<u32>,
+}
+
+/// One model × mode result.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ModeResult {
+    pub mode: String,
+    pub model: String,
+    pub chip: Option<String>,
+    pub chips_used: Option<usize>,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub repeats: usize,
+    /// Measured, median over repeats.
+    pub prefill_tok_s: f64,
+    pub ttft_ms: f64,
+    pub decode_tok_s: f64,
+    pub ms_per_token_p50: f64,
+    pub ms_per_token_p99: f64,
+    /// Every decode latency of every repeat (ms), for the chart.
+    pub ms_per_token_all: Vec<f64>,
+    pub dispatches_per_token: u64,
+    /// GPU time per kernel class per decoded token (ms), from timestamp
+    /// queries in a separate profiled run; empty without timestamps.
+    pub gpu_ms_per_token_by_class: BTreeMap<String, f64>,
+    /// Counted from the kernels' inputs (not a hardware counter): weight bytes
+    /// streamed per token plus KV-cache bytes read at the mean decode position.
+    pub gpu_memory_bytes_read_per_token_counted: u64,
+    /// SRAM mode: activation bytes crossing chip links per token (counted by the executor).
+    pub link_bytes_per_token: Option<u64>,
+    pub link_transfers_per_token: Option<u64>,
+    /// SRAM mode emulation overhead (not a chip cost): bytes staged per step.
+    pub emulation_staged_bytes_per_step: Option<u64>,
+    pub ids: Vec<u32>,
+    pub matches_reference: Option<bool>,
+    pub matches_other_modes: bool,
+    /// False when the output differs: the speed is then not a valid figure.
+    pub valid: bool,
+    /// Modeled (cost model, not measured): this mode's latency per token.
+    pub modeled_ms_per_token: Option<f64>,
+    pub modeled_what: Option<String>,
+    /// (modeled − measured p50) / measured p50, in %.
+    pub modeled_error_pct: Option<f64>,
+    /// Modeled: the same model on an H100 SXM (VRAM mode) or the real chip
+    /// cluster (SRAM mode), for scale.
+    pub modeled_reference_ms_per_token: Option<f64>,
+    pub modeled_reference_what: Option<String>,
+}
+
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s: Vec<f64> = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+fn median(v: &[f64]) -> f64 {
+    percentile(v, 50.0)
+}
+
+fn argmax_of(out: &StepOutput) -> u32 {
+    match out {
+        StepOutput::Token { id, .. } => *id,
+        StepOutput::Candidates(c) => c.first().map_or(0, |p| p.0),
+        StepOutput::Logits { rows, data } => {
+            let v = data.len() / (*rows).max(1);
+            crate::kernels::argmax::cpu(&data[data.len() - v..]) as u32
+        }
+    }
+}
+
+/// Progress callback: (done, total) decode steps.
+pub type Progress<'a> = &'a mut dyn FnMut(u64);
+
+/// Greedy-generates `gen` tokens after `prompt`; returns (ids, prefill s,
+/// per-token decode s).
+fn run_once(
+    exec: &mut dyn Executor,
+    prompt: &[u32],
+    gen: usize,
+    progress: Progress,
+) -> Result<(Vec<u32>, f64, Vec<f64>), crate::exec::ExecError> {
+    exec.reset();
+    let t = Instant::now();
+    let out = exec.step(prompt, Readback::Argmax)?;
+    let prefill = t.elapsed().as_secs_f64();
+    let mut ids = vec![argmax_of(&out)];
+    let mut lat = Vec::with_capacity(gen);
+    while ids.len() < gen {
+        let t = Instant::now();
+        let out = exec.step(&[*ids.last().unwrap_or(&0)], Readback::Argmax)?;
+        lat.push(t.elapsed().as_secs_f64());
+        ids.push(argmax_of(&out));
+        progress(1);
+    }
+    Ok((ids, prefill, lat))
+}
+
+/// Benchmarks one executor: a warm-up run, `repeats` timed runs, one profiled run.
+pub fn bench_mode(
+    exec: &mut dyn Executor,
+    m: &Model,
+    prompt: &[u32],
+    gen: usize,
+    repeats: usize,
+    progress: Progress,
+) -> Result<ModeResult, crate::exec::ExecError> {
+    let (warm_ids, _, _) = run_once(exec, prompt, gen, progress)?;
+    let mut prefill = Vec::new();
+    let mut ttft = Vec::new();
+    let mut decode = Vec::new();
+    let mut all = Vec::new();
+    let mut ids = warm_ids;
+    for _ in 0..repeats {
+        let (i, p, lat) = run_once(exec, prompt, gen, progress)?;
+        if i != ids {
+            // Nondeterministic output is a parity failure too.
+            ids = Vec::new();
+        }
+        prefill.push(prompt.len() as f64 / p);
+        ttft.push(p * 1e3);
+        if !lat.is_empty() {
+            decode.push(lat.len() as f64 / lat.iter().sum::<f64>());
+        }
+        all.extend(lat.iter().map(|s| s * 1e3));
+    }
+    let dispatches = exec.counters().dispatches_last_decode;
+    // Profiled run: per-class GPU time per decoded token.
+    let mut by_class = BTreeMap::new();
+    if exec.set_profiling(true) {
+        exec.reset();
+        exec.step(prompt, Readback::Argmax)?;
+        exec.set_profiling(false);
+        exec.set_profiling(true);
+        let steps = gen.saturating_sub(1).clamp(1, 8);
+        let mut last = ids.last().copied().unwrap_or(0);
+        for _ in 0..steps {
+            last = argmax_of(&exec.step(&[last], Readback::Argmax)?);
+        }
+        if let Some(p) = exec.profile() {
+            for (class, (ns, _)) in p {
+                by_class.insert(class_name(class), ns / 1e6 / steps as f64);
+            }
+        }
+        exec.set_profiling(false);
+    }
+    let x = exec.extra_stats();
+    let mean_pos = prompt.len() + gen / 2;
+    let kv_read = (m.config.num_layers * 2 * mean_pos * m.config.kv_dim() * 4) as u64;
+    Ok(ModeResult {
+        mode: exec.mode().into(),
+        model: m.name.clone(),
+        prompt_tokens: prompt.len(),
+        gen_tokens: gen,
+        repeats,
+        prefill_tok_s: median(&prefill),
+        ttft_ms: median(&ttft),
+        decode_tok_s: median(&decode),
+        ms_per_token_p50: percentile(&all, 50.0),
+        ms_per_token_p99: percentile(&all, 99.0),
+        ms_per_token_all: all,
+        dispatches_per_token: dispatches,
+        gpu_ms_per_token_by_class: by_class,
+        gpu_memory_bytes_read_per_token_counted: exec.weight_bytes() + kv_read,
+        link_bytes_per_token: x.get("link_bytes_per_token").and_then(|v| v.as_u64()),
+        link_transfers_per_token: x.get("link_transfers_per_token").and_then(|v| v.as_u64()),
+        emulation_staged_bytes_per_step: x
+            .get("emulation_staged_bytes_per_step")
+            .and_then(|v| v.as_u64()),
+        ids,
+        valid: true,
+        matches_other_modes: true,
+        ..Default::default()
+    })
+}
+
+fn class_name(c: KernelClass) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// Cross-checks every result's ids against the reference and each other.
+pub fn check_parity(results: &mut [ModeResult], reference: Option<&RefContinuation>) {
+    let ids: Vec<Vec<u32>> = results.iter().map(|r| r.ids.clone()).collect();
+    for (i, r) in results.iter_mut().enumerate() {
+        r.matches_other_modes =
+            !r.ids.is_empty() && ids.iter().enumerate().all(|(j, o)| j == i || *o == r.ids);
+        r.matches_reference = reference.map(|rf| {
+            let n = rf.ids.len().min(r.ids.len());
+            n > 0 && r.ids[..n] == rf.ids[..n]
+        });
+        r.valid = r.matches_other_modes && r.matches_reference != Some(false);
+    }
+}
+
+/// Adds the modeled latencies: VRAM mode from a GPU spec calibrated on this
+/// adapter (and an H100 for scale); SRAM mode from the plan and chip spec
+/// (the emulated cluster's own latency, not this GPU's).
+pub fn add_models(
+    r: &mut ModeResult,
+    plan: Option<&Plan>,
+    spec: Option<&ChipSpec>,
+    measured_gpu: Option<&GpuSpec>,
+    m: &Model,
+) {
+    let mean_pos = r.prompt_tokens + r.gen_tokens / 2;
+    let cfg = &m.config;
+    let kv = cfg.num_layers * 2 * mean_pos * cfg.kv_dim() * 4;
+    let flops = 2.0 * cfg.param_count() as f64;
+    match (plan, spec) {
+        (Some(plan), Some(spec)) => {
+            let c = chip::modeled_token_latency(plan, spec, Precision::Fp16);
+            r.modeled_ms_per_token = Some(c.modeled_token_latency_s * 1e3);
+            r.modeled_what = Some(format!(
+                "modeled: the emulated {} cluster ({} chips), if it were real hardware",
+                spec.name, plan.totals.chips_used
+            ));
+        }
+        _ => {
+            if let Some(g) = measured_gpu {
+                let c = chip::modeled_gpu_token_latency(
+                    r.gpu_memory_bytes_read_per_token_counted as usize
+                        - kv.min(r.gpu_memory_bytes_read_per_token_counted as usize),
+                    kv,
+                    flops,
+                    r.dispatches_per_token as usize,
+                    g,
+                );
+                let ms = c.modeled_token_latency_s * 1e3;
+                r.modeled_ms_per_token = Some(ms);
+                r.modeled_what = Some(format!(
+                    "modeled: this adapter ({}), calibrated bandwidth + dispatch + submit",
+                    g.name
+                ));
+                if r.ms_per_token_p50.is_finite() && r.ms_per_token_p50 > 0.0 {
+                    r.modeled_error_pct =
+                        Some((ms - r.ms_per_token_p50) / r.ms_per_token_p50 * 100.0);
+                }
+            }
+            let h = GpuSpec::h100_sxm();
+            let c = chip::modeled_gpu_token_latency(
+                r.gpu_memory_bytes_read_per_token_counted as usize
+                    - kv.min(r.gpu_memory_bytes_read_per_token_counted as usize),
+                kv,
+                flops,
+                r.dispatches_per_token as usize,
+                &h,
+            );
+            r.modeled_reference_ms_per_token = Some(c.modeled_token_latency_s * 1e3);
+            r.modeled_reference_what =
+                Some("modeled: H100 SXM (3.35 TB/s, 2.2 µs/dispatch, 57 µs submit)".into());
+        }
+    }
+}
+
+/// The table printed on stdout.
+pub fn table(results: &[ModeResult]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>12}  {}",
+        "model · mode",
+        "prefill",
+        "TTFT",
+        "decode",
+        "p50",
+        "p99",
+        "disp",
+        "GPU read",
+        "link/tok",
+        "modeled",
+        "output"
+    );
+    let _ = writeln!(
+        o,
+        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>12}",
+        "", "tok/s", "ms", "tok/s", "ms/tok", "ms/tok", "/tok", "B/tok", "B", "ms/tok"
+    );
+    for r in results {
+        let name = match (&r.chip, r.chips_used) {
+            (Some(c), Some(n)) => format!("{} · {} {}×{}", r.model, r.mode, c, n),
+            _ => format!("{} · {}", r.model, r.mode),
+        };
+        let speed = |v: f64| {
+            if r.valid {
+                format!("{v:.1}")
+            } else {
+                "INVALID".into()
+            }
+        };
+        let verdict = match (r.valid, r.matches_reference) {
+            (false, _) => "MISMATCH: speed not valid".to_string(),
+            (true, Some(true)) => "= reference, = other modes".into(),
+            (true, _) => "= other modes (no reference)".into(),
+        };
+        let _ = writeln!(
+            o,
+            "{:<26} {:>9} {:>9.1} {:>9} {:>9.2} {:>9.2} {:>6} {:>10} {:>10} {:>12}  {}",
+            name,
+            speed(r.prefill_tok_s),
+            r.ttft_ms,
+            speed(r.decode_tok_s),
+            r.ms_per_token_p50,
+            r.ms_per_token_p99,
+            r.dispatches_per_token,
+            r.gpu_memory_bytes_read_per_token_counted,
+            r.link_bytes_per_token.map_or("-".into(), |v| v.to_string()),
+            r.modeled_ms_per_token
+                .map_or("-".into(), |v| format!("{v:.4}")),
+            verdict
+        );
+    }
+    for r in results {
+        if !r.gpu_ms_per_token_by_class.is_empty() {
+            let parts: Vec<String> = r
+                .gpu_ms_per_token_by_class
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect();
+            let _ = writeln!(
+                o,
+                "GPU ms/token by kernel class ({} · {}): {}",
+                r.model,
+                r.mode,
+                parts.join(", ")
+            );
+        }
+    }
+    for r in results {
+        if let (Some(m), Some(w)) = (r.modeled_ms_per_token, &r.modeled_what) {
+            let err = r.modeled_error_pct.map_or(String::new(), |e| {
+                format!(" — error vs measured p50: {e:+.0}%")
+            });
+            let _ = writeln!(o, "{} · {}: {w}: {m:.4} ms/token{err}", r.model, r.mode);
+        }
+        if let (Some(m), Some(w)) = (r.modeled_reference_ms_per_token, &r.modeled_reference_what) {
+            let _ = writeln!(o, "{} · {}: {w}: {m:.4} ms/token", r.model, r.mode);
+        }
+    }
+    o
+}
