@@ -17,7 +17,10 @@
 //! `cargo bench --bench kernels -- matmul_decode/Q4_1`; add `--quick` for a
 //! short run.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use sramlm::bench::calibrate::{calibrate, CalibrateOptions};
 use sramlm::gpu::{Gpu, GpuOptions};
 use sramlm::kernels::{attention, copy, matmul, rmsnorm, sram_matmul, GpuWeight, KernelOp, Step};
@@ -52,7 +55,48 @@ const ROTATE_BYTES: usize = 64 << 20;
 /// ...but at most this many copies.
 const ROTATE_MAX_COPIES: usize = 256;
 
-/// Runs `iters` iterations, iteration `i` recording `ops[(start + i) % len]`,
+/// One benchmark's GPU state, built only when criterion runs it (so a filter
+/// skips the uploads): its step, and per rotation the ops one iteration records.
+struct Case {
+    step_buf: wgpu::Buffer,
+    step: Step,
+    ops: Vec<Vec<KernelOp>>,
+    /// Buffers the ops bind (weights, activations), kept alive with them.
+    _keep: Vec<Box<dyn std::any::Any>>,
+}
+
+impl Case {
+    fn new(gpu: &Gpu, step: Step) -> Self {
+        Case {
+            step_buf: gpu.uniform("step", &step),
+            step,
+            ops: Vec::new(),
+            _keep: Vec::new(),
+        }
+    }
+    fn keep<T: 'static>(&mut self, v: T) {
+        self._keep.push(Box::new(v));
+    }
+}
+
+/// Registers one benchmark; `setup` runs on its first sample only.
+fn bench_case(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    gpu: &Gpu,
+    setup: impl FnOnce() -> Case,
+) {
+    let mut setup = Some(setup);
+    let mut case: Option<Case> = None;
+    g.bench_function(id, |b| {
+        let c = case.get_or_insert_with(|| setup.take().expect("set up once")());
+        set_step(gpu, &c.step_buf, &c.step);
+        let lists: Vec<Vec<&KernelOp>> = c.ops.iter().map(|l| l.iter().collect()).collect();
+        b.iter_custom(|iters| time_iters(gpu, &c.step, &lists, iters))
+    });
+}
+
+/// Runs `iters` iterations, iteration `i` recording `ops[i % len]`,
 /// [`DISPATCHES_PER_SUBMIT`] iterations per submission; returns the time spent
 /// in submit + wait.
 fn time_iters(gpu: &Gpu, step: &Step, ops: &[Vec<&KernelOp>], iters: u64) -> Duration {
@@ -118,7 +162,12 @@ fn encode(dtype: DType, n: usize, k: usize) -> Vec<u8> {
     out
 }
 
-/// `copies` GPU copies of one `n × k` weight (uploaded once, copied on the GPU).
+fn weight_bytes(dtype: DType, n: usize, k: usize) -> usize {
+    dtype.bytes_for(n * k).expect("whole blocks")
+}
+
+/// Copies of one `n × k` weight totalling ≥ [`ROTATE_BYTES`] (at most
+/// [`ROTATE_MAX_COPIES`]), uploaded once and copied on the GPU.
 fn weights(gpu: &Gpu, dtype: DType, n: usize, k: usize) -> Vec<GpuWeight> {
     let bytes = encode(dtype, n, k);
     let copies = ROTATE_BYTES
@@ -166,29 +215,34 @@ fn bench_matmul(c: &mut Criterion, gpu: &Gpu, tokens: usize) {
         format!("matmul_prefill{tokens}")
     };
     let mut g = c.benchmark_group(group_name);
-    let step_buf = gpu.uniform("step", &Step::default());
-    let step = tokens_step(tokens, 0);
-    set_step(gpu, &step_buf, &step);
     let mut cases: Vec<(DType, (&str, usize, usize))> = Vec::new();
     for &dt in WEIGHT_DTYPES {
         cases.extend(MATMUL_SHAPES.iter().map(|&s| (dt, s)));
     }
     cases.extend(LM_HEAD_DTYPES.iter().map(|&dt| (dt, LM_HEAD_SHAPE)));
     for (dt, (name, n, k)) in cases {
-        let ws = weights(gpu, dt, n, k);
-        let x = f32_buffer(gpu, "x", tokens * k, 3);
-        let y = gpu.storage_buffer("y", (tokens * n * 4) as u64).unwrap();
-        let ops: Vec<[KernelOp; 2]> = ws
-            .iter()
-            .map(|w| {
-                matmul::build(gpu, &step_buf, "mm", w, &x, &y, false, matmul::Rows::Tokens)
-                    .expect("build matmul")
-            })
-            .collect();
-        let lists: Vec<Vec<&KernelOp>> = ops.iter().map(|o| o.iter().collect()).collect();
-        g.throughput(Throughput::Bytes(ws[0].bytes as u64));
-        g.bench_function(BenchmarkId::new(dt.to_string(), name), |b| {
-            b.iter_custom(|iters| time_iters(gpu, &step, &lists, iters))
+        g.throughput(Throughput::BytesDecimal(weight_bytes(dt, n, k) as u64));
+        bench_case(&mut g, BenchmarkId::new(dt.to_string(), name), gpu, || {
+            let mut case = Case::new(gpu, tokens_step(tokens, 0));
+            let x = f32_buffer(gpu, "x", tokens * k, 3);
+            let y = gpu.storage_buffer("y", (tokens * n * 4) as u64).unwrap();
+            let ws = weights(gpu, dt, n, k);
+            for w in &ws {
+                let ops = matmul::build(
+                    gpu,
+                    &case.step_buf,
+                    "mm",
+                    w,
+                    &x,
+                    &y,
+                    false,
+                    matmul::Rows::Tokens,
+                )
+                .expect("build matmul");
+                case.ops.push(ops.into_iter().collect());
+            }
+            case.keep((ws, x, y));
+            case
         });
     }
     g.finish();
@@ -203,19 +257,16 @@ fn bench_sram_matmul(c: &mut Criterion, gpu: &Gpu) {
         );
         return;
     }
-    let step_buf = gpu.uniform("step", &Step::default());
-    let step = tokens_step(DECODE_TOKENS, 0);
-    set_step(gpu, &step_buf, &step);
+    let t = DECODE_TOKENS;
     for &dt in WEIGHT_DTYPES {
         for &(name, n, k) in MATMUL_SHAPES {
-            let ws = weights(gpu, dt, n, k);
-            let x = f32_buffer(gpu, "x", DECODE_TOKENS * k, 3);
-            let y = gpu
-                .storage_buffer("y", (DECODE_TOKENS * n * 4) as u64)
-                .unwrap();
-            let ops: Vec<KernelOp> = ws
-                .iter()
-                .map(|w| {
+            g.throughput(Throughput::BytesDecimal(weight_bytes(dt, n, k) as u64));
+            bench_case(&mut g, BenchmarkId::new(dt.to_string(), name), gpu, || {
+                let mut case = Case::new(gpu, tokens_step(t, 0));
+                let x = f32_buffer(gpu, "x", t * k, 3);
+                let y = gpu.storage_buffer("y", (t * n * 4) as u64).unwrap();
+                let ws = weights(gpu, dt, n, k);
+                for w in &ws {
                     let spec = sram_matmul::Spec {
                         name: "sram_mm",
                         w,
@@ -225,13 +276,12 @@ fn bench_sram_matmul(c: &mut Criterion, gpu: &Gpu) {
                         accumulate: false,
                         out_rows_only: false,
                     };
-                    sram_matmul::build(gpu, &step_buf, &spec, &x, &y).expect("build sram_matmul")
-                })
-                .collect();
-            let lists: Vec<Vec<&KernelOp>> = ops.iter().map(|o| vec![o]).collect();
-            g.throughput(Throughput::Bytes(ws[0].bytes as u64));
-            g.bench_function(BenchmarkId::new(dt.to_string(), name), |b| {
-                b.iter_custom(|iters| time_iters(gpu, &step, &lists, iters))
+                    let op = sram_matmul::build(gpu, &case.step_buf, &spec, &x, &y)
+                        .expect("build sram_matmul");
+                    case.ops.push(vec![op]);
+                }
+                case.keep((ws, x, y));
+                case
             });
         }
     }
@@ -241,21 +291,21 @@ fn bench_sram_matmul(c: &mut Criterion, gpu: &Gpu) {
 fn bench_attention(c: &mut Criterion, gpu: &Gpu) {
     let (h, hkv, hd) = ATTN_HEADS;
     let mut g = c.benchmark_group(format!("attention_h{h}_kv{hkv}_d{hd}"));
-    let step_buf = gpu.uniform("step", &Step::default());
     for &pos in ATTN_POSITIONS {
         let ctx = pos + 1;
-        let q = f32_buffer(gpu, "q", h * hd, 1);
-        let kc = f32_buffer(gpu, "kc", ctx * hkv * hd, 2);
-        let vc = f32_buffer(gpu, "vc", ctx * hkv * hd, 3);
-        let out = gpu.storage_buffer("o", (h * hd * 4) as u64).unwrap();
-        let op = attention::build(gpu, &step_buf, "attn", h, hkv, hd, &q, &kc, &vc, &out)
-            .expect("build attention");
-        let step = tokens_step(1, pos);
-        set_step(gpu, &step_buf, &step);
         // K and V bytes read for the token at `pos` (positions 0..=pos).
-        g.throughput(Throughput::Bytes((2 * ctx * hkv * hd * 4) as u64));
-        g.bench_function(BenchmarkId::new("pos", pos), |b| {
-            b.iter_custom(|iters| time_iters(gpu, &step, &[vec![&op]], iters))
+        g.throughput(Throughput::BytesDecimal((2 * ctx * hkv * hd * 4) as u64));
+        bench_case(&mut g, BenchmarkId::new("pos", pos), gpu, || {
+            let mut case = Case::new(gpu, tokens_step(1, pos));
+            let q = f32_buffer(gpu, "q", h * hd, 1);
+            let kc = f32_buffer(gpu, "kc", ctx * hkv * hd, 2);
+            let vc = f32_buffer(gpu, "vc", ctx * hkv * hd, 3);
+            let out = gpu.storage_buffer("o", (h * hd * 4) as u64).unwrap();
+            let op = attention::build(gpu, &case.step_buf, "attn", h, hkv, hd, &q, &kc, &vc, &out)
+                .expect("build attention");
+            case.ops.push(vec![op]);
+            case.keep((q, kc, vc, out));
+            case
         });
     }
     g.finish();
@@ -263,39 +313,50 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu) {
 
 fn bench_rmsnorm(c: &mut Criterion, gpu: &Gpu) {
     let mut g = c.benchmark_group("rmsnorm");
-    let step_buf = gpu.uniform("step", &Step::default());
-    let w = f32_buffer(gpu, "w", NORM_DIM, 1);
-    let x = f32_buffer(gpu, "x", NORM_DIM, 2);
-    let y = gpu.storage_buffer("y", (NORM_DIM * 4) as u64).unwrap();
-    let op = rmsnorm::build(gpu, &step_buf, "norm", NORM_DIM, 1e-5, &w, &x, &y).expect("rmsnorm");
-    let step = tokens_step(1, 0);
-    set_step(gpu, &step_buf, &step);
-    g.bench_function(BenchmarkId::new("dim", NORM_DIM), |b| {
-        b.iter_custom(|iters| time_iters(gpu, &step, &[vec![&op]], iters))
+    bench_case(&mut g, BenchmarkId::new("dim", NORM_DIM), gpu, || {
+        let mut case = Case::new(gpu, tokens_step(1, 0));
+        let w = f32_buffer(gpu, "w", NORM_DIM, 1);
+        let x = f32_buffer(gpu, "x", NORM_DIM, 2);
+        let y = gpu.storage_buffer("y", (NORM_DIM * 4) as u64).unwrap();
+        let op = rmsnorm::build(gpu, &case.step_buf, "norm", NORM_DIM, 1e-5, &w, &x, &y)
+            .expect("build rmsnorm");
+        case.ops.push(vec![op]);
+        case.keep((w, x, y));
+        case
     });
     g.finish();
 }
 
 fn bench_copy_and_dispatch(c: &mut Criterion, gpu: &Gpu) {
     let mut g = c.benchmark_group("copy");
-    let step_buf = gpu.uniform("step", &Step::default());
-    let step = tokens_step(1, 0);
-    set_step(gpu, &step_buf, &step);
     // The calibration's size: the largest binding (≤ 256 MiB; ≤ 64 MiB on CPUs).
     let bytes = CalibrateOptions::for_gpu(gpu).copy_bytes;
-    let src = gpu.storage_buffer("src", bytes).unwrap();
-    let dst = gpu.storage_buffer("dst", bytes).unwrap();
-    let op = copy::build(gpu, &step_buf, "copy", &src, &dst, bytes).expect("copy");
-    g.throughput(Throughput::Bytes(bytes));
-    g.bench_function(
-        BenchmarkId::new("read_bytes", format!("{}MiB", bytes >> 20)),
-        |b| b.iter_custom(|iters| time_iters(gpu, &step, &[vec![&op]], iters)),
-    );
-    let empty = copy::build_empty(gpu, &step_buf, "empty", &src, &dst).expect("empty");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("empty_dispatch", |b| {
-        b.iter_custom(|iters| time_iters(gpu, &step, &[vec![&empty]], iters))
+    g.throughput(Throughput::BytesDecimal(bytes));
+    let id = BenchmarkId::new("read_bytes", format!("{}MiB", bytes >> 20));
+    bench_case(&mut g, id, gpu, || {
+        let mut case = Case::new(gpu, tokens_step(1, 0));
+        let src = gpu.storage_buffer("src", bytes).unwrap();
+        let dst = gpu.storage_buffer("dst", bytes).unwrap();
+        let op = copy::build(gpu, &case.step_buf, "copy", &src, &dst, bytes).expect("copy");
+        case.ops.push(vec![op]);
+        case.keep((src, dst));
+        case
     });
+    g.throughput(Throughput::Elements(1));
+    bench_case(
+        &mut g,
+        BenchmarkId::from_parameter("empty_dispatch"),
+        gpu,
+        || {
+            let mut case = Case::new(gpu, tokens_step(1, 0));
+            let src = gpu.storage_buffer("src", 256).unwrap();
+            let dst = gpu.storage_buffer("dst", 256).unwrap();
+            let op = copy::build_empty(gpu, &case.step_buf, "empty", &src, &dst).expect("empty");
+            case.ops.push(vec![op]);
+            case.keep((src, dst));
+            case
+        },
+    );
     g.finish();
 }
 

@@ -10,9 +10,10 @@ use sramlm::exec::sram::{SramExecutor, SramOptions};
 use sramlm::exec::vram::{VramExecutor, VramOptions};
 use sramlm::exec::{Executor, Readback, StepOutput};
 use sramlm::generate::{generate, GenerateOptions};
+use sramlm::gpu::BackendChoice;
 use sramlm::model::{self, Model};
 use sramlm::sampling::SamplingOptions;
-use sramlm::testing::{fixture_dir, gpu, Reference};
+use sramlm::testing::{fixture_dir, gpu, gpu_for, Reference};
 use std::path::Path;
 
 const TOL: f32 = 5e-3;
@@ -107,6 +108,22 @@ fn check(exec: &mut dyn Executor, m: &Model, r: &Reference, what: &str) {
 #[test]
 fn smollm2_vram_and_sram_match_reference() {
     let Some(gpu) = gpu() else { return };
+    both_modes(gpu);
+}
+
+/// The same on the GL backend (llvmpipe in CI): no f16, no subgroups.
+#[test]
+fn smollm2_gl_vram_and_sram_match_reference() {
+    let Some(gpu) = gpu_for(BackendChoice::Gl, false) else {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set but there is no GL adapter");
+        }
+        return;
+    };
+    both_modes(gpu);
+}
+
+fn both_modes(gpu: std::sync::Arc<sramlm::gpu::Gpu>) {
     let Some(m) = smollm2() else { return };
     let r = Reference::load(&fixture_dir("smollm2"), "SmolLM2-135M-Instruct-Q4_1").unwrap();
     let mut vram = VramExecutor::new(
@@ -119,7 +136,8 @@ fn smollm2_vram_and_sram_match_reference() {
         },
     )
     .unwrap();
-    check(&mut vram, &m, &r, "vram");
+    let backend = format!("{:?}", gpu.info.backend);
+    check(&mut vram, &m, &r, &format!("{backend} vram"));
     drop(vram);
     let spec = ChipSpec::preset("mini-4m").unwrap();
     let mut opts = PlaceOptions::for_config(&m.config);

@@ -254,7 +254,18 @@ mod tests {
         assert!(build(&gpu, &step_buf, "c", &sb, &db, 64).is_err());
         assert!(build(&gpu, &step_buf, "c", &sb, &db, 32).is_ok());
         let m = max_bytes(&gpu);
-        assert!(m > 0 && m % 16 == 0 && m <= MAX_COPY_BYTES);
+        assert!(m > 0 && m.is_multiple_of(16) && m <= MAX_COPY_BYTES);
+    }
+
+    /// GPU-free: both entry points validate with naga and use no workgroup memory.
+    #[test]
+    fn variants_validate() {
+        use crate::gpu::shader::{validate, workgroup_bytes};
+        for (s, v) in variants() {
+            let src = s.source(&v);
+            validate(&src).unwrap_or_else(|e| panic!("copy:{}: {e}", v.entry));
+            assert_eq!(workgroup_bytes(&src, &v).unwrap(), 0);
+        }
     }
 
     #[test]
