@@ -130,6 +130,10 @@ struct PlanArgs {
     /// Output: a table, or the plan as JSON
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Instead of one plan: chips needed and modeled tok/s per user at int8,
+    /// Q8_0 and fp16 weights (fp16 KV cache, full context), e.g. for Llama-2-70B
+    #[arg(long)]
+    study: bool,
     #[command(flatten)]
     chip: ChipArgs,
 }
@@ -776,6 +780,27 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
     let spec = a.chip.spec()?;
     if a.batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if a.study {
+        let cfg = match &a.config {
+            Some(path) => model::LlamaConfig::from_hf_json(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?,
+            None => load_model(a.model.as_ref())?.config,
+        };
+        let mut scenarios = sramlm::chip::llama2_70b_scenarios();
+        for s in &mut scenarios {
+            s.context_len = a.ctx;
+            s.batch = a.batch;
+        }
+        let rows = sramlm::chip::study(&cfg, &spec, &scenarios)?;
+        match a.format {
+            Format::Text => {
+                println!("All figures below are MODELED (cost model), not measured.");
+                print!("{}", sramlm::chip::study_table(&rows));
+            }
+            Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        }
+        return Ok(());
     }
     let plan = match &a.config {
         Some(path) => {

@@ -42,3 +42,39 @@ fn footprint_counts_workgroup_arrays() {
         16384
     );
 }
+
+/// Every SRAM-mode kernel, for every chip preset's slice budget (and the
+/// larger slices real adapters allow), parses, validates and declares no more
+/// workgroup memory than one slice: the emulated SRAM budget is checked here,
+/// without a GPU, and again when a pipeline is built.
+#[test]
+fn sram_kernels_fit_every_preset_slice() {
+    let mut budgets: Vec<usize> = sramlm::chip::ChipSpec::presets()
+        .iter()
+        .map(|s| s.slice_bytes)
+        .collect();
+    budgets.extend([8 * 1024, 32 * 1024, 48 * 1024]);
+    for dir in ["models/chips"] {
+        for e in
+            std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap()
+        {
+            let spec = sramlm::chip::ChipSpec::load(&e.unwrap().path()).unwrap();
+            budgets.push(spec.slice_bytes);
+        }
+    }
+    for slice in budgets {
+        for hidden in [64, 576] {
+            for (s, v) in sramlm::kernels::sram_variants(slice, hidden) {
+                let src = s.source(&v);
+                validate(&src).unwrap_or_else(|e| panic!("{} {:?}: {e}", s.name(), v.defines));
+                let bytes = workgroup_bytes(&src, &v).unwrap();
+                assert!(
+                    bytes as usize <= slice,
+                    "{} {:?}: {bytes} bytes > slice {slice}",
+                    s.name(),
+                    v.defines
+                );
+            }
+        }
+    }
+}

@@ -568,6 +568,18 @@ impl SramExecutor {
                 "the chip's SRAM slice is {slice} bytes but this adapter allows {limit} bytes of workgroup storage per workgroup"
             )));
         }
+        // Every SRAM-mode kernel must fit one slice (naga measures the WGSL).
+        for (shader, v) in crate::kernels::sram_variants(slice, cfg.hidden_size) {
+            let src = shader.source(&v);
+            let bytes = crate::gpu::shader::workgroup_bytes(&src, &v)
+                .map_err(|e| ExecError::Invalid(format!("{}: {e}", shader.name())))?;
+            if bytes as usize > slice {
+                return Err(ExecError::Invalid(format!(
+                    "SRAM kernel `{}` needs {bytes} bytes of workgroup memory, more than the {slice}-byte slice",
+                    shader.name()
+                )));
+            }
+        }
         let a = Assignment::from_plan(plan, cfg)?;
         let items = schedule(cfg, &a)?;
         let ctx = opts.context.unwrap_or(cfg.max_position_embeddings).max(1);

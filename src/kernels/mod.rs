@@ -196,6 +196,7 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
         v.push((s, ShaderVariant::new("main")));
     }
     v.extend(sram_variants(crate::chip::DEFAULT_SLICE_BYTES, 576));
+    v.extend(copy::variants());
     v
 }
 
