@@ -283,7 +283,7 @@ pub fn table(results: &[ModeResult]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>12}  {}",
+        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>12}  {}",
         "model · mode",
         "prefill",
         "TTFT",
@@ -298,7 +298,7 @@ pub fn table(results: &[ModeResult]) -> String {
     );
     let _ = writeln!(
         o,
-        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>12}",
+        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>12}",
         "", "tok/s", "ms", "tok/s", "ms/tok", "ms/tok", "/tok", "B/tok", "B", "ms/tok"
     );
     for r in results {
@@ -320,7 +320,7 @@ pub fn table(results: &[ModeResult]) -> String {
         };
         let _ = writeln!(
             o,
-            "{:<26} {:>9} {:>9.1} {:>9} {:>9.2} {:>9.2} {:>6} {:>10} {:>10} {:>12}  {}",
+            "{:<44} {:>9} {:>9.1} {:>9} {:>9.2} {:>9.2} {:>6} {:>10} {:>10} {:>12}  {}",
             name,
             speed(r.prefill_tok_s),
             r.ttft_ms,
