@@ -78,7 +78,26 @@ fn dot_rows(rb: u32, xr0: u32, last: u32, k4n: u32, start: u32, stride: u32) -> 
     let x6 = min(xr0 + 6u, last) * k4n;
     let x7 = min(xr0 + 7u, last) * k4n;
 #endif
-    for (var k4 = start; k4 < k4n; k4 += stride) {
+#ifdef BLOCKS
+    // Whole 32-weight blocks (scale decoded once per block), then the tail.
+    let nb = k4n / 8u;
+    for (var blk = start; blk < nb; blk += stride) {
+        let w = wblock(rb, blk);
+        let xb = blk * 8u;
+#ifdef TT1
+        a.x += bdot(w, x0 + xb);
+#else
+        a += vec4<f32>(bdot(w, x0 + xb), bdot(w, x1 + xb), bdot(w, x2 + xb), bdot(w, x3 + xb));
+#endif
+#ifdef TT8
+        b += vec4<f32>(bdot(w, x4 + xb), bdot(w, x5 + xb), bdot(w, x6 + xb), bdot(w, x7 + xb));
+#endif
+    }
+    let k4_0 = nb * 8u + start;
+#else
+    let k4_0 = start;
+#endif
+    for (var k4 = k4_0; k4 < k4n; k4 += stride) {
         let w = w4(rb, k4 * 4u);
 #ifdef TT1
         a.x += dot(w, X[x0 + k4]);

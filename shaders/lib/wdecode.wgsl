@@ -65,3 +65,68 @@ fn w4(row_byte0: u32, k: u32) -> vec4<f32> {
     return fma(vec4<f32>(dm.x), qv, vec4<f32>(dm.y));
 #endif
 }
+
+// 32 consecutive weights (one GGML block) as 8 vec4.
+struct WBlock {
+    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
+    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
+}
+
+fn nib_lo(q: u32) -> vec4<f32> {
+    return vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
+}
+
+// Weights blk*32 .. blk*32+31: a quantized block's scale is decoded once.
+fn wblock(row_byte0: u32, blk: u32) -> WBlock {
+    let k = blk * 32u;
+#ifdef W_Q4_1
+    let w0 = (row_byte0 + blk * 20u) >> 2u;
+    let dm = unpack2x16float(W[w0]);
+    let d = vec4<f32>(dm.x);
+    let m = vec4<f32>(dm.y);
+    let q0 = W[w0 + 1u];
+    let q1 = W[w0 + 2u];
+    let q2 = W[w0 + 3u];
+    let q3 = W[w0 + 4u];
+    return WBlock(fma(d, nib_lo(q0), m), fma(d, nib_lo(q1), m), fma(d, nib_lo(q2), m), fma(d, nib_lo(q3), m),
+                  fma(d, nib_lo(q0 >> 4u), m), fma(d, nib_lo(q1 >> 4u), m), fma(d, nib_lo(q2 >> 4u), m), fma(d, nib_lo(q3 >> 4u), m));
+#else
+#ifdef W_Q8_0
+    // 34-byte blocks: the scale sits at a 2- or 0-mod-4 offset; read 9 words once.
+    let base = row_byte0 + blk * 34u;
+    let w0 = base >> 2u;
+    let odd = (base & 2u) != 0u;
+    let dd = unpack2x16float(W[w0]);
+    var d = dd.x;
+    if (odd) {
+        d = dd.y;
+    }
+    var q: array<u32, 8>;
+    if (odd) {
+        for (var j = 0u; j < 8u; j++) {
+            q[j] = W[w0 + 1u + j];
+        }
+    } else {
+        for (var j = 0u; j < 8u; j++) {
+            q[j] = (W[w0 + j] >> 16u) | (W[w0 + j + 1u] << 16u);
+        }
+    }
+    return WBlock(d * s8x4(q[0]), d * s8x4(q[1]), d * s8x4(q[2]), d * s8x4(q[3]),
+                  d * s8x4(q[4]), d * s8x4(q[5]), d * s8x4(q[6]), d * s8x4(q[7]));
+#else
+    return WBlock(w4(row_byte0, k), w4(row_byte0, k + 4u), w4(row_byte0, k + 8u), w4(row_byte0, k + 12u),
+                  w4(row_byte0, k + 16u), w4(row_byte0, k + 20u), w4(row_byte0, k + 24u), w4(row_byte0, k + 28u));
+#endif
+#endif
+}
+
+// The 4 signed bytes of `q` as floats.
+fn s8x4(q: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(bitcast<i32>(q << 24u), bitcast<i32>(q << 16u), bitcast<i32>(q << 8u), bitcast<i32>(q)) >> vec4<u32>(24u));
+}
+
+fn bdot(w: WBlock, xb: u32) -> f32 {
+    let a = dot(w.v0, X[xb]) + dot(w.v1, X[xb + 1u]) + dot(w.v2, X[xb + 2u]) + dot(w.v3, X[xb + 3u]);
+    let b = dot(w.v4, X[xb + 4u]) + dot(w.v5, X[xb + 5u]) + dot(w.v6, X[xb + 6u]) + dot(w.v7, X[xb + 7u]);
+    return a + b;
+}

@@ -44,6 +44,11 @@ pub fn variant(dtype: DType, tt: u32, accumulate: bool, subgroups: bool) -> Shad
     if accumulate {
         v = v.define("ACCUMULATE");
     }
+    // Block-wise decoding measured faster for Q4_1 matvecs (docs/optimizations.md),
+    // slower for the 8-token prefill tile.
+    if matches!(dtype, DType::Q4_1 | DType::Q8_0) && tt == 1 {
+        v = v.define("BLOCKS");
+    }
     if subgroups {
         v = v.define("SG");
     }
