@@ -3,10 +3,12 @@
 //   out[t, h] = softmax(q · K[0..=pos]^T * scale) · V[0..=pos]
 // PyTorch: attn = softmax(q @ repeat_kv(k).T * head_dim**-0.5 + causal_mask) @ repeat_kv(v)
 //
-// One workgroup per (head, token). Each thread walks positions lid, lid+64, …
-// with an online softmax (running max, sum and weighted V); the 64 partial
-// states are then merged in shared memory. HD={{HD}} (head_dim), CH={{CH}}
-// (dims merged per round, divides HD).
+// One workgroup per (head, token), 64 threads, positions in chunks of CHUNK:
+// threads score one position each (q from shared memory, K as vec4), the
+// chunk's max and sum are reduced in shared memory, then thread d adds
+// p · V[., d] for its dims (V reads coalesce across threads); a running
+// softmax (max, sum) carries across chunks. HD={{HD}} (head_dim, a multiple
+// of 4, at most 128).
 //
 // PARTIAL (SRAM mode): the layer's KV cache is split over chips by KV heads and
 // positions. Each chip folds its block [kv_head_begin, kv_head_end) x
@@ -37,19 +39,49 @@ struct Step {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: Step;
-@group(0) @binding(2) var<storage, read> Q: array<f32>;       // [T, H*hd]
-@group(0) @binding(3) var<storage, read> Kc: array<f32>;      // [ctx, Hkv*hd]
-@group(0) @binding(4) var<storage, read> Vc: array<f32>;      // [ctx, Hkv*hd]
-@group(0) @binding(5) var<storage, read_write> O: array<f32>; // [T, H*hd]
+@group(0) @binding(2) var<storage, read> Q: array<vec4<f32>>;  // [T, H*hd/4]
+@group(0) @binding(3) var<storage, read> Kc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
+@group(0) @binding(4) var<storage, read> Vc: array<f32>;       // [ctx, Hkv*hd]
+@group(0) @binding(5) var<storage, read_write> O: array<f32>;  // [T, H*hd]
 #ifdef PARTIAL
 @group(0) @binding(6) var<storage, read_write> St: array<f32>; // [T, H, 2 + hd]
 #endif
 
 const WG: u32 = 64u;
 const HD: u32 = {{HD}}u;
-const CH: u32 = {{CH}}u;
-var<workgroup> red_m: array<f32, 64>;
-var<workgroup> red_v: array<f32, {{REDV}}>; // WG * CH
+const HD4: u32 = HD / 4u;
+const CHUNK: u32 = 256u;
+var<workgroup> qs: array<vec4<f32>, {{HD4}}>;
+var<workgroup> sc: array<f32, 256>;
+var<workgroup> red: array<f32, 64>;
+
+fn reduce_max(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] = max(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_sum(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -61,63 +93,63 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let pos = S.pos0 + t;
     let kvh = h / (P.n_heads / P.n_kv_heads);
     let kv_dim = P.n_kv_heads * HD;
-    let qb = t * P.n_heads * HD + h * HD;
-    var q: array<f32, HD>;
-    for (var d = 0u; d < HD; d++) {
-        q[d] = Q[qb + d];
+    let kv_dim4 = kv_dim / 4u;
+    let qb4 = (t * P.n_heads * HD + h * HD) / 4u;
+    for (var i = lid; i < HD4; i += WG) {
+        qs[i] = Q[qb4 + i];
     }
-    var m = -3.0e38;
-    var l = 0.0;
-    var acc: array<f32, HD>;
-    for (var d = 0u; d < HD; d++) {
-        acc[d] = 0.0;
-    }
+    workgroupBarrier();
     var s_begin = P.pos_begin;
     var s_end = min(P.pos_end, pos + 1u);
-    if (kvh < P.kv_head_begin || kvh >= P.kv_head_end) {
+    if (kvh < P.kv_head_begin || kvh >= P.kv_head_end || s_end < s_begin) {
         s_end = s_begin; // not this block's head: nothing to fold in
     }
-    for (var s = s_begin + lid; s < s_end; s += WG) {
-        let kb = s * kv_dim + kvh * HD;
-        var dotp = 0.0;
-        for (var d = 0u; d < HD; d++) {
-            dotp = fma(q[d], Kc[kb + d], dotp);
+    var m_run = -3.0e38;
+    var l_run = 0.0;
+    // Thread lid owns dims lid and lid + 64.
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    for (var c0 = s_begin; c0 < s_end; c0 += CHUNK) {
+        let n = min(CHUNK, s_end - c0);
+        var local_max = -3.0e38;
+        for (var j = lid; j < n; j += WG) {
+            let kb4 = (c0 + j) * kv_dim4 + kvh * HD4;
+            var d = 0.0;
+            for (var i = 0u; i < HD4; i++) {
+                d += dot(qs[i], Kc[kb4 + i]);
+            }
+            let score = d * P.scale;
+            sc[j] = score;
+            local_max = max(local_max, score);
         }
-        let score = dotp * P.scale;
-        let m_new = max(m, score);
-        let corr = exp(m - m_new);
-        let p = exp(score - m_new);
-        l = l * corr + p;
-        for (var d = 0u; d < HD; d++) {
-            acc[d] = fma(p, Vc[kb + d], acc[d] * corr);
+        let m_new = max(m_run, reduce_max(local_max, lid));
+        let corr = exp(m_run - m_new);
+        var local_sum = 0.0;
+        for (var j = lid; j < n; j += WG) {
+            let p = exp(sc[j] - m_new);
+            sc[j] = p;
+            local_sum += p;
         }
-        m = m_new;
-    }
-    // Global max.
-    red_m[lid] = m;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red_m[lid] = max(red_m[lid], red_m[lid + s]);
+        let chunk_sum = reduce_sum(local_sum, lid);
+        l_run = l_run * corr + chunk_sum;
+        var a0 = 0.0;
+        var a1 = 0.0;
+        let vb = c0 * kv_dim + kvh * HD;
+        for (var j = 0u; j < n; j++) {
+            let p = sc[j];
+            let row = vb + j * kv_dim;
+            if (lid < HD) {
+                a0 = fma(p, Vc[row + lid], a0);
+            }
+            if (lid + WG < HD) {
+                a1 = fma(p, Vc[row + lid + WG], a1);
+            }
         }
-        workgroupBarrier();
+        acc0 = acc0 * corr + a0;
+        acc1 = acc1 * corr + a1;
+        m_run = m_new;
+        workgroupBarrier(); // sc is rewritten by the next chunk
     }
-    let gm = red_m[0];
-    workgroupBarrier();
-    var f = 0.0;
-    if (l > 0.0) {
-        f = exp(m - gm);
-    }
-    // Global sum of l.
-    red_m[lid] = l * f;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red_m[lid] += red_m[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let l_sum = red_m[0];
     let ob = t * P.n_heads * HD + h * HD;
 #ifdef PARTIAL
     let sb = (t * P.n_heads + h) * (2u + HD);
@@ -127,55 +159,48 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         m0 = St[sb];
         l0 = St[sb + 1u];
     }
-    let m_new = max(m0, gm);
+    // Everyone has read the old (m, l) before thread 0 overwrites it below.
+    workgroupBarrier();
+    let m_new = max(m0, m_run);
     var a = 0.0;
     if (l0 > 0.0) {
         a = exp(m0 - m_new);
     }
     var b = 0.0;
-    if (l_sum > 0.0) {
-        b = exp(gm - m_new);
+    if (l_run > 0.0) {
+        b = exp(m_run - m_new);
     }
-    let l_new = l0 * a + l_sum * b;
-    let inv_l = 1.0 / l_new;
-#else
-    let inv_l = 1.0 / l_sum;
-#endif
-    for (var c = 0u; c < HD; c += CH) {
-        for (var j = 0u; j < CH; j++) {
-            red_v[lid * CH + j] = acc[c + j] * f;
-        }
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s) {
-                for (var j = 0u; j < CH; j++) {
-                    red_v[lid * CH + j] += red_v[(lid + s) * CH + j];
-                }
+    let l_new = l0 * a + l_run * b;
+    for (var k = 0u; k < 2u; k++) {
+        let d = lid + k * WG;
+        if (d < HD) {
+            var mine = acc0;
+            if (k == 1u) {
+                mine = acc1;
             }
-            workgroupBarrier();
-        }
-        if (lid < CH) {
-#ifdef PARTIAL
-            var acc0 = 0.0;
+            var prev = 0.0;
             if (P.init == 0u) {
-                acc0 = St[sb + 2u + c + lid];
+                prev = St[sb + 2u + d];
             }
-            let merged = acc0 * a + red_v[lid] * b;
+            let merged = prev * a + mine * b;
             if (P.finalize == 1u) {
-                O[ob + c + lid] = merged * inv_l;
+                O[ob + d] = merged / l_new;
             } else {
-                St[sb + 2u + c + lid] = merged;
+                St[sb + 2u + d] = merged;
             }
-#else
-            O[ob + c + lid] = red_v[lid] * inv_l;
-#endif
         }
-        workgroupBarrier();
     }
-#ifdef PARTIAL
     if (lid == 0u && P.finalize == 0u) {
         St[sb] = m_new;
         St[sb + 1u] = l_new;
+    }
+#else
+    let inv_l = 1.0 / l_run;
+    if (lid < HD) {
+        O[ob + lid] = acc0 * inv_l;
+    }
+    if (lid + WG < HD) {
+        O[ob + lid + WG] = acc1 * inv_l;
     }
 #endif
 }

@@ -31,11 +31,18 @@ pub struct Block {
 }
 
 pub fn variant(head_dim: usize) -> ShaderVariant {
-    let ch = head_dim.min(16);
     ShaderVariant::new("main")
         .define(format!("HD={head_dim}"))
-        .define(format!("CH={ch}"))
-        .define(format!("REDV={}", 64 * ch))
+        .define(format!("HD4={}", head_dim / 4))
+}
+
+fn check_head_dim(head_dim: usize) -> Result<(), GpuError> {
+    if head_dim % 4 != 0 || head_dim > 128 || head_dim == 0 {
+        return Err(GpuError::Device(format!(
+            "attention needs head_dim a multiple of 4 and at most 128, got {head_dim}"
+        )));
+    }
+    Ok(())
 }
 
 pub fn partial_variant(head_dim: usize) -> ShaderVariant {
@@ -59,6 +66,7 @@ pub fn build_block(
     out: &wgpu::Buffer,
     st: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
+    check_head_dim(head_dim)?;
     let p = Params {
         n_heads: n_heads as u32,
         n_kv_heads: n_kv_heads as u32,
