@@ -283,7 +283,7 @@ pub fn table(results: &[ModeResult]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>12}  {}",
+        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>12}  output",
         "model · mode",
         "prefill",
         "TTFT",
@@ -293,8 +293,7 @@ pub fn table(results: &[ModeResult]) -> String {
         "disp",
         "GPU read",
         "link/tok",
-        "modeled",
-        "output"
+        "modeled"
     );
     let _ = writeln!(
         o,

@@ -69,6 +69,29 @@ impl ExecCounters {
     }
 }
 
+/// The checks every executor makes before a step.
+pub(crate) fn check_step(
+    ids: &[u32],
+    pos: usize,
+    ctx: usize,
+    vocab: usize,
+) -> Result<(), ExecError> {
+    if ids.is_empty() {
+        return Err(ExecError::Invalid("a step needs at least one token".into()));
+    }
+    if pos + ids.len() > ctx {
+        return Err(ExecError::ContextFull {
+            pos,
+            n: ids.len(),
+            ctx,
+        });
+    }
+    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(ExecError::BadToken { id, vocab });
+    }
+    Ok(())
+}
+
 /// One mode's engine for one model.
 pub trait Executor {
     /// `"vram"` or `"sram"`.

@@ -1018,20 +1018,8 @@ impl Executor for SramExecutor {
         self.pos = 0;
     }
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
-        if ids.is_empty() {
-            return Err(ExecError::Invalid("a step needs at least one token".into()));
-        }
-        if self.pos + ids.len() > self.ctx {
-            return Err(ExecError::ContextFull {
-                pos: self.pos,
-                n: ids.len(),
-                ctx: self.ctx,
-            });
-        }
         let vocab = self.cfg.vocab_size;
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(ExecError::BadToken { id, vocab });
-        }
+        super::check_step(ids, self.pos, self.ctx, vocab)?;
         self.counters.steps += 1;
         let n = ids.len();
         let mb = self.mb;

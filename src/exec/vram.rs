@@ -451,22 +451,7 @@ impl Executor for VramExecutor {
         self.pos = 0;
     }
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
-        if ids.is_empty() {
-            return Err(ExecError::Invalid("a step needs at least one token".into()));
-        }
-        if self.pos + ids.len() > self.ctx {
-            return Err(ExecError::ContextFull {
-                pos: self.pos,
-                n: ids.len(),
-                ctx: self.ctx,
-            });
-        }
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(ExecError::BadToken {
-                id,
-                vocab: self.cfg.vocab_size,
-            });
-        }
+        super::check_step(ids, self.pos, self.ctx, self.cfg.vocab_size)?;
         self.counters.steps += 1;
         let chunks: Vec<&[u32]> = ids.chunks(self.chunk).collect();
         let last = chunks.len() - 1;

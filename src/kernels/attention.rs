@@ -37,7 +37,7 @@ pub fn variant(head_dim: usize) -> ShaderVariant {
 }
 
 fn check_head_dim(head_dim: usize) -> Result<(), GpuError> {
-    if head_dim % 4 != 0 || head_dim > 128 || head_dim == 0 {
+    if !head_dim.is_multiple_of(4) || head_dim > 128 || head_dim == 0 {
         return Err(GpuError::Device(format!(
             "attention needs head_dim a multiple of 4 and at most 128, got {head_dim}"
         )));
