@@ -739,3 +739,37 @@ fn invalid_utf8_prompt_on_stdin() {
     assert!(stderr.to_lowercase().contains("stdin"), "{ctx}");
     assert!(stderr.to_lowercase().contains("utf-8"), "{ctx}");
 }
+
+// ---------------------------------------------------------------- bench
+
+#[test]
+fn bench_unknown_mode() {
+    expect_error(&["bench", "--modes", "vram,tpu"], &["tpu", "--modes"]);
+}
+
+#[test]
+fn bench_prompt_plus_generation_beyond_the_context() {
+    // stories260K has a 512-token window.
+    expect_error(
+        &["bench", "--prompt-len", "500", "--gen", "32"],
+        &["532", "512", "context"],
+    );
+}
+
+#[test]
+fn bench_missing_model() {
+    expect_error(
+        &["bench", "-m", "/nonexistent/model"],
+        &["/nonexistent/model"],
+    );
+}
+
+#[test]
+fn bench_repeat_zero() {
+    expect_error(&["bench", "--repeat", "0"], &["--repeat"]);
+}
+
+#[test]
+fn bench_batch_above_one_is_refused_clearly() {
+    expect_error(&["bench", "--batch", "4"], &["--batch", "not supported"]);
+}

@@ -323,6 +323,7 @@ pub struct SramExecutor {
     weight_bytes: u64,
     kv_bytes: u64,
     counters: ExecCounters,
+    profiler: Option<crate::gpu::profiler::Profiler>,
     stats: SramStats,
     _keep: Vec<wgpu::Buffer>,
 }
@@ -987,6 +988,7 @@ impl SramExecutor {
             weight_bytes: w.total_bytes() as u64,
             kv_bytes,
             counters: ExecCounters::default(),
+            profiler: None,
             stats,
             _keep: keep,
         })
@@ -1113,10 +1115,6 @@ impl Executor for SramExecutor {
                     })
             });
             {
-                let mut pass = e.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("pipeline step"),
-                    timestamp_writes: None,
-                });
                 // Grid sizes only need the token and logit-row counts.
                 let steps_of = |j: usize| {
                     let len = (n - j * mb).min(mb);
@@ -1135,6 +1133,7 @@ impl Executor for SramExecutor {
                     }
                 };
                 // Receive, compute, send: all active chips' dispatches together.
+                let mut list: Vec<(&KernelOp, Step)> = Vec::new();
                 for phase in 0..3 {
                     for &(c, j) in &active {
                         let st = &self.state[&c];
@@ -1144,27 +1143,41 @@ impl Executor for SramExecutor {
                             _ => &st.send,
                         };
                         let stp = steps_of(j);
-                        for op in ops {
-                            if op.record(&mut pass, &stp) {
-                                self.counters.count(op.class);
-                                dispatched += 1;
-                            }
-                        }
+                        list.extend(ops.iter().map(|op| (op, stp)));
                         if phase == 1 && c == last && j == m - 1 {
                             let pick = match rb {
                                 Readback::Argmax => Some(&self.argmax),
                                 Readback::TopK(_) => self.topk.as_ref().map(|t| &t.1),
                                 _ => None,
                             };
-                            if let Some(op) = pick {
-                                if op.record(&mut pass, &stp) {
-                                    self.counters.count(op.class);
-                                    dispatched += 1;
-                                }
-                            }
+                            list.extend(pick.map(|op| (op, stp)));
                         }
                     }
                 }
+                list.retain(|(op, stp)| !op.groups(stp).contains(&0));
+                if let Some(prof) = self.profiler.as_mut() {
+                    // Profiling: one pass per dispatch, each with timestamps.
+                    for (op, stp) in &list {
+                        let tw = prof.next(op.class);
+                        let mut pass = e.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(&op.name),
+                            timestamp_writes: tw,
+                        });
+                        op.record(&mut pass, stp);
+                    }
+                } else {
+                    let mut pass = e.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("pipeline step"),
+                        timestamp_writes: None,
+                    });
+                    for (op, stp) in &list {
+                        op.record(&mut pass, stp);
+                    }
+                }
+                for (op, _) in &list {
+                    self.counters.count(op.class);
+                }
+                dispatched += list.len() as u64;
             }
             // Collect logits rows of the micro-batch the last chip just finished.
             if let Some(&(_, j)) = active.iter().find(|(c, _)| *c == last) {
@@ -1190,9 +1203,15 @@ impl Executor for SramExecutor {
                 }
             }
             if !single {
-                if let Some(e) = enc.take() {
+                if let Some(mut e) = enc.take() {
+                    if let Some(p) = self.profiler.as_ref() {
+                        p.resolve(&mut e);
+                    }
                     self.gpu.queue.submit([e.finish()]);
                     self.counters.submissions += 1;
+                    if let Some(p) = self.profiler.as_mut() {
+                        p.collect(&self.gpu)?;
+                    }
                 }
             }
         }
@@ -1217,8 +1236,14 @@ impl Executor for SramExecutor {
             }
             Readback::LastLogits => {}
         }
+        if let Some(p) = self.profiler.as_ref() {
+            p.resolve(&mut e);
+        }
         self.gpu.queue.submit([e.finish()]);
         self.counters.submissions += 1;
+        if let Some(p) = self.profiler.as_mut() {
+            p.collect(&self.gpu)?;
+        }
         if n == 1 {
             self.counters.dispatches_last_decode = dispatched;
         }
@@ -1255,6 +1280,17 @@ impl Executor for SramExecutor {
     }
     fn kv_bytes(&self) -> u64 {
         self.kv_bytes
+    }
+    fn profile(&self) -> Option<BTreeMap<crate::kernels::KernelClass, (f64, u64)>> {
+        self.profiler.as_ref().map(|p| p.by_class.clone())
+    }
+    fn set_profiling(&mut self, on: bool) -> bool {
+        self.profiler = if on {
+            crate::gpu::profiler::Profiler::new(&self.gpu)
+        } else {
+            None
+        };
+        self.profiler.is_some()
     }
     fn extra_stats(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
