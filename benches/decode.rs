@@ -142,6 +142,7 @@ fn sram(
         &m.weights,
         &plan,
         &SramOptions {
+            batch: 1,
             context: Some(ctx),
             microbatch: MICROBATCH,
         },

@@ -205,6 +205,8 @@ fn tokens_step(t: usize, pos0: usize) -> Step {
         pos0: pos0 as u32,
         out_row0: 0,
         n_out_rows: 1,
+        kv_base: 0,
+        _pad: [0; 3],
     }
 }
 

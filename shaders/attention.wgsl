@@ -35,6 +35,10 @@ struct Step {
     pos0: u32,
     out_row0: u32,
     n_out_rows: u32,
+    kv_base: u32, // first KV-cache row of this sequence (sequence × context)
+    _s0: u32,
+    _s1: u32,
+    _s2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -113,7 +117,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let n = min(CHUNK, s_end - c0);
         var local_max = -3.0e38;
         for (var j = lid; j < n; j += WG) {
-            let kb4 = (c0 + j) * kv_dim4 + kvh * HD4;
+            let kb4 = (S.kv_base + c0 + j) * kv_dim4 + kvh * HD4;
             var d = 0.0;
             for (var i = 0u; i < HD4; i++) {
                 d += dot(qs[i], Kc[kb4 + i]);
@@ -134,7 +138,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         l_run = l_run * corr + chunk_sum;
         var a0 = 0.0;
         var a1 = 0.0;
-        let vb = c0 * kv_dim + kvh * HD;
+        let vb = (S.kv_base + c0) * kv_dim + kvh * HD;
         for (var j = 0u; j < n; j++) {
             let p = sc[j];
             let row = vb + j * kv_dim;

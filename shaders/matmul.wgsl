@@ -22,6 +22,10 @@ struct Step {
     pos0: u32,
     out_row0: u32,
     n_out_rows: u32,
+    kv_base: u32, // first KV-cache row of this sequence (sequence × context)
+    _s0: u32,
+    _s1: u32,
+    _s2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;

@@ -28,6 +28,10 @@ struct Step {
     pos0: u32,
     out_row0: u32,
     n_out_rows: u32,
+    kv_base: u32, // first KV-cache row of this sequence (sequence × context)
+    _s0: u32,
+    _s1: u32,
+    _s2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -56,7 +60,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (in_block && p < kv_dim) {
         let vh = p / P.head_dim;
         if (vh >= P.kv_head_begin && vh < P.kv_head_end) {
-            Vc[pos * kv_dim + p] = V[t * kv_dim + p];
+            Vc[(S.kv_base + pos) * kv_dim + p] = V[t * kv_dim + p];
         }
     }
     if (p >= q_pairs + kv_pairs) {
@@ -98,7 +102,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let b = t * kv_dim + head * P.head_dim;
         let x0 = K[b + i0];
         let x1 = K[b + i1];
-        let c = pos * kv_dim + head * P.head_dim;
+        let c = (S.kv_base + pos) * kv_dim + head * P.head_dim;
         Kc[c + i0] = x0 * cs.x - x1 * cs.y;
         Kc[c + i1] = x1 * cs.x + x0 * cs.y;
     }

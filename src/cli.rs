@@ -220,7 +220,9 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct GenerateArgs {
     /// Prompt text; `-` reads it from standard input. Empty: start from BOS.
-    prompt: Option<String>,
+    /// Several prompts (SRAM mode) are decoded together, greedily, as a batch
+    /// of sequences pipelined through the chips.
+    prompt: Vec<String>,
     /// Format the prompt as one user turn with the model's chat template
     #[arg(long)]
     chat: bool,
@@ -335,6 +337,11 @@ impl RunArgs {
 
     /// Loads the model, opens the GPU and builds the executor of the mode.
     fn session(&self) -> Result<Session> {
+        self.session_for(1)
+    }
+
+    /// As `session`, with KV caches for `batch` sequences (SRAM mode).
+    fn session_for(&self, batch: usize) -> Result<Session> {
         let sampling = self.check()?;
         let spec = if self.mode == Mode::Sram {
             Some(self.chip.spec()?)
@@ -370,13 +377,14 @@ impl RunArgs {
             Some(spec) => {
                 spec.check_slice_against_limit(gpu.limits.max_compute_workgroup_storage_size)?;
                 let pb = spinner("placing the model on chips, building pipelines");
-                let p = plan_for(&m, spec, self.chip.chips, ctx, 1, self.microbatch)?;
+                let p = plan_for(&m, spec, self.chip.chips, ctx, batch, self.microbatch)?;
                 let e = SramExecutor::new(
                     gpu.clone(),
                     &m.config,
                     &m.weights,
                     &p,
                     &SramOptions {
+                        batch,
                         context: Some(ctx),
                         microbatch: self.microbatch,
                     },
@@ -489,7 +497,10 @@ impl Session {
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     a.run.check()?;
-    let prompt = read_prompt(a.prompt.as_deref())?;
+    if a.prompt.len() > 1 {
+        return cmd_generate_batch(a);
+    }
+    let prompt = read_prompt(a.prompt.first().map(|s| s.as_str()))?;
     let mut s = a.run.session()?;
     let text = if a.chat {
         let mut msgs = Vec::new();
@@ -535,6 +546,105 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
                 "stats": s.stats_json(&g.stats)?,
             });
             println!("{}", serde_json::to_string(&obj)?);
+        }
+    }
+    Ok(())
+}
+
+/// Several prompts decoded together (SRAM mode): each sequence is one
+/// micro-batch of the chip pipeline, so chips work on different sequences in
+/// the same pipeline step.
+fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
+    if a.run.mode != Mode::Sram {
+        bail!("several prompts are decoded together in SRAM mode only: add --mode sram (or pass one prompt)");
+    }
+    if a.chat {
+        bail!("--chat takes one prompt");
+    }
+    if a.prompt.iter().any(|p| p == "-") {
+        bail!("`-` (stdin) takes one prompt");
+    }
+    if a.run.temperature != 0.0 {
+        eprintln!("note: several prompts are decoded greedily (as with --temperature 0)");
+    }
+    let n = a.prompt.len();
+    let mut s = a.run.session_for(n)?;
+    let mut prompt_ids = Vec::new();
+    for p in &a.prompt {
+        let ids = s.m.tokenizer.encode(p)?;
+        if ids.is_empty() {
+            bail!("prompt {p:?} encodes to no tokens and the model has no BOS");
+        }
+        s.check_prompt(&ids)?;
+        prompt_ids.push(ids);
+    }
+    s.exec.reset();
+    let t0 = std::time::Instant::now();
+    let mut last = Vec::new();
+    for (i, ids) in prompt_ids.iter().enumerate() {
+        s.exec.select(i)?;
+        match s.exec.step(ids, sramlm::exec::Readback::Argmax)? {
+            sramlm::exec::StepOutput::Token { id, .. } => last.push(id),
+            _ => bail!("prefill returned no token"),
+        }
+    }
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let stop = |id: u32| !s.opts.ignore_eos && s.m.config.eos_token_ids.contains(&id);
+    let mut out: Vec<Vec<u32>> = last.iter().map(|&t| vec![t]).collect();
+    let mut done: Vec<bool> = last.iter().map(|&t| stop(t)).collect();
+    let t1 = std::time::Instant::now();
+    let mut rounds = 0usize;
+    let max_pos = prompt_ids.iter().map(|p| p.len()).max().unwrap_or(0);
+    while out[0].len() < s.opts.max_tokens
+        && !done.iter().all(|&d| d)
+        && max_pos + out[0].len() < s.ctx
+    {
+        last = s.exec.decode_batch(&last)?;
+        rounds += 1;
+        for (i, &t) in last.iter().enumerate() {
+            if !done[i] {
+                out[i].push(t);
+                done[i] = stop(t);
+            }
+        }
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    let texts: Vec<String> = out
+        .iter()
+        .map(|ids| s.m.tokenizer.decode(ids))
+        .collect::<Result<_, _>>()?;
+    let tokens: usize = out.iter().map(|o| o.len()).sum();
+    let stats = serde_json::json!({
+        "mode": "sram",
+        "batch": n,
+        "prefill_s": prefill_s,
+        "decode_rounds": rounds,
+        "decode_s": decode_s,
+        "decode_tok_s_all_sequences": if decode_s > 0.0 { rounds as f64 * n as f64 / decode_s } else { 0.0 },
+        "generated_tokens": tokens,
+        "sram": s.exec.extra_stats(),
+        "adapter": s.gpu.info.name,
+    });
+    match a.format {
+        Format::Text => {
+            for i in 0..n {
+                let all: Vec<u32> = prompt_ids[i].iter().chain(&out[i]).copied().collect();
+                println!("[{i}] {}", s.m.tokenizer.decode(&all)?);
+            }
+            eprintln!(
+                "[sram] batch {n}: {rounds} decode rounds, {:.1} tok/s over all sequences | chips {}",
+                stats["decode_tok_s_all_sequences"].as_f64().unwrap_or(0.0),
+                s.plan.as_ref().map_or(0, |p| p.totals.chips_used)
+            );
+        }
+        Format::Json => {
+            let seqs: Vec<_> = (0..n)
+                .map(|i| serde_json::json!({"prompt_ids": prompt_ids[i], "ids": out[i], "text": texts[i]}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string(&serde_json::json!({"sequences": seqs, "stats": stats}))?
+            );
         }
     }
     Ok(())
@@ -996,6 +1106,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     &m.weights,
                     &plan,
                     &SramOptions {
+                        batch: 1,
                         context: Some(ctx),
                         microbatch: a.microbatch,
                     },

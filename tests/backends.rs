@@ -54,6 +54,7 @@ fn parity_on(backend: BackendChoice, downlevel: bool) {
         &m.weights,
         &plan,
         &SramOptions {
+            batch: 1,
             context: Some(ctx),
             microbatch: 8,
         },

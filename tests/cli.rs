@@ -618,3 +618,44 @@ fn top_level_help_and_version() {
     let o = run_ok(&["--version"]);
     assert!(stdout(&o).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn several_prompts_decode_together_in_sram_mode() {
+    if !have_gpu() {
+        return;
+    }
+    let p2 = "Lily and Ben were best friends. One sunny day, they went to the park to play with a big red ball.";
+    let args = [
+        "generate",
+        "--mode",
+        "sram",
+        "--chip",
+        "mini-64k",
+        "-n",
+        "32",
+        "--temperature",
+        "0",
+        "--format",
+        "json",
+        PROMPT,
+        p2,
+    ];
+    let o = run_ok(&args);
+    let v = json_out(&args, &o);
+    for (i, text) in [PROMPT, p2].iter().enumerate() {
+        let r = reference_prompt(text);
+        assert_eq!(v["sequences"][i]["prompt_ids"], r["input_ids"]);
+        assert_eq!(
+            ids_of(&v["sequences"][i], "ids"),
+            reference_greedy(text),
+            "sequence {i}"
+        );
+    }
+    assert_eq!(v["stats"]["batch"], 2);
+    // VRAM mode decodes one sequence at a time: a clear error.
+    let o = sramlm_cmd(&["generate", "-n", "2", "a", "b"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--mode sram"), "{}", stderr(&o));
+}

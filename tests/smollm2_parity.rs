@@ -160,6 +160,7 @@ fn both_modes(gpu: std::sync::Arc<sramlm::gpu::Gpu>) {
         &m.weights,
         &plan,
         &SramOptions {
+            batch: 1,
             context: Some(CTX),
             microbatch: 16,
         },

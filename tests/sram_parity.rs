@@ -33,6 +33,7 @@ fn stories260k_sram_matches_reference_on_every_preset() {
                 &m.weights,
                 &plan,
                 &SramOptions {
+                    batch: 1,
                     context: Some(ctx),
                     microbatch: mb,
                 },

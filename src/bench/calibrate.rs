@@ -198,6 +198,8 @@ const ONE: Step = Step {
     pos0: 0,
     out_row0: 0,
     n_out_rows: 1,
+    kv_base: 0,
+    _pad: [0; 3],
 };
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<f64, GpuError>) -> Result<f64, GpuError> {

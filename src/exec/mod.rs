@@ -118,6 +118,26 @@ pub trait Executor {
     fn set_profiling(&mut self, _on: bool) -> bool {
         false
     }
+    /// Makes `seq` the sequence `step` works on (modes with several resident
+    /// sequences; others have only sequence 0).
+    fn select(&mut self, seq: usize) -> Result<(), ExecError> {
+        if seq == 0 {
+            Ok(())
+        } else {
+            Err(ExecError::Invalid(format!(
+                "{} mode keeps one sequence; sequence {seq} does not exist",
+                self.mode()
+            )))
+        }
+    }
+    /// One greedy step for every resident sequence at once (`tokens[s]` is
+    /// sequence s's last token); modes without batching refuse.
+    fn decode_batch(&mut self, _tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
+        Err(ExecError::Invalid(format!(
+            "{} mode decodes one sequence at a time (several prompts need --mode sram)",
+            self.mode()
+        )))
+    }
     /// Mode-specific stats for the JSON output.
     fn extra_stats(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -34,6 +34,8 @@ pub struct SramOptions {
     pub context: Option<usize>,
     /// Prompt tokens per pipeline micro-batch.
     pub microbatch: usize,
+    /// Sequences with a resident KV cache (decoded together by `decode_batch`).
+    pub batch: usize,
 }
 
 impl Default for SramOptions {
@@ -41,6 +43,7 @@ impl Default for SramOptions {
         SramOptions {
             context: None,
             microbatch: 16,
+            batch: 1,
         }
     }
 }
@@ -123,6 +126,16 @@ enum Op {
     /// Fold one KV block into the running attention state.
     AttnBlock(usize, KvBlock, bool, bool),
     Silu(usize),
+}
+
+/// One pipeline micro-batch: `len` tokens from `start` of the step's ids, at
+/// position `pos0` of the sequence whose KV cache starts at row `kv_base`.
+#[derive(Clone, Copy, Debug)]
+struct Mb {
+    start: usize,
+    len: usize,
+    pos0: usize,
+    kv_base: usize,
 }
 
 /// A block of a layer's KV cache: kv heads × positions.
@@ -308,12 +321,17 @@ pub struct SramExecutor {
     cfg: LlamaConfig,
     ctx: usize,
     mb: usize,
-    pos: usize,
+    /// Tokens in each sequence's KV cache.
+    pos: Vec<usize>,
+    /// The sequence `step` works on.
+    seq: usize,
     /// Chips that run something, in pipeline order.
     chips: Vec<usize>,
     state: BTreeMap<usize, ChipState>,
     ids: wgpu::Buffer,
     result: wgpu::Buffer,
+    /// Batched decode: one [id, logit] per sequence.
+    batch_results: wgpu::Buffer,
     argmax: KernelOp,
     topk: Option<(usize, KernelOp)>,
     last_logits: wgpu::Buffer,
@@ -585,6 +603,14 @@ impl SramExecutor {
         let items = schedule(cfg, &a)?;
         let ctx = opts.context.unwrap_or(cfg.max_position_embeddings).max(1);
         let mb = opts.microbatch.clamp(1, ctx);
+        let batch = opts.batch.max(1);
+        if plan.model.batch < batch {
+            return Err(ExecError::Invalid(format!(
+                "the plan holds KV caches for {} sequence(s) but --batch is {batch}: place with the same batch",
+                plan.model.batch
+            )));
+        }
+        let batch_results = gpu.storage_buffer("batch_results", (batch * 8) as u64)?;
         let f = |n: usize| (n * 4) as u64;
 
         if std::env::var_os("SRAMLM_DEBUG_SCHEDULE").is_some() {
@@ -753,7 +779,7 @@ impl SramExecutor {
                         // The layer's KV cache: one GPU buffer pair standing in
                         // for the KV blocks in the chips' SRAM; each chip's
                         // kernels touch only their own block.
-                        let kd = (ctx * cfg.kv_dim() * 4) as u64;
+                        let kd = (batch * ctx * cfg.kv_dim() * 4) as u64;
                         let (kc, vc) = match kv.get(l) {
                             Some(p) => p.clone(),
                             None => {
@@ -974,11 +1000,13 @@ impl SramExecutor {
             cfg: cfg.clone(),
             ctx,
             mb,
-            pos: 0,
+            pos: vec![0; batch],
+            seq: 0,
             chips,
             state,
             ids,
             result,
+            batch_results,
             argmax,
             topk: None,
             last_logits,
@@ -1004,28 +1032,78 @@ impl SramExecutor {
             self.readback_size = size;
         }
     }
-}
 
-impl Executor for SramExecutor {
-    fn mode(&self) -> &'static str {
-        "sram"
+    /// Sequences whose KV caches are resident.
+    pub fn batch(&self) -> usize {
+        self.pos.len()
     }
-    fn context_len(&self) -> usize {
-        self.ctx
+
+    /// Makes `seq` the sequence that `step` (prefill, single decode) works on.
+    pub fn select_sequence(&mut self, seq: usize) -> Result<(), ExecError> {
+        if seq >= self.pos.len() {
+            return Err(ExecError::Invalid(format!(
+                "sequence {seq} does not exist (batch of {})",
+                self.pos.len()
+            )));
+        }
+        self.seq = seq;
+        Ok(())
     }
-    fn position(&self) -> usize {
-        self.pos
+
+    /// One greedy decode step for every sequence at once: `tokens[s]` is
+    /// sequence s's last token. The sequences are the pipeline's micro-batches,
+    /// so in each pipeline step different chips work on different sequences.
+    pub fn decode_all(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
+        if tokens.len() != self.pos.len() {
+            return Err(ExecError::Invalid(format!(
+                "{} tokens for a batch of {} sequences",
+                tokens.len(),
+                self.pos.len()
+            )));
+        }
+        for (s, t) in tokens.iter().enumerate() {
+            super::check_step(
+                std::slice::from_ref(t),
+                self.pos[s],
+                self.ctx,
+                self.cfg.vocab_size,
+            )?;
+        }
+        let mbs: Vec<Mb> = (0..tokens.len())
+            .map(|s| Mb {
+                start: s,
+                len: 1,
+                pos0: self.pos[s],
+                kv_base: s * self.ctx,
+            })
+            .collect();
+        let out = self.run(tokens, &mbs, Readback::Argmax, true)?;
+        for p in &mut self.pos {
+            *p += 1;
+        }
+        match out {
+            StepOutput::Candidates(c) => Ok(c.into_iter().map(|p| p.0).collect()),
+            _ => Err(ExecError::Invalid(
+                "batched decode returned no tokens".into(),
+            )),
+        }
     }
-    fn reset(&mut self) {
-        self.pos = 0;
-    }
-    fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
+
+    /// Runs micro-batches `mbs` (slices of `ids`, each with its own position
+    /// and KV-cache sequence) through the chip pipeline. With `per_mb_argmax`
+    /// every micro-batch gets its own arg-max (batched decoding: one token per
+    /// sequence, returned as `Candidates`, one pair per micro-batch).
+    fn run(
+        &mut self,
+        ids: &[u32],
+        mbs: &[Mb],
+        rb: Readback,
+        per_mb_argmax: bool,
+    ) -> Result<StepOutput, ExecError> {
         let vocab = self.cfg.vocab_size;
-        super::check_step(ids, self.pos, self.ctx, vocab)?;
         self.counters.steps += 1;
         let n = ids.len();
-        let mb = self.mb;
-        let m = n.div_ceil(mb);
+        let m = mbs.len();
         let nchips = self.chips.len();
         let last = *self.chips.last().unwrap_or(&0);
         if let Readback::TopK(k) = rb {
@@ -1069,19 +1147,21 @@ impl Executor for SramExecutor {
                 .collect();
             if !single || s == 0 {
                 for &(c, j) in &active {
-                    let len = (n - j * mb).min(mb);
+                    let len = mbs[j].len;
                     let (out_row0, n_out_rows) = if rb == Readback::AllLogits {
                         (0, len)
-                    } else if j == m - 1 {
+                    } else if j == m - 1 || per_mb_argmax {
                         (len - 1, 1)
                     } else {
                         (0, 0)
                     };
                     let st = Step {
                         n_tokens: len as u32,
-                        pos0: (self.pos + j * mb) as u32,
+                        pos0: mbs[j].pos0 as u32,
                         out_row0: out_row0 as u32,
                         n_out_rows: n_out_rows as u32,
+                        kv_base: mbs[j].kv_base as u32,
+                        _pad: [0; 3],
                     };
                     if single {
                         for &c2 in &self.chips {
@@ -1102,7 +1182,7 @@ impl Executor for SramExecutor {
                         self.gpu.queue.write_buffer(
                             &self.ids,
                             0,
-                            bytemuck::cast_slice(&ids[j * mb..j * mb + len]),
+                            bytemuck::cast_slice(&ids[mbs[j].start..mbs[j].start + len]),
                         );
                     }
                 }
@@ -1117,10 +1197,10 @@ impl Executor for SramExecutor {
             {
                 // Grid sizes only need the token and logit-row counts.
                 let steps_of = |j: usize| {
-                    let len = (n - j * mb).min(mb);
+                    let len = mbs[j].len;
                     let n_out_rows = if rb == Readback::AllLogits {
                         len
-                    } else if j == m - 1 {
+                    } else if j == m - 1 || per_mb_argmax {
                         1
                     } else {
                         0
@@ -1130,6 +1210,8 @@ impl Executor for SramExecutor {
                         pos0: 0,
                         out_row0: 0,
                         n_out_rows: n_out_rows as u32,
+                        kv_base: 0,
+                        _pad: [0; 3],
                     }
                 };
                 // Receive, compute, send: all active chips' dispatches together.
@@ -1144,7 +1226,7 @@ impl Executor for SramExecutor {
                         };
                         let stp = steps_of(j);
                         list.extend(ops.iter().map(|op| (op, stp)));
-                        if phase == 1 && c == last && j == m - 1 {
+                        if phase == 1 && c == last && (j == m - 1 || per_mb_argmax) {
                             let pick = match rb {
                                 Readback::Argmax => Some(&self.argmax),
                                 Readback::TopK(_) => self.topk.as_ref().map(|t| &t.1),
@@ -1181,15 +1263,23 @@ impl Executor for SramExecutor {
             }
             // Collect logits rows of the micro-batch the last chip just finished.
             if let Some(&(_, j)) = active.iter().find(|(c, _)| *c == last) {
-                let len = (n - j * mb).min(mb);
+                let len = mbs[j].len;
                 let e = enc.as_mut().expect("encoder");
-                if rb == Readback::AllLogits {
+                if per_mb_argmax {
+                    e.copy_buffer_to_buffer(
+                        &self.result,
+                        0,
+                        &self.batch_results,
+                        (j * 8) as u64,
+                        8,
+                    );
+                } else if rb == Readback::AllLogits {
                     if let Some((_, all)) = &self.all_logits {
                         e.copy_buffer_to_buffer(
                             &self.last_logits,
                             0,
                             all,
-                            (j * mb * vocab * 4) as u64,
+                            (mbs[j].start * vocab * 4) as u64,
                             (len * vocab * 4) as u64,
                         );
                     }
@@ -1216,6 +1306,7 @@ impl Executor for SramExecutor {
             }
         }
         let read_len: u64 = match rb {
+            _ if per_mb_argmax => (m * 8) as u64,
             Readback::Argmax => 8,
             Readback::TopK(_) => 8 * self.topk.as_ref().map_or(1, |t| t.0) as u64,
             Readback::LastLogits => (vocab * 4) as u64,
@@ -1226,6 +1317,9 @@ impl Executor for SramExecutor {
             .take()
             .unwrap_or_else(|| self.gpu.device.create_command_encoder(&Default::default()));
         match rb {
+            _ if per_mb_argmax => {
+                e.copy_buffer_to_buffer(&self.batch_results, 0, &self.readback, 0, read_len)
+            }
             Readback::Argmax | Readback::TopK(_) => {
                 e.copy_buffer_to_buffer(&self.result, 0, &self.readback, 0, read_len)
             }
@@ -1247,11 +1341,16 @@ impl Executor for SramExecutor {
         if n == 1 {
             self.counters.dispatches_last_decode = dispatched;
         }
-        self.pos += n;
         let bytes = self.gpu.read(&self.readback, read_len)?;
         self.counters.readback_bytes += read_len;
         let words: &[u32] = bytemuck::cast_slice(&bytes);
         Ok(match rb {
+            _ if per_mb_argmax => StepOutput::Candidates(
+                words
+                    .chunks(2)
+                    .map(|p| (p[0], f32::from_bits(p[1])))
+                    .collect(),
+            ),
             Readback::Argmax => StepOutput::Token {
                 id: words[0],
                 logit: f32::from_bits(words[1]),
@@ -1272,6 +1371,39 @@ impl Executor for SramExecutor {
             },
         })
     }
+}
+
+impl Executor for SramExecutor {
+    fn mode(&self) -> &'static str {
+        "sram"
+    }
+    fn context_len(&self) -> usize {
+        self.ctx
+    }
+    fn position(&self) -> usize {
+        self.pos[self.seq]
+    }
+    /// Forgets every sequence and selects sequence 0.
+    fn reset(&mut self) {
+        self.pos.iter_mut().for_each(|p| *p = 0);
+        self.seq = 0;
+    }
+    fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
+        let seq = self.seq;
+        super::check_step(ids, self.pos[seq], self.ctx, self.cfg.vocab_size)?;
+        let mbs: Vec<Mb> = (0..ids.len())
+            .step_by(self.mb)
+            .map(|start| Mb {
+                start,
+                len: (ids.len() - start).min(self.mb),
+                pos0: self.pos[seq] + start,
+                kv_base: seq * self.ctx,
+            })
+            .collect();
+        let out = self.run(ids, &mbs, rb, false)?;
+        self.pos[seq] += ids.len();
+        Ok(out)
+    }
     fn counters(&self) -> &ExecCounters {
         &self.counters
     }
@@ -1283,6 +1415,12 @@ impl Executor for SramExecutor {
     }
     fn profile(&self) -> Option<BTreeMap<crate::kernels::KernelClass, (f64, u64)>> {
         self.profiler.as_ref().map(|p| p.by_class.clone())
+    }
+    fn select(&mut self, seq: usize) -> Result<(), ExecError> {
+        self.select_sequence(seq)
+    }
+    fn decode_batch(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
+        self.decode_all(tokens)
     }
     fn set_profiling(&mut self, on: bool) -> bool {
         self.profiler = if on {

@@ -320,6 +320,8 @@ impl VramExecutor {
             pos0: self.pos as u32,
             out_row0: out_row0 as u32,
             n_out_rows: n_out_rows as u32,
+            kv_base: 0,
+            _pad: [0; 3],
         };
         let q = &self.gpu.queue;
         q.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&step));

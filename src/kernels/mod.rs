@@ -32,6 +32,10 @@ pub struct Step {
     pub out_row0: u32,
     /// Number of logit rows computed (1 when generating).
     pub n_out_rows: u32,
+    /// First KV-cache row of this step's sequence (`sequence × context`;
+    /// 0 with one sequence).
+    pub kv_base: u32,
+    pub _pad: [u32; 3],
 }
 
 /// What a kernel is, for per-class timing and dispatch counts.

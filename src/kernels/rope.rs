@@ -192,6 +192,8 @@ mod tests {
                 pos0: pos0 as u32,
                 out_row0: 0,
                 n_out_rows: 1,
+                kv_base: 0,
+                _pad: [0; 3],
             },
             &[&op],
         );

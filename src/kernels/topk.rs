@@ -76,6 +76,8 @@ mod tests {
                 pos0: 0,
                 out_row0: 0,
                 n_out_rows: 1,
+                kv_base: 0,
+                _pad: [0; 3],
             },
             &[&op],
         );
