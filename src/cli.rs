@@ -63,7 +63,8 @@ struct BenchArgs {
     /// Timed runs per mode (after one warm-up run)
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Sequences decoded together (only 1 is implemented)
+    /// Sequences decoded together, each a pipeline micro-batch (SRAM mode
+    /// only; VRAM mode decodes one sequence at a time)
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// KV-cache length [default: prompt + generation, rounded up to 64]
@@ -1001,11 +1002,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.gen == 0 {
         bail!("--gen must be at least 1");
     }
-    if a.batch != 1 {
-        bail!(
-            "--batch {} is not supported yet: sramlm bench runs one sequence (batch 1)",
-            a.batch
-        );
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
     }
     if a.prompt_len == Some(0) || a.microbatch == 0 {
         bail!("--prompt-len and --microbatch must be at least 1");
@@ -1017,6 +1015,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             "sram" => modes.push(Mode::Sram),
             other => bail!("unknown mode `{other}` in --modes (expected vram and/or sram)"),
         }
+    }
+    if a.batch > 1 && modes.contains(&Mode::Vram) {
+        bail!(
+            "--batch {} is not supported in VRAM mode, which decodes one sequence at a time: use --modes sram",
+            a.batch
+        );
     }
     let spec = if modes.contains(&Mode::Sram) {
         Some(a.chip.spec()?)
@@ -1053,6 +1057,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let gpu = Gpu::new(&a.gpu.options()?)?;
     eprintln!("adapter: {}", gpu.describe());
     let total = (modes.len() * (a.repeat + 1) * a.gen.saturating_sub(1)) as u64;
+    // (with --batch, a step is one decode round of every sequence)
     let pb = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(total)
     } else {
@@ -1099,14 +1104,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("no chip spec"))?;
                 spec.check_slice_against_limit(gpu.limits.max_compute_workgroup_storage_size)?;
-                let plan = plan_for(&m, spec, a.chip.chips, ctx, 1, a.microbatch)?;
+                let plan = plan_for(&m, spec, a.chip.chips, ctx, a.batch, a.microbatch)?;
                 let e = SramExecutor::new(
                     gpu.clone(),
                     &m.config,
                     &m.weights,
                     &plan,
                     &SramOptions {
-                        batch: 1,
+                        batch: a.batch,
                         context: Some(ctx),
                         microbatch: a.microbatch,
                     },
@@ -1115,8 +1120,19 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             }
         };
         let mut tick = |n: u64| pb.inc(n);
-        let mut r =
-            sramlm::bench::bench_mode(exec.as_mut(), &m, &prompt, a.gen, a.repeat, &mut tick)?;
+        let mut r = if a.batch > 1 {
+            sramlm::bench::bench_batch(
+                exec.as_mut(),
+                &m,
+                &prompt,
+                a.gen,
+                a.repeat,
+                a.batch,
+                &mut tick,
+            )?
+        } else {
+            sramlm::bench::bench_mode(exec.as_mut(), &m, &prompt, a.gen, a.repeat, &mut tick)?
+        };
         if let Some(p) = &plan {
             r.chip = Some(p.spec.name.clone());
             r.chips_used = Some(p.totals.chips_used);

@@ -770,6 +770,10 @@ fn bench_repeat_zero() {
 }
 
 #[test]
-fn bench_batch_above_one_is_refused_clearly() {
-    expect_error(&["bench", "--batch", "4"], &["--batch", "not supported"]);
+fn bench_batch_in_vram_mode_is_refused_clearly() {
+    expect_error(
+        &["bench", "--batch", "4"],
+        &["--batch", "VRAM mode", "--modes sram"],
+    );
+    expect_error(&["bench", "--batch", "0", "--modes", "sram"], &["--batch"]);
 }

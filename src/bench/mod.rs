@@ -30,6 +30,9 @@ pub struct ModeResult {
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     pub repeats: usize,
+    /// Sequences decoded together (decode tok/s then counts all of them, and
+    /// the ms/token columns are per decode round).
+    pub batch: usize,
     /// Measured, median over repeats.
     pub prefill_tok_s: f64,
     pub ttft_ms: f64,
@@ -190,6 +193,7 @@ pub fn bench_mode(
             .get("emulation_staged_bytes_per_step")
             .and_then(|v| v.as_u64()),
         ids,
+        batch: 1,
         valid: true,
         matches_other_modes: true,
         ..Default::default()
@@ -201,6 +205,93 @@ fn class_name(c: KernelClass) -> String {
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default()
+}
+
+/// Benchmarks `batch` copies of `prompt` decoded together (a mode with
+/// several resident sequences: SRAM). Each round decodes one token of every
+/// sequence; every sequence must produce the same ids.
+pub fn bench_batch(
+    exec: &mut dyn Executor,
+    m: &Model,
+    prompt: &[u32],
+    gen: usize,
+    repeats: usize,
+    batch: usize,
+    progress: Progress,
+) -> Result<ModeResult, crate::exec::ExecError> {
+    // (ids per sequence, prefill seconds, per-round decode seconds)
+    type Run = (Vec<Vec<u32>>, f64, Vec<f64>);
+    let mut once = |progress: &mut dyn FnMut(u64)| -> Result<Run, crate::exec::ExecError> {
+        exec.reset();
+        let t = Instant::now();
+        let mut last = Vec::with_capacity(batch);
+        for s in 0..batch {
+            exec.select(s)?;
+            last.push(argmax_of(&exec.step(prompt, Readback::Argmax)?));
+        }
+        let prefill = t.elapsed().as_secs_f64();
+        let mut ids: Vec<Vec<u32>> = last.iter().map(|&t| vec![t]).collect();
+        let mut lat = Vec::new();
+        while ids[0].len() < gen {
+            let t = Instant::now();
+            last = exec.decode_batch(&last)?;
+            lat.push(t.elapsed().as_secs_f64());
+            for (s, &t) in last.iter().enumerate() {
+                ids[s].push(t);
+            }
+            progress(1);
+        }
+        Ok((ids, prefill, lat))
+    };
+    let (warm, _, _) = once(progress)?;
+    let mut prefill = Vec::new();
+    let mut ttft = Vec::new();
+    let mut decode = Vec::new();
+    let mut all = Vec::new();
+    let mut consistent = warm.iter().all(|s| *s == warm[0]);
+    for _ in 0..repeats {
+        let (ids, p, lat) = once(progress)?;
+        consistent &= ids == warm;
+        prefill.push((prompt.len() * batch) as f64 / p);
+        ttft.push(p * 1e3);
+        if !lat.is_empty() {
+            decode.push((lat.len() * batch) as f64 / lat.iter().sum::<f64>());
+        }
+        all.extend(lat.iter().map(|s| s * 1e3));
+    }
+    let x = exec.extra_stats();
+    let mean_pos = prompt.len() + gen / 2;
+    let kv_read = (m.config.num_layers * 2 * mean_pos * m.config.kv_dim() * 4) as u64;
+    Ok(ModeResult {
+        mode: exec.mode().into(),
+        model: m.name.clone(),
+        prompt_tokens: prompt.len(),
+        gen_tokens: gen,
+        repeats,
+        batch,
+        prefill_tok_s: median(&prefill),
+        ttft_ms: median(&ttft),
+        decode_tok_s: median(&decode),
+        ms_per_token_p50: percentile(&all, 50.0),
+        ms_per_token_p99: percentile(&all, 99.0),
+        ms_per_token_all: all,
+        dispatches_per_token: exec.counters().dispatches_last_decode,
+        gpu_memory_bytes_read_per_token_counted: exec.weight_bytes() / batch as u64 + kv_read,
+        link_bytes_per_token: x.get("link_bytes_per_token").and_then(|v| v.as_u64()),
+        link_transfers_per_token: x.get("link_transfers_per_token").and_then(|v| v.as_u64()),
+        emulation_staged_bytes_per_step: x
+            .get("emulation_staged_bytes_per_step")
+            .and_then(|v| v.as_u64()),
+        // Sequences that disagree with each other make the row invalid.
+        ids: if consistent {
+            warm[0].clone()
+        } else {
+            Vec::new()
+        },
+        valid: true,
+        matches_other_modes: true,
+        ..Default::default()
+    })
 }
 
 /// Cross-checks every result's ids against the reference and each other.
@@ -301,10 +392,13 @@ pub fn table(results: &[ModeResult]) -> String {
         "", "tok/s", "ms", "tok/s", "ms/tok", "ms/tok", "/tok", "B/tok", "B", "ms/tok"
     );
     for r in results {
-        let name = match (&r.chip, r.chips_used) {
+        let mut name = match (&r.chip, r.chips_used) {
             (Some(c), Some(n)) => format!("{} · {} {}×{}", r.model, r.mode, c, n),
             _ => format!("{} · {}", r.model, r.mode),
         };
+        if r.batch > 1 {
+            name.push_str(&format!(" batch {}", r.batch));
+        }
         let speed = |v: f64| {
             if r.valid {
                 format!("{v:.1}")

@@ -1340,6 +1340,9 @@ impl SramExecutor {
         }
         if n == 1 {
             self.counters.dispatches_last_decode = dispatched;
+        } else if per_mb_argmax {
+            // A decode round: one token per sequence.
+            self.counters.dispatches_last_decode = dispatched / m.max(1) as u64;
         }
         let bytes = self.gpu.read(&self.readback, read_len)?;
         self.counters.readback_bytes += read_len;
