@@ -21,7 +21,7 @@ use std::sync::Arc;
     name = "sramlm",
     version,
     about = "Run Llama-family language models on any GPU through wgpu, in VRAM mode or as an emulated SRAM-only (LPU-style) chip cluster",
-    after_help = "Examples:\n  sramlm generate \"Once upon a time\"            # embedded stories260K model\n  sramlm generate -n 32 --temperature 0 --format json \"Once upon a time\"\n  sramlm info                                    # adapters, limits, features"
+    after_help = "Examples:\n  sramlm generate \"Once upon a time\"            # embedded stories260K model\n  sramlm generate -n 32 --temperature 0 --format json \"Once upon a time\"\n  sramlm info                                    # adapters, limits, features\n  sramlm generate --mode sram --chip mini-64k \"Once upon a time\"   # emulated SRAM-only chips\n  sramlm plan --chip mini-64k                    # which chip holds what\n  sramlm bench --modes vram,sram --chip mini-64k --svg out.svg\n  sramlm chat -m models/SmolLM2-135M-Instruct.Q4_1.gguf      # after models/get-smollm2.sh"
 )]
 struct Cli {
     #[command(subcommand)]
