@@ -12,10 +12,14 @@
 // Defines: one W_* type, TT={{TT}}, optional ACCUMULATE, optional SG.
 
 struct Params {
-    n: u32,             // output features (rows of W)
+    n: u32,             // output features (rows of W; GLU: rows of each half)
     k: u32,             // input features (multiple of 4)
     row_bytes: u32,     // bytes of one row of W
     out_rows_only: u32, // 1: tokens are S.out_row0 .. + S.n_out_rows (logits), output rows from 0
+    split1: u32,        // SPLIT3: rows [0, split1) -> Y, [split1, split2) -> Y2, [split2, n) -> Y3
+    split2: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 struct Step {
     n_tokens: u32,
@@ -33,6 +37,14 @@ struct Step {
 @group(0) @binding(2) var<storage, read> W: array<u32>;
 @group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+#ifdef SPLIT3
+// Q, K and V as one product: W holds Wq, Wk, Wv stacked; each part of the
+// output goes to its own buffer. PyTorch: q, k, v = x @ Wq.T, x @ Wk.T, x @ Wv.T
+@group(0) @binding(5) var<storage, read_write> Y2: array<f32>;
+@group(0) @binding(6) var<storage, read_write> Y3: array<f32>;
+#endif
+// GLU: W holds W_gate then W_up (n rows each); the output is
+// silu(x @ Wg.T) * (x @ Wu.T), the SwiGLU gate, in one dispatch.
 
 #include wdecode
 
@@ -42,11 +54,32 @@ struct Step {
 const TT: u32 = {{TT}}u;
 
 fn store(tok: u32, n: u32, v: f32) {
+#ifdef SPLIT3
+    if (n < P.split1) {
+        Y[tok * P.split1 + n] = v;
+    } else if (n < P.split2) {
+        Y2[tok * (P.split2 - P.split1) + n - P.split1] = v;
+    } else {
+        Y3[tok * (P.n - P.split2) + n - P.split2] = v;
+    }
+#else
     let o = tok * P.n + n;
 #ifdef ACCUMULATE
     Y[o] = Y[o] + v;
 #else
     Y[o] = v;
+#endif
+#endif
+}
+
+// The product for row n (GLU: the gated pair of rows n and n + P.n).
+fn row_dot(n: u32, xr0: u32, last: u32, k4n: u32, start: u32, stride: u32) -> array<vec4<f32>, 2> {
+#ifdef GLU
+    let g = dot_rows(n * P.row_bytes, xr0, last, k4n, start, stride);
+    let u = dot_rows((n + P.n) * P.row_bytes, xr0, last, k4n, start, stride);
+    return array<vec4<f32>, 2>(g[0] / (vec4<f32>(1.0) + exp(-g[0])) * u[0], g[1] / (vec4<f32>(1.0) + exp(-g[1])) * u[1]);
+#else
+    return dot_rows(n * P.row_bytes, xr0, last, k4n, start, stride);
 #endif
 }
 
@@ -144,9 +177,19 @@ fn main(
         if (n >= P.n) {
             break;
         }
+#ifdef GLU
+        // The gate needs the full sums before SiLU: reduce both halves first.
+        let g = dot_rows(n * P.row_bytes, x_row0 + t0, x_row0 + n_tok - 1u, k4n, lane, sg_size);
+        let u = dot_rows((n + P.n) * P.row_bytes, x_row0 + t0, x_row0 + n_tok - 1u, k4n, lane, sg_size);
+        let g0 = subgroupAdd(g[0]);
+        let g1 = subgroupAdd(g[1]);
+        let a = g0 / (vec4<f32>(1.0) + exp(-g0)) * subgroupAdd(u[0]);
+        let b = g1 / (vec4<f32>(1.0) + exp(-g1)) * subgroupAdd(u[1]);
+#else
         let ab = dot_rows(n * P.row_bytes, x_row0 + t0, x_row0 + n_tok - 1u, k4n, lane, sg_size);
         let a = subgroupAdd(ab[0]);
         let b = subgroupAdd(ab[1]);
+#endif
         if (lane == 0u) {
             store_all(t0, n_tok, n, a, b);
         }
@@ -166,7 +209,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     if (t0 >= n_tok || n >= P.n) {
         return;
     }
-    let ab = dot_rows(n * P.row_bytes, x_row0 + t0, x_row0 + n_tok - 1u, P.k / 4u, 0u, 1u);
+    let ab = row_dot(n, x_row0 + t0, x_row0 + n_tok - 1u, P.k / 4u, 0u, 1u);
     store_all(t0, n_tok, n, ab[0], ab[1]);
 }
 #endif

@@ -6,7 +6,7 @@
 use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
 use crate::gpu::Gpu;
 use crate::kernels::{
-    argmax, attention, embed, matmul, rmsnorm, rope, silu_mul, topk, GpuWeight, KernelOp, Step,
+    argmax, attention, embed, matmul, rmsnorm, rope, topk, GpuWeight, KernelOp, Step,
 };
 use crate::model::{LayerTensor, LlamaConfig, ModelWeights, Tensor, WeightName};
 use std::sync::Arc;
@@ -31,6 +31,20 @@ impl Default for VramOptions {
     }
 }
 
+/// Weights with the same encoding and row length stacked row-wise into one
+/// tensor (Q/K/V; gate/up), so one dispatch computes all of them.
+fn stack(parts: &[&Tensor]) -> Tensor {
+    let mut bytes = Vec::with_capacity(parts.iter().map(|t| t.byte_len()).sum());
+    for t in parts {
+        bytes.extend_from_slice(t.bytes.as_slice());
+    }
+    Tensor {
+        dtype: parts[0].dtype,
+        shape: vec![parts.iter().map(|t| t.rows()).sum(), parts[0].cols()],
+        bytes: crate::model::weights::Bytes::Owned(Arc::new(bytes)),
+    }
+}
+
 /// Activation buffers, allocated once for `chunk` tokens.
 struct Activations {
     ids: wgpu::Buffer,    // [chunk] u32
@@ -40,8 +54,6 @@ struct Activations {
     k: wgpu::Buffer,      // [chunk, Hkv*hd]
     v: wgpu::Buffer,      // [chunk, Hkv*hd]
     att: wgpu::Buffer,    // [chunk, H*hd]
-    g: wgpu::Buffer,      // [chunk, I]
-    u: wgpu::Buffer,      // [chunk, I]
     h: wgpu::Buffer,      // [chunk, I]
     logits: wgpu::Buffer, // [chunk, V]
     result: wgpu::Buffer, // [MAX_K][id, bits]
@@ -96,8 +108,6 @@ impl VramExecutor {
             k: buf("k", f(chunk * kvd))?,
             v: buf("v", f(chunk * kvd))?,
             att: buf("att", f(chunk * qd))?,
-            g: buf("g", f(chunk * inter))?,
-            u: buf("u", f(chunk * inter))?,
             h: buf("h", f(chunk * inter))?,
             logits: buf("logits", f(chunk * vocab))?,
             result: buf("result", f(2 * topk::MAX_K))?,
@@ -135,12 +145,20 @@ impl VramExecutor {
             kv_bytes += 2 * f(ctx * kvd);
             let attn_norm = norm(&gpu, name(LayerTensor::AttnNorm), &lw.attn_norm)?;
             let ffn_norm = norm(&gpu, name(LayerTensor::FfnNorm), &lw.ffn_norm)?;
-            let wq = upload(name(LayerTensor::Q), &lw.wq)?;
-            let wk = upload(name(LayerTensor::K), &lw.wk)?;
-            let wv = upload(name(LayerTensor::V), &lw.wv)?;
+            // Q/K/V stacked into one weight (one dispatch for all three), and
+            // gate/up stacked (one dispatch that also applies SiLU·mul). Same
+            // bytes as the file, in one buffer each.
+            let wqkv = GpuWeight::upload(
+                &gpu,
+                &format!("layers.{i}.wqkv"),
+                &stack(&[&lw.wq, &lw.wk, &lw.wv]),
+            )?;
             let wo = upload(name(LayerTensor::O), &lw.wo)?;
-            let wg = upload(name(LayerTensor::Gate), &lw.w_gate)?;
-            let wu = upload(name(LayerTensor::Up), &lw.w_up)?;
+            let wgu = GpuWeight::upload(
+                &gpu,
+                &format!("layers.{i}.w_gate_up"),
+                &stack(&[&lw.w_gate, &lw.w_up]),
+            )?;
             let wd = upload(name(LayerTensor::Down), &lw.w_down)?;
             let l = format!("layers.{i}");
             let mm = |n: &str, wt: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, acc: bool| {
@@ -167,9 +185,20 @@ impl VramExecutor {
                 &act.xn,
             )?);
             // q, k, v = xn @ Wq.T, xn @ Wk.T, xn @ Wv.T           [T, H*hd], [T, Hkv*hd] x2
-            body.extend(mm("wq", &wq, &act.xn, &act.q, false)?);
-            body.extend(mm("wk", &wk, &act.xn, &act.k, false)?);
-            body.extend(mm("wv", &wv, &act.xn, &act.v, false)?);
+            body.extend(matmul::build_fused(
+                &gpu,
+                &step_buf,
+                &format!("{l}.wqkv"),
+                &wqkv,
+                &act.xn,
+                &[&act.q, &act.k, &act.v],
+                false,
+                matmul::Rows::Tokens,
+                matmul::Fuse::Split3 {
+                    q_rows: qd,
+                    k_rows: kvd,
+                },
+            )?);
             // q, k = rope(q, k, pos); k_cache[pos], v_cache[pos] = k, v
             body.push(rope::build(
                 &gpu,
@@ -210,21 +239,21 @@ impl VramExecutor {
                 &act.xn,
             )?);
             // h = silu(xn @ Wg.T) * (xn @ Wu.T)                   [T, I]
-            body.extend(mm("w_gate", &wg, &act.xn, &act.g, false)?);
-            body.extend(mm("w_up", &wu, &act.xn, &act.u, false)?);
-            body.push(silu_mul::build(
+            body.extend(matmul::build_fused(
                 &gpu,
                 &step_buf,
-                &format!("{l}.silu_mul"),
-                inter,
-                &act.g,
-                &act.u,
-                &act.h,
+                &format!("{l}.w_gate_up"),
+                &wgu,
+                &act.xn,
+                &[&act.h],
+                false,
+                matmul::Rows::Tokens,
+                matmul::Fuse::Glu,
             )?);
             // x += h @ Wd.T                                       [T, D]
             body.extend(mm("w_down", &wd, &act.h, &act.x, true)?);
             keep.extend([k_cache, v_cache, attn_norm, ffn_norm]);
-            mats.extend([wq, wk, wv, wo, wg, wu, wd]);
+            mats.extend([wqkv, wo, wgu, wd]);
         }
         // xn = rms_norm(x) * final_norm
         let final_norm = norm(&gpu, WeightName::FinalNorm, &w.final_norm)?;

@@ -17,6 +17,22 @@ pub struct Params {
     pub k: u32,
     pub row_bytes: u32,
     pub out_rows_only: u32,
+    pub split1: u32,
+    pub split2: u32,
+    pub _pad: [u32; 2],
+}
+
+/// Fused forms of the product (VRAM mode, fewer dispatches per layer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fuse {
+    None,
+    /// Q, K, V stacked in one weight; outputs to three buffers.
+    Split3 {
+        q_rows: usize,
+        k_rows: usize,
+    },
+    /// Gate and up stacked; output silu(gate) * up.
+    Glu,
 }
 
 /// Output rows per workgroup on the subgroup path.
@@ -36,6 +52,16 @@ pub enum Rows {
 }
 
 pub fn variant(dtype: DType, tt: u32, accumulate: bool, subgroups: bool) -> ShaderVariant {
+    variant_fused(dtype, tt, accumulate, subgroups, Fuse::None)
+}
+
+pub fn variant_fused(
+    dtype: DType,
+    tt: u32,
+    accumulate: bool,
+    subgroups: bool,
+    fuse: Fuse,
+) -> ShaderVariant {
     let mut v = ShaderVariant::new("main")
         .define(weight_define(dtype))
         .define(format!("TT={tt}"))
@@ -52,6 +78,11 @@ pub fn variant(dtype: DType, tt: u32, accumulate: bool, subgroups: bool) -> Shad
     if subgroups {
         v = v.define("SG");
     }
+    match fuse {
+        Fuse::None => {}
+        Fuse::Split3 { .. } => v = v.define("SPLIT3"),
+        Fuse::Glu => v = v.define("GLU"),
+    }
     v
 }
 
@@ -67,20 +98,51 @@ pub fn build(
     accumulate: bool,
     rows: Rows,
 ) -> Result<[KernelOp; 2], GpuError> {
+    build_fused(gpu, step, name, w, x, &[y], accumulate, rows, Fuse::None)
+}
+
+/// `build` for the fused forms: `ys` holds one output (plain, GLU) or three
+/// (Split3: q, k, v). For GLU, `w` holds gate then up rows.
+#[allow(clippy::too_many_arguments)]
+pub fn build_fused(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    w: &GpuWeight,
+    x: &wgpu::Buffer,
+    ys: &[&wgpu::Buffer],
+    accumulate: bool,
+    rows: Rows,
+    fuse: Fuse,
+) -> Result<[KernelOp; 2], GpuError> {
+    let out_rows = if fuse == Fuse::Glu {
+        w.rows / 2
+    } else {
+        w.rows
+    };
+    let (split1, split2) = match fuse {
+        Fuse::Split3 { q_rows, k_rows } => (q_rows, q_rows + k_rows),
+        _ => (0, 0),
+    };
     let p = Params {
-        n: w.rows as u32,
+        n: out_rows as u32,
         k: w.cols as u32,
         row_bytes: w.row_bytes(),
         out_rows_only: (rows == Rows::OutRows) as u32,
+        split1: split1 as u32,
+        split2: split2 as u32,
+        _pad: [0; 2],
     };
     let params = gpu.uniform("matmul.params", &p);
+    let mut bufs: Vec<&wgpu::Buffer> = vec![&params, step, &w.buf, x];
+    bufs.extend_from_slice(ys);
     let class = if rows == Rows::OutRows {
         KernelClass::Logits
     } else {
         KernelClass::Matmul
     };
     let sg = gpu.level.subgroup_matmul;
-    let n_groups = (w.rows as u32).div_ceil(if sg { RPW } else { ROWS_PLAIN });
+    let n_groups = (out_rows as u32).div_ceil(if sg { RPW } else { ROWS_PLAIN });
     let count = move |s: &Step| match rows {
         Rows::Tokens => s.n_tokens,
         Rows::OutRows => s.n_out_rows,
@@ -89,8 +151,11 @@ pub fn build(
         gpu,
         name.to_string(),
         class,
-        gpu.pipeline(Shader::Matmul, &variant(w.dtype, 1, accumulate, sg))?,
-        &[&params, step, &w.buf, x, y],
+        gpu.pipeline(
+            Shader::Matmul,
+            &variant_fused(w.dtype, 1, accumulate, sg, fuse),
+        )?,
+        &bufs,
         move |s: &Step| {
             if count(s) == 1 {
                 [n_groups, 1, 1]
@@ -105,9 +170,9 @@ pub fn build(
         class,
         gpu.pipeline(
             Shader::Matmul,
-            &variant(w.dtype, TT_PREFILL, accumulate, sg),
+            &variant_fused(w.dtype, TT_PREFILL, accumulate, sg, fuse),
         )?,
-        &[&params, step, &w.buf, x, y],
+        &bufs,
         move |s: &Step| {
             let c = count(s);
             if c > 1 {
@@ -255,6 +320,111 @@ mod tests {
         for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
             check(dt, 29, 96, 1, false, Rows::Tokens);
             check(dt, 13, 160, 5, true, Rows::Tokens);
+        }
+    }
+
+    /// Q/K/V stacked in one weight with three outputs, and gate/up stacked
+    /// with the SwiGLU gate applied, against the separate CPU products.
+    #[test]
+    fn fused_split3_and_glu() {
+        let Some(gpu) = gpu() else { return };
+        for (dtype, tokens) in [
+            (DType::F32, 1),
+            (DType::Q4_1, 1),
+            (DType::Q4_1, 9),
+            (DType::Q8_0, 3),
+        ] {
+            let k = 64;
+            let (nq, nk) = (24, 8);
+            let rows = nq + 2 * nk;
+            let bytes = encode(dtype, rows, k, 77);
+            let wf = dequantize(dtype, &bytes, rows * k);
+            let t = Tensor {
+                dtype,
+                shape: vec![rows, k],
+                bytes: Bytes::Owned(Arc::new(bytes)),
+            };
+            let w = GpuWeight::upload(&gpu, "w", &t).unwrap();
+            let x: Vec<f32> = seeded(tokens * k, 3)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * (1 + i / k) as f32)
+                .collect();
+            let xb = gpu.upload("x", bytemuck::cast_slice(&x)).unwrap();
+            let yq = gpu.storage_buffer("q", (tokens * nq * 4) as u64).unwrap();
+            let yk = gpu.storage_buffer("k", (tokens * nk * 4) as u64).unwrap();
+            let yv = gpu.storage_buffer("v", (tokens * nk * 4) as u64).unwrap();
+            let step_buf = gpu.uniform("step", &Step::default());
+            let step = Step {
+                n_tokens: tokens as u32,
+                n_out_rows: 1,
+                ..Default::default()
+            };
+            let ops = build_fused(
+                &gpu,
+                &step_buf,
+                "qkv",
+                &w,
+                &xb,
+                &[&yq, &yk, &yv],
+                false,
+                Rows::Tokens,
+                Fuse::Split3 {
+                    q_rows: nq,
+                    k_rows: nk,
+                },
+            )
+            .unwrap();
+            run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
+            let full = cpu(&x, &wf, rows, k);
+            let part = |r0: usize, n: usize| -> Vec<f32> {
+                (0..tokens)
+                    .flat_map(|t| full[t * rows + r0..t * rows + r0 + n].to_vec())
+                    .collect()
+            };
+            assert_close(
+                &read_f32(&gpu, &yq, tokens * nq),
+                &part(0, nq),
+                2e-5,
+                "split3 q",
+            );
+            assert_close(
+                &read_f32(&gpu, &yk, tokens * nk),
+                &part(nq, nk),
+                2e-5,
+                "split3 k",
+            );
+            assert_close(
+                &read_f32(&gpu, &yv, tokens * nk),
+                &part(nq + nk, nk),
+                2e-5,
+                "split3 v",
+            );
+            // GLU: rows [0, 20) gate, [20, 40) up.
+            let half = rows / 2;
+            let h = gpu.storage_buffer("h", (tokens * half * 4) as u64).unwrap();
+            let ops = build_fused(
+                &gpu,
+                &step_buf,
+                "glu",
+                &w,
+                &xb,
+                &[&h],
+                false,
+                Rows::Tokens,
+                Fuse::Glu,
+            )
+            .unwrap();
+            run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
+            let g = part(0, half);
+            let u = part(half, half);
+            let want = crate::kernels::silu_mul::cpu(&g, &u);
+            assert_close(
+                &read_f32(&gpu, &h, tokens * half),
+                &want,
+                2e-5,
+                &format!("glu {dtype}"),
+            );
         }
     }
 

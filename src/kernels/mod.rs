@@ -181,6 +181,17 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
             for acc in [false, true] {
                 for sg in [false, true] {
                     v.push((Shader::Matmul, matmul::variant(dt, tt, acc, sg)));
+                    if !acc {
+                        for fuse in [
+                            matmul::Fuse::Split3 {
+                                q_rows: 1,
+                                k_rows: 1,
+                            },
+                            matmul::Fuse::Glu,
+                        ] {
+                            v.push((Shader::Matmul, matmul::variant_fused(dt, tt, acc, sg, fuse)));
+                        }
+                    }
                 }
             }
         }
