@@ -30,16 +30,7 @@ struct Params {
     _pad0: u32,
     _pad1: u32,
 }
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    out_row0: u32,
-    n_out_rows: u32,
-    kv_base: u32, // first KV-cache row of this sequence (sequence × context)
-    _s0: u32,
-    _s1: u32,
-    _s2: u32,
-}
+#include step
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: Step;

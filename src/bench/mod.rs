@@ -7,7 +7,6 @@ pub mod svg;
 
 use crate::chip::{self, ChipSpec, GpuSpec, Plan, Precision};
 use crate::exec::{Executor, Readback, StepOutput};
-use crate::kernels::KernelClass;
 use crate::model::Model;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -164,7 +163,7 @@ pub fn bench_mode(
         }
         if let Some(p) = exec.profile() {
             for (class, (ns, _)) in p {
-                by_class.insert(class_name(class), ns / 1e6 / steps as f64);
+                by_class.insert(class.name().to_string(), ns / 1e6 / steps as f64);
             }
         }
         exec.set_profiling(false);
@@ -198,13 +197,6 @@ pub fn bench_mode(
         matches_other_modes: true,
         ..Default::default()
     })
-}
-
-fn class_name(c: KernelClass) -> String {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 /// Benchmarks `batch` copies of `prompt` decoded together (a mode with

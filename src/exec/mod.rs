@@ -61,11 +61,39 @@ pub struct ExecCounters {
 impl ExecCounters {
     pub fn count(&mut self, class: KernelClass) {
         self.dispatches += 1;
-        let name = serde_json::to_value(class)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        *self.dispatches_by_class.entry(name).or_default() += 1;
+        *self
+            .dispatches_by_class
+            .entry(class.name().to_string())
+            .or_default() += 1;
+    }
+}
+
+/// Turns the bytes a step read back into its output: `[id, bits]` pairs for
+/// `Argmax` / `TopK` (and batched decoding: one pair per sequence), f32
+/// logits (`rows` of them) otherwise.
+pub(crate) fn decode_readback(rb: Readback, bytes: &[u8], rows: usize, pairs: bool) -> StepOutput {
+    let words: &[u32] = bytemuck::cast_slice(bytes);
+    let candidates = || {
+        words
+            .chunks(2)
+            .map(|p| (p[0], f32::from_bits(p[1])))
+            .collect()
+    };
+    match rb {
+        _ if pairs => StepOutput::Candidates(candidates()),
+        Readback::Argmax => StepOutput::Token {
+            id: words[0],
+            logit: f32::from_bits(words[1]),
+        },
+        Readback::TopK(_) => StepOutput::Candidates(candidates()),
+        Readback::LastLogits => StepOutput::Logits {
+            rows: 1,
+            data: bytemuck::cast_slice(bytes).to_vec(),
+        },
+        Readback::AllLogits => StepOutput::Logits {
+            rows,
+            data: bytemuck::cast_slice(bytes).to_vec(),
+        },
     }
 }
 

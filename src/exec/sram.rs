@@ -1346,33 +1346,7 @@ impl SramExecutor {
         }
         let bytes = self.gpu.read(&self.readback, read_len)?;
         self.counters.readback_bytes += read_len;
-        let words: &[u32] = bytemuck::cast_slice(&bytes);
-        Ok(match rb {
-            _ if per_mb_argmax => StepOutput::Candidates(
-                words
-                    .chunks(2)
-                    .map(|p| (p[0], f32::from_bits(p[1])))
-                    .collect(),
-            ),
-            Readback::Argmax => StepOutput::Token {
-                id: words[0],
-                logit: f32::from_bits(words[1]),
-            },
-            Readback::TopK(_) => StepOutput::Candidates(
-                words
-                    .chunks(2)
-                    .map(|p| (p[0], f32::from_bits(p[1])))
-                    .collect(),
-            ),
-            Readback::LastLogits => StepOutput::Logits {
-                rows: 1,
-                data: bytemuck::cast_slice(&bytes).to_vec(),
-            },
-            Readback::AllLogits => StepOutput::Logits {
-                rows: n,
-                data: bytemuck::cast_slice(&bytes).to_vec(),
-            },
-        })
+        Ok(super::decode_readback(rb, &bytes, n, per_mb_argmax))
     }
 }
 

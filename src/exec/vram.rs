@@ -444,27 +444,7 @@ impl VramExecutor {
         }
         let bytes = self.gpu.read(&self.readback, read_len)?;
         self.counters.readback_bytes += read_len;
-        let words: &[u32] = bytemuck::cast_slice(&bytes);
-        Ok(Some(match rb {
-            Some(Readback::Argmax) => StepOutput::Token {
-                id: words[0],
-                logit: f32::from_bits(words[1]),
-            },
-            Some(Readback::TopK(_)) => StepOutput::Candidates(
-                words
-                    .chunks(2)
-                    .map(|p| (p[0], f32::from_bits(p[1])))
-                    .collect(),
-            ),
-            Some(Readback::LastLogits) => StepOutput::Logits {
-                rows: 1,
-                data: bytemuck::cast_slice(&bytes).to_vec(),
-            },
-            _ => StepOutput::Logits {
-                rows: n,
-                data: bytemuck::cast_slice(&bytes).to_vec(),
-            },
-        }))
+        Ok(rb.map(|rb| super::decode_readback(rb, &bytes, n, false)))
     }
 }
 

@@ -147,6 +147,10 @@ fn include(name: &str) -> &'static str {
             env!("CARGO_MANIFEST_DIR"),
             "/shaders/lib/wdecode.wgsl"
         )),
+        "step" => include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/lib/step.wgsl"
+        )),
         _ => "",
     }
 }

@@ -53,6 +53,23 @@ pub enum KernelClass {
     Link,
 }
 
+impl KernelClass {
+    /// The snake_case name used in stats and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelClass::Embed => "embed",
+            KernelClass::Norm => "norm",
+            KernelClass::Matmul => "matmul",
+            KernelClass::Rope => "rope",
+            KernelClass::Attention => "attention",
+            KernelClass::Elementwise => "elementwise",
+            KernelClass::Logits => "logits",
+            KernelClass::Sample => "sample",
+            KernelClass::Link => "link",
+        }
+    }
+}
+
 type GridFn = Box<dyn Fn(&Step) -> [u32; 3] + Send + Sync>;
 
 /// A built dispatch: pipeline, bind group and how many workgroups a step needs.
