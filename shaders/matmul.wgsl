@@ -10,6 +10,11 @@
 //  - plain (no subgroups, e.g. GL): a thread per row, no shared memory, no
 //    barriers. 64 rows per workgroup.
 // Defines: one W_* type, TT={{TT}}, optional ACCUMULATE, optional SG.
+// NORM (TT=1 only): X is the raw residual row and the kernel applies RMSNorm
+// itself (weight G, eps P.eps) before the product, so no separate norm
+// dispatch runs: each workgroup normalises the row into workgroup memory (XN,
+// K4={{K4}} vec4) with the same arithmetic as shaders/rmsnorm.wgsl, then reads
+// x from there.
 
 struct Params {
     n: u32,             // output features (rows of W; GLU: rows of each half)
@@ -18,7 +23,7 @@ struct Params {
     out_rows_only: u32, // 1: tokens are S.out_row0 .. + S.n_out_rows (logits), output rows from 0
     split1: u32,        // SPLIT3: rows [0, split1) -> Y, [split1, split2) -> Y2, [split2, n) -> Y3
     split2: u32,
-    _pad0: u32,
+    eps: f32,           // NORM: RMSNorm epsilon
     _pad1: u32,
 }
 #include step
@@ -34,10 +39,62 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> Y2: array<f32>;
 @group(0) @binding(6) var<storage, read_write> Y3: array<f32>;
 #endif
+#ifdef NORM
+#ifdef SPLIT3
+@group(0) @binding(7) var<storage, read> G: array<f32>;
+#else
+@group(0) @binding(5) var<storage, read> G: array<f32>;
+#endif
+const K4: u32 = {{K4}}u;
+var<workgroup> XN: array<vec4<f32>, K4>;
+var<workgroup> red: array<f32, 64>;
+
+// XN = rms_norm(X[row]) * G, computed by the whole workgroup (64 threads).
+// PyTorch (LlamaRMSNorm): w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+fn norm_row(row: u32, lid: u32) {
+    let base = row * K4;
+    var ss = 0.0;
+    for (var i = lid; i < P.k; i += 64u) {
+        let v = X[base + i / 4u][i % 4u];
+        ss = fma(v, v, ss);
+    }
+    red[lid] = ss;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let inv = inverseSqrt(red[0] / f32(P.k) + P.eps);
+    for (var i = lid; i < K4; i += 64u) {
+        let g = vec4<f32>(G[4u * i], G[4u * i + 1u], G[4u * i + 2u], G[4u * i + 3u]);
+        XN[i] = g * (X[base + i] * inv);
+    }
+    workgroupBarrier();
+}
+#endif
+
+// x chunk i (vec4 index into X; with NORM into the normalised row XN).
+fn xat(i: u32) -> vec4<f32> {
+#ifdef NORM
+    return XN[i];
+#else
+    return X[i];
+#endif
+}
+
 // GLU: W holds W_gate then W_up (n rows each); the output is
 // silu(x @ Wg.T) * (x @ Wu.T), the SwiGLU gate, in one dispatch.
 
 #include wdecode
+
+// One decoded block (lib/wdecode) · x chunks xb .. xb+7.
+fn bdot(w: WBlock, xb: u32) -> f32 {
+    let a = dot(w.v0, xat(xb)) + dot(w.v1, xat(xb + 1u)) + dot(w.v2, xat(xb + 2u)) + dot(w.v3, xat(xb + 3u));
+    let b = dot(w.v4, xat(xb + 4u)) + dot(w.v5, xat(xb + 5u)) + dot(w.v6, xat(xb + 6u)) + dot(w.v7, xat(xb + 7u));
+    return a + b;
+}
 
 // Accumulators are explicit vectors (no private arrays: lavapipe/LLVM keeps
 // those in memory when indexed in loops). ACC holds tokens t0..t0+3, ACC2
@@ -128,18 +185,20 @@ fn dot_rows(rb: u32, xr0: u32, last: u32, k4n: u32, start: u32, stride: u32) -> 
     for (var k4 = k4_0; k4 < k4n; k4 += stride) {
         let w = w4(rb, k4 * 4u);
 #ifdef TT1
-        a.x += dot(w, X[x0 + k4]);
+        a.x += dot(w, xat(x0 + k4));
 #else
-        a += vec4<f32>(dot(w, X[x0 + k4]), dot(w, X[x1 + k4]), dot(w, X[x2 + k4]), dot(w, X[x3 + k4]));
+        a += vec4<f32>(dot(w, xat(x0 + k4)), dot(w, xat(x1 + k4)), dot(w, xat(x2 + k4)), dot(w, xat(x3 + k4)));
 #endif
 #ifdef TT8
-        b += vec4<f32>(dot(w, X[x4 + k4]), dot(w, X[x5 + k4]), dot(w, X[x6 + k4]), dot(w, X[x7 + k4]));
+        b += vec4<f32>(dot(w, xat(x4 + k4)), dot(w, xat(x5 + k4)), dot(w, xat(x6 + k4)), dot(w, xat(x7 + k4)));
 #endif
     }
     return array<vec4<f32>, 2>(a, b);
 }
 
 #ifdef SG
+// Rows per workgroup: the host picks 64 / subgroup size, so that each
+// subgroup takes one row (a subgroup of another size loops or idles).
 const RPW: u32 = {{RPW}}u;
 
 @compute @workgroup_size(64)
@@ -160,6 +219,15 @@ fn main(
         return;
     }
     let k4n = P.k / 4u;
+#ifdef NORM
+    // x comes from XN (row 0 of workgroup memory), normalised here.
+    norm_row(x_row0 + t0, lid);
+    let xr = 0u;
+    let xl = 0u;
+#else
+    let xr = x_row0 + t0;
+    let xl = x_row0 + n_tok - 1u;
+#endif
     let sg_id = lid / sg_size;
     let n_sg = (64u + sg_size - 1u) / sg_size;
     for (var r = sg_id; r < RPW; r += n_sg) {
@@ -170,14 +238,14 @@ fn main(
         }
 #ifdef GLU
         // The gate needs the full sums before SiLU: reduce both halves first.
-        let g = dot_rows(n * P.row_bytes, x_row0 + t0, x_row0 + n_tok - 1u, k4n, lane, sg_size);
-        let u = dot_rows((n + P.n) * P.row_bytes, x_row0 + t0, x_row0 + n_tok - 1u, k4n, lane, sg_size);
+        let g = dot_rows(n * P.row_bytes, xr, xl, k4n, lane, sg_size);
+        let u = dot_rows((n + P.n) * P.row_bytes, xr, xl, k4n, lane, sg_size);
         let g0 = subgroupAdd(g[0]);
         let g1 = subgroupAdd(g[1]);
         let a = g0 / (vec4<f32>(1.0) + exp(-g0)) * subgroupAdd(u[0]);
         let b = g1 / (vec4<f32>(1.0) + exp(-g1)) * subgroupAdd(u[1]);
 #else
-        let ab = dot_rows(n * P.row_bytes, x_row0 + t0, x_row0 + n_tok - 1u, k4n, lane, sg_size);
+        let ab = dot_rows(n * P.row_bytes, xr, xl, k4n, lane, sg_size);
         let a = subgroupAdd(ab[0]);
         let b = subgroupAdd(ab[1]);
 #endif
@@ -188,7 +256,11 @@ fn main(
 }
 #else
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
     var n_tok = S.n_tokens;
     var x_row0 = 0u;
     if (P.out_rows_only == 1u) {
@@ -197,10 +269,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     }
     let n = gid.x;
     let t0 = wid.y * TT;
-    if (t0 >= n_tok || n >= P.n) {
+    if (t0 >= n_tok) {
         return;
     }
-    let ab = row_dot(n, x_row0 + t0, x_row0 + n_tok - 1u, P.k / 4u, 0u, 1u);
+#ifdef NORM
+    norm_row(x_row0 + t0, lid);
+    let xr = 0u;
+    let xl = 0u;
+#else
+    let xr = x_row0 + t0;
+    let xl = x_row0 + n_tok - 1u;
+#endif
+    if (n >= P.n) {
+        return;
+    }
+    let ab = row_dot(n, xr, xl, P.k / 4u, 0u, 1u);
     store_all(t0, n_tok, n, ab[0], ab[1]);
 }
 #endif

@@ -56,6 +56,25 @@ pub fn gpu() -> Option<Arc<Gpu>> {
     }
 }
 
+/// The test adapter once per matmul path it has: [`gpu`] and, where the
+/// adapter has subgroups, a second device on the other path (thread per row
+/// or subgroup per row), so that CI's lavapipe covers both. Empty if no GPU.
+pub fn gpu_paths() -> Vec<Arc<Gpu>> {
+    static OTHER: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
+    let Some(g) = gpu() else { return Vec::new() };
+    let other = OTHER.get_or_init(|| {
+        if !g.level.subgroups {
+            return None;
+        }
+        let mut o = GpuOptions::from_env().ok()?;
+        o.subgroup_matmul = Some(!g.level.subgroup_matmul);
+        let g2 = Gpu::new(&o).expect("a second device on the test adapter");
+        assert_ne!(g2.level.subgroup_matmul, g.level.subgroup_matmul);
+        Some(g2)
+    });
+    std::iter::once(g).chain(other.clone()).collect()
+}
+
 /// Deterministic pseudo-random values in [-1, 1) (splitmix64).
 pub fn seeded(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
@@ -219,6 +238,7 @@ pub fn gpu_for(backend: crate::gpu::BackendChoice, downlevel: bool) -> Option<Ar
             .ok()
             .filter(|s| !s.is_empty()),
         downlevel,
+        subgroup_matmul: None,
     };
     match Gpu::new(&opts) {
         Ok(g) => {

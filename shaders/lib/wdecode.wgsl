@@ -124,9 +124,3 @@ fn wblock(row_byte0: u32, blk: u32) -> WBlock {
 fn s8x4(q: u32) -> vec4<f32> {
     return vec4<f32>(vec4<i32>(bitcast<i32>(q << 24u), bitcast<i32>(q << 16u), bitcast<i32>(q << 8u), bitcast<i32>(q)) >> vec4<u32>(24u));
 }
-
-fn bdot(w: WBlock, xb: u32) -> f32 {
-    let a = dot(w.v0, X[xb]) + dot(w.v1, X[xb + 1u]) + dot(w.v2, X[xb + 2u]) + dot(w.v3, X[xb + 3u]);
-    let b = dot(w.v4, X[xb + 4u]) + dot(w.v5, X[xb + 5u]) + dot(w.v6, X[xb + 6u]) + dot(w.v7, X[xb + 7u]);
-    return a + b;
-}

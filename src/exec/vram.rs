@@ -174,16 +174,20 @@ impl VramExecutor {
                 )
             };
             // xn = rms_norm(x) * attn_norm                        [T, D]
-            body.push(rmsnorm::build(
-                &gpu,
-                &step_buf,
-                &format!("{l}.attn_norm"),
-                d,
-                cfg.rms_norm_eps,
-                &attn_norm,
-                &act.x,
-                &act.xn,
-            )?);
+            // (decode steps: inside the QKV product, see matmul::Norm)
+            body.push(
+                rmsnorm::build(
+                    &gpu,
+                    &step_buf,
+                    &format!("{l}.attn_norm"),
+                    d,
+                    cfg.rms_norm_eps,
+                    &attn_norm,
+                    &act.x,
+                    &act.xn,
+                )?
+                .only_when(|s| s.n_tokens > 1),
+            );
             // q, k, v = xn @ Wq.T, xn @ Wk.T, xn @ Wv.T           [T, H*hd], [T, Hkv*hd] x2
             body.extend(matmul::build_fused(
                 &gpu,
@@ -198,6 +202,11 @@ impl VramExecutor {
                     q_rows: qd,
                     k_rows: kvd,
                 },
+                Some(matmul::Norm {
+                    x: &act.x,
+                    weight: &attn_norm,
+                    eps: cfg.rms_norm_eps,
+                }),
             )?);
             // q, k = rope(q, k, pos); k_cache[pos], v_cache[pos] = k, v
             body.push(rope::build(
@@ -228,16 +237,20 @@ impl VramExecutor {
             // x += att @ Wo.T                                     [T, D]
             body.extend(mm("wo", &wo, &act.att, &act.x, true)?);
             // xn = rms_norm(x) * ffn_norm
-            body.push(rmsnorm::build(
-                &gpu,
-                &step_buf,
-                &format!("{l}.ffn_norm"),
-                d,
-                cfg.rms_norm_eps,
-                &ffn_norm,
-                &act.x,
-                &act.xn,
-            )?);
+            // (decode steps: inside the gate/up product)
+            body.push(
+                rmsnorm::build(
+                    &gpu,
+                    &step_buf,
+                    &format!("{l}.ffn_norm"),
+                    d,
+                    cfg.rms_norm_eps,
+                    &ffn_norm,
+                    &act.x,
+                    &act.xn,
+                )?
+                .only_when(|s| s.n_tokens > 1),
+            );
             // h = silu(xn @ Wg.T) * (xn @ Wu.T)                   [T, I]
             body.extend(matmul::build_fused(
                 &gpu,
@@ -249,6 +262,11 @@ impl VramExecutor {
                 false,
                 matmul::Rows::Tokens,
                 matmul::Fuse::Glu,
+                Some(matmul::Norm {
+                    x: &act.x,
+                    weight: &ffn_norm,
+                    eps: cfg.rms_norm_eps,
+                }),
             )?);
             // x += h @ Wd.T                                       [T, D]
             body.extend(mm("w_down", &wd, &act.h, &act.x, true)?);
@@ -257,30 +275,40 @@ impl VramExecutor {
         }
         // xn = rms_norm(x) * final_norm
         let final_norm = norm(&gpu, WeightName::FinalNorm, &w.final_norm)?;
-        body.push(rmsnorm::build(
-            &gpu,
-            &step_buf,
-            "final_norm",
-            d,
-            cfg.rms_norm_eps,
-            &final_norm,
-            &act.x,
-            &act.xn,
-        )?);
+        // (one logit row: inside the lm_head product)
+        body.push(
+            rmsnorm::build(
+                &gpu,
+                &step_buf,
+                "final_norm",
+                d,
+                cfg.rms_norm_eps,
+                &final_norm,
+                &act.x,
+                &act.xn,
+            )?
+            .only_when(|s| s.n_out_rows > 1),
+        );
         // logits[rows] = xn[rows] @ W_out.T (tied: the embedding)   [rows, V]
         let out_w = match &w.lm_head {
             Some(t) => upload(WeightName::LmHead, t)?,
             None => embed_w,
         };
-        let head: Vec<KernelOp> = matmul::build(
+        let head: Vec<KernelOp> = matmul::build_fused(
             &gpu,
             &step_buf,
             "lm_head",
             &out_w,
             &act.xn,
-            &act.logits,
+            &[&act.logits],
             false,
             matmul::Rows::OutRows,
+            matmul::Fuse::None,
+            Some(matmul::Norm {
+                x: &act.x,
+                weight: &final_norm,
+                eps: cfg.rms_norm_eps,
+            }),
         )?
         .into();
         let argmax = argmax::build(&gpu, &step_buf, vocab, &act.logits, &act.result)?;

@@ -35,6 +35,8 @@ pub enum GpuError {
     BufferTooLarge { what: String, size: u64, limit: u64 },
     #[error("GPU error: {0}")]
     Device(String),
+    #[error("{0}")]
+    Options(String),
     #[error("mapping a readback buffer failed: {0}")]
     Map(String),
 }
@@ -95,6 +97,9 @@ pub struct GpuOptions {
     /// Force the lowest feature level: no f16, no subgroups, the WebGPU default
     /// 16 KiB of workgroup storage (tests use this to cover the plain path).
     pub downlevel: bool,
+    /// Matmul path: `None` picks by adapter (thread per row on CPU adapters,
+    /// a subgroup per row elsewhere); `SRAMLM_MATMUL=plain|subgroup` sets it.
+    pub subgroup_matmul: Option<bool>,
 }
 
 impl GpuOptions {
@@ -109,10 +114,21 @@ impl GpuOptions {
             .ok()
             .filter(|s| !s.is_empty());
         let downlevel = std::env::var("SRAMLM_DOWNLEVEL").is_ok_and(|s| s == "1");
+        let subgroup_matmul = match std::env::var("SRAMLM_MATMUL").as_deref() {
+            Ok("plain") => Some(false),
+            Ok("subgroup") => Some(true),
+            Ok("") | Err(_) => None,
+            Ok(other) => {
+                return Err(GpuError::Options(format!(
+                    "SRAMLM_MATMUL={other:?}: expected `plain` or `subgroup`"
+                )))
+            }
+        };
         Ok(GpuOptions {
             backend,
             adapter,
             downlevel,
+            subgroup_matmul,
         })
     }
 }
@@ -241,12 +257,16 @@ pub struct Gpu {
 impl Gpu {
     pub fn new(opts: &GpuOptions) -> Result<Arc<Gpu>, GpuError> {
         let adapter = pick_adapter(opts)?;
-        Self::with_adapter(adapter, opts.downlevel)
+        Self::with_adapter(adapter, opts.downlevel, opts.subgroup_matmul)
     }
 
     /// Opens a device with the adapter's own limits (the wgpu defaults cap
     /// workgroup memory at 16 KiB), or with the WebGPU defaults if `downlevel`.
-    pub fn with_adapter(adapter: wgpu::Adapter, downlevel: bool) -> Result<Arc<Gpu>, GpuError> {
+    pub fn with_adapter(
+        adapter: wgpu::Adapter,
+        downlevel: bool,
+        subgroup_matmul: Option<bool>,
+    ) -> Result<Arc<Gpu>, GpuError> {
         let info = adapter.get_info();
         let have = adapter.features();
         let mut want = wgpu::Features::empty();
@@ -283,11 +303,7 @@ impl Gpu {
             shader_f16: want.contains(wgpu::Features::SHADER_F16),
             subgroups: want.contains(wgpu::Features::SUBGROUP),
             subgroup_matmul: want.contains(wgpu::Features::SUBGROUP)
-                && match std::env::var("SRAMLM_MATMUL").as_deref() {
-                    Ok("plain") => false,
-                    Ok("subgroup") => true,
-                    _ => info.device_type != wgpu::DeviceType::Cpu,
-                },
+                && subgroup_matmul.unwrap_or(info.device_type != wgpu::DeviceType::Cpu),
             timestamps: want.contains(wgpu::Features::TIMESTAMP_QUERY),
             workgroup_storage: limits.max_compute_workgroup_storage_size,
         };

@@ -19,7 +19,9 @@ pub struct Params {
     pub out_rows_only: u32,
     pub split1: u32,
     pub split2: u32,
-    pub _pad: [u32; 2],
+    /// RMSNorm epsilon (NORM variants).
+    pub eps: f32,
+    pub _pad: u32,
 }
 
 /// Fused forms of the product (VRAM mode, fewer dispatches per layer).
@@ -35,8 +37,26 @@ pub enum Fuse {
     Glu,
 }
 
-/// Output rows per workgroup on the subgroup path.
+/// Output rows per workgroup on the subgroup path for a subgroup size of 8
+/// (lavapipe); [`rows_per_workgroup`] gives the adapter's.
 pub const RPW: u32 = 8;
+
+/// Subgroup path: one row per subgroup of the 64-thread workgroup.
+pub fn rows_per_workgroup(gpu: &Gpu) -> u32 {
+    (64 / gpu.info.subgroup_max_size.max(1)).clamp(1, 64)
+}
+
+/// RMSNorm applied inside the decode (TT=1) product: the product reads the
+/// raw residual `x` and normalises it itself (`NORM`), so the separate norm
+/// dispatch runs only for prefill steps.
+#[derive(Clone, Copy)]
+pub struct Norm<'a> {
+    /// The residual stream (un-normalised rows).
+    pub x: &'a wgpu::Buffer,
+    /// The norm's weight vector (K floats).
+    pub weight: &'a wgpu::Buffer,
+    pub eps: f32,
+}
 /// Output rows per workgroup on the plain (thread-per-row) path.
 pub const ROWS_PLAIN: u32 = 64;
 /// Tokens per workgroup in the prefill variant.
@@ -62,11 +82,29 @@ pub fn variant_fused(
     subgroups: bool,
     fuse: Fuse,
 ) -> ShaderVariant {
+    variant_full(dtype, tt, accumulate, subgroups, fuse, None, RPW)
+}
+
+/// Every option: `norm_k` (TT=1 only) fuses RMSNorm over K = `norm_k`
+/// inputs; `rpw` is the subgroup path's rows per workgroup.
+pub fn variant_full(
+    dtype: DType,
+    tt: u32,
+    accumulate: bool,
+    subgroups: bool,
+    fuse: Fuse,
+    norm_k: Option<usize>,
+    rpw: u32,
+) -> ShaderVariant {
     let mut v = ShaderVariant::new("main")
         .define(weight_define(dtype))
         .define(format!("TT={tt}"))
         .define(format!("TT{tt}"))
-        .define(format!("RPW={RPW}"));
+        .define(format!("RPW={rpw}"));
+    if let Some(k) = norm_k {
+        assert_eq!(tt, 1, "NORM is a decode (TT=1) variant");
+        v = v.define("NORM").define(format!("K4={}", k / 4));
+    }
     if accumulate {
         v = v.define("ACCUMULATE");
     }
@@ -98,11 +136,24 @@ pub fn build(
     accumulate: bool,
     rows: Rows,
 ) -> Result<[KernelOp; 2], GpuError> {
-    build_fused(gpu, step, name, w, x, &[y], accumulate, rows, Fuse::None)
+    build_fused(
+        gpu,
+        step,
+        name,
+        w,
+        x,
+        &[y],
+        accumulate,
+        rows,
+        Fuse::None,
+        None,
+    )
 }
 
 /// `build` for the fused forms: `ys` holds one output (plain, GLU) or three
-/// (Split3: q, k, v). For GLU, `w` holds gate then up rows.
+/// (Split3: q, k, v). For GLU, `w` holds gate then up rows. With `norm`, the
+/// decode variant reads `norm.x` and applies the RMSNorm itself; the prefill
+/// variant reads `x` (the norm's output, from a separate norm dispatch).
 #[allow(clippy::too_many_arguments)]
 pub fn build_fused(
     gpu: &Gpu,
@@ -114,6 +165,7 @@ pub fn build_fused(
     accumulate: bool,
     rows: Rows,
     fuse: Fuse,
+    norm: Option<Norm<'_>>,
 ) -> Result<[KernelOp; 2], GpuError> {
     let out_rows = if fuse == Fuse::Glu {
         w.rows / 2
@@ -131,18 +183,27 @@ pub fn build_fused(
         out_rows_only: (rows == Rows::OutRows) as u32,
         split1: split1 as u32,
         split2: split2 as u32,
-        _pad: [0; 2],
+        eps: norm.map_or(0.0, |n| n.eps),
+        _pad: 0,
     };
     let params = gpu.uniform("matmul.params", &p);
     let mut bufs: Vec<&wgpu::Buffer> = vec![&params, step, &w.buf, x];
     bufs.extend_from_slice(ys);
+    // The decode variant's bindings: with NORM, the raw rows and the weight.
+    let mut bufs1 = bufs.clone();
+    if let Some(nm) = norm {
+        bufs1[3] = nm.x;
+        bufs1.push(nm.weight);
+    }
     let class = if rows == Rows::OutRows {
         KernelClass::Logits
     } else {
         KernelClass::Matmul
     };
     let sg = gpu.level.subgroup_matmul;
-    let n_groups = (out_rows as u32).div_ceil(if sg { RPW } else { ROWS_PLAIN });
+    let rpw = rows_per_workgroup(gpu);
+    let n_groups = (out_rows as u32).div_ceil(if sg { rpw } else { ROWS_PLAIN });
+    let norm_k = norm.map(|_| w.cols);
     let count = move |s: &Step| match rows {
         Rows::Tokens => s.n_tokens,
         Rows::OutRows => s.n_out_rows,
@@ -153,9 +214,9 @@ pub fn build_fused(
         class,
         gpu.pipeline(
             Shader::Matmul,
-            &variant_fused(w.dtype, 1, accumulate, sg, fuse),
+            &variant_full(w.dtype, 1, accumulate, sg, fuse, norm_k, rpw),
         )?,
-        &bufs,
+        &bufs1,
         move |s: &Step| {
             if count(s) == 1 {
                 [n_groups, 1, 1]
@@ -170,7 +231,7 @@ pub fn build_fused(
         class,
         gpu.pipeline(
             Shader::Matmul,
-            &variant_fused(w.dtype, TT_PREFILL, accumulate, sg, fuse),
+            &variant_full(w.dtype, TT_PREFILL, accumulate, sg, fuse, None, rpw),
         )?,
         &bufs,
         move |s: &Step| {
@@ -241,10 +302,20 @@ mod tests {
     }
 
     fn check(dtype: DType, n: usize, k: usize, tokens: usize, accumulate: bool, rows: Rows) {
-        let gpu = match gpu() {
-            Some(g) => g,
-            None => return,
-        };
+        for gpu in gpu_paths() {
+            check_on(&gpu, dtype, n, k, tokens, accumulate, rows);
+        }
+    }
+
+    fn check_on(
+        gpu: &Gpu,
+        dtype: DType,
+        n: usize,
+        k: usize,
+        tokens: usize,
+        accumulate: bool,
+        rows: Rows,
+    ) {
         let bytes = encode(dtype, n, k, 11 + n as u64);
         let wf = dequantize(dtype, &bytes, n * k);
         let t = Tensor {
@@ -288,17 +359,20 @@ mod tests {
                 &x[k..],
             ),
         };
-        run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
+        run(gpu, &step_buf, step, &[&ops[0], &ops[1]]);
         let mut want = cpu(xs, &wf, n, k);
         if accumulate {
             want.iter_mut().zip(&y0).for_each(|(a, b)| *a += b);
         }
-        let got = read_f32(&gpu, &yb, want.len());
+        let got = read_f32(gpu, &yb, want.len());
         assert_close(
             &got,
             &want,
             2e-5,
-            &format!("matmul {dtype} n={n} k={k} T={tokens}"),
+            &format!(
+                "matmul {dtype} n={n} k={k} T={tokens} subgroup path: {}",
+                gpu.level.subgroup_matmul
+            ),
         );
     }
 
@@ -327,7 +401,12 @@ mod tests {
     /// with the SwiGLU gate applied, against the separate CPU products.
     #[test]
     fn fused_split3_and_glu() {
-        let Some(gpu) = gpu() else { return };
+        for gpu in gpu_paths() {
+            fused_on(&gpu);
+        }
+    }
+
+    fn fused_on(gpu: &Arc<Gpu>) {
         for (dtype, tokens) in [
             (DType::F32, 1),
             (DType::Q4_1, 1),
@@ -373,6 +452,7 @@ mod tests {
                     q_rows: nq,
                     k_rows: nk,
                 },
+                None,
             )
             .unwrap();
             run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
@@ -413,6 +493,7 @@ mod tests {
                 false,
                 Rows::Tokens,
                 Fuse::Glu,
+                None,
             )
             .unwrap();
             run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
@@ -425,6 +506,137 @@ mod tests {
                 2e-5,
                 &format!("glu {dtype}"),
             );
+        }
+    }
+
+    /// NORM: the decode product normalises the raw row itself; it must equal
+    /// rmsnorm then the product, for the plain, Split3 and GLU forms, on every
+    /// matmul path, and when only the last row's logits are asked for.
+    #[test]
+    fn fused_rmsnorm_decode() {
+        for gpu in gpu_paths() {
+            for dtype in [DType::F32, DType::Q4_1, DType::Q8_0] {
+                let (k, nq, nk) = (96, 24, 8);
+                let rows = nq + 2 * nk;
+                let bytes = encode(dtype, rows, k, 91);
+                let wf = dequantize(dtype, &bytes, rows * k);
+                let t = Tensor {
+                    dtype,
+                    shape: vec![rows, k],
+                    bytes: Bytes::Owned(Arc::new(bytes)),
+                };
+                let w = GpuWeight::upload(&gpu, "w", &t).unwrap();
+                let eps = 1e-5;
+                // Two token rows; the product reads the one the step names.
+                let x: Vec<f32> = seeded(2 * k, 13).iter().map(|v| 3.0 * v).collect();
+                let g: Vec<f32> = seeded(k, 17).iter().map(|v| 1.0 + 0.5 * v).collect();
+                let xb = gpu.upload("x", bytemuck::cast_slice(&x)).unwrap();
+                let gb = gpu.upload("g", bytemuck::cast_slice(&g)).unwrap();
+                let unused = gpu.storage_buffer("xn", (2 * k * 4) as u64).unwrap();
+                let norm = Some(Norm {
+                    x: &xb,
+                    weight: &gb,
+                    eps,
+                });
+                let step_buf = gpu.uniform("step", &Step::default());
+                let tag = format!("{dtype}, subgroup path: {}", gpu.level.subgroup_matmul);
+                let xn = crate::kernels::rmsnorm::cpu(&x, &g, eps);
+                for (row, rows_mode) in [(0, Rows::Tokens), (1, Rows::OutRows)] {
+                    let step = match rows_mode {
+                        Rows::Tokens => Step {
+                            n_tokens: 1,
+                            n_out_rows: 1,
+                            ..Default::default()
+                        },
+                        Rows::OutRows => Step {
+                            n_tokens: 2,
+                            out_row0: 1,
+                            n_out_rows: 1,
+                            ..Default::default()
+                        },
+                    };
+                    let want = cpu(&xn[row * k..(row + 1) * k], &wf, rows, k);
+                    let y = gpu.storage_buffer("y", (rows * 4) as u64).unwrap();
+                    let ops = build_fused(
+                        &gpu,
+                        &step_buf,
+                        "mm",
+                        &w,
+                        &unused,
+                        &[&y],
+                        false,
+                        rows_mode,
+                        Fuse::None,
+                        norm,
+                    )
+                    .unwrap();
+                    run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
+                    assert_close(
+                        &read_f32(&gpu, &y, rows),
+                        &want,
+                        2e-5,
+                        &format!("norm {tag} row {row}"),
+                    );
+                    if rows_mode == Rows::OutRows {
+                        continue;
+                    }
+                    let ys: Vec<wgpu::Buffer> = [nq, nk, nk]
+                        .iter()
+                        .map(|&n| gpu.storage_buffer("part", (n * 4) as u64).unwrap())
+                        .collect();
+                    let ops = build_fused(
+                        &gpu,
+                        &step_buf,
+                        "qkv",
+                        &w,
+                        &unused,
+                        &[&ys[0], &ys[1], &ys[2]],
+                        false,
+                        Rows::Tokens,
+                        Fuse::Split3 {
+                            q_rows: nq,
+                            k_rows: nk,
+                        },
+                        norm,
+                    )
+                    .unwrap();
+                    run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
+                    assert_close(
+                        &read_f32(&gpu, &ys[0], nq),
+                        &want[..nq],
+                        2e-5,
+                        &format!("norm split3 q {tag}"),
+                    );
+                    assert_close(
+                        &read_f32(&gpu, &ys[2], nk),
+                        &want[nq + nk..],
+                        2e-5,
+                        &format!("norm split3 v {tag}"),
+                    );
+                    let h = gpu.storage_buffer("h", (rows / 2 * 4) as u64).unwrap();
+                    let ops = build_fused(
+                        &gpu,
+                        &step_buf,
+                        "glu",
+                        &w,
+                        &unused,
+                        &[&h],
+                        false,
+                        Rows::Tokens,
+                        Fuse::Glu,
+                        norm,
+                    )
+                    .unwrap();
+                    run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
+                    let glu = crate::kernels::silu_mul::cpu(&want[..rows / 2], &want[rows / 2..]);
+                    assert_close(
+                        &read_f32(&gpu, &h, rows / 2),
+                        &glu,
+                        2e-5,
+                        &format!("norm glu {tag}"),
+                    );
+                }
+            }
         }
     }
 

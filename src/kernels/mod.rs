@@ -118,6 +118,13 @@ impl KernelOp {
         (self.grid)(step)
     }
 
+    /// This op, dispatched only for steps where `pred` holds (else an empty grid).
+    pub fn only_when(mut self, pred: impl Fn(&Step) -> bool + Send + Sync + 'static) -> Self {
+        let grid = self.grid;
+        self.grid = Box::new(move |s: &Step| if pred(s) { grid(s) } else { [0, 0, 0] });
+        self
+    }
+
     /// Records this op into a compute pass; returns false if the step needs no work.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, step: &Step) -> bool {
         let [x, y, z] = self.groups(step);
@@ -207,6 +214,23 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
                             matmul::Fuse::Glu,
                         ] {
                             v.push((Shader::Matmul, matmul::variant_fused(dt, tt, acc, sg, fuse)));
+                        }
+                        if tt == 1 {
+                            for fuse in [
+                                matmul::Fuse::None,
+                                matmul::Fuse::Glu,
+                                matmul::Fuse::Split3 {
+                                    q_rows: 1,
+                                    k_rows: 1,
+                                },
+                            ] {
+                                for rpw in [2, matmul::RPW] {
+                                    v.push((
+                                        Shader::Matmul,
+                                        matmul::variant_full(dt, tt, acc, sg, fuse, Some(576), rpw),
+                                    ));
+                                }
+                            }
                         }
                     }
                 }
