@@ -323,7 +323,7 @@ mod tests {
             shape: vec![n, k],
             bytes: Bytes::Owned(Arc::new(bytes)),
         };
-        let w = GpuWeight::upload(&gpu, "w", &t).unwrap();
+        let w = GpuWeight::upload(gpu, "w", &t).unwrap();
         // Asymmetric input: rows differ in scale so a transpose shows.
         let x: Vec<f32> = seeded(tokens * k, 3)
             .iter()
@@ -334,7 +334,7 @@ mod tests {
         let xb = gpu.upload("x", bytemuck::cast_slice(&x)).unwrap();
         let yb = gpu.upload("y", bytemuck::cast_slice(&y0)).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
-        let ops = build(&gpu, &step_buf, "mm", &w, &xb, &yb, accumulate, rows).unwrap();
+        let ops = build(gpu, &step_buf, "mm", &w, &xb, &yb, accumulate, rows).unwrap();
         let (step, xs) = match rows {
             Rows::Tokens => (
                 Step {
@@ -423,7 +423,7 @@ mod tests {
                 shape: vec![rows, k],
                 bytes: Bytes::Owned(Arc::new(bytes)),
             };
-            let w = GpuWeight::upload(&gpu, "w", &t).unwrap();
+            let w = GpuWeight::upload(gpu, "w", &t).unwrap();
             let x: Vec<f32> = seeded(tokens * k, 3)
                 .iter()
                 .enumerate()
@@ -440,7 +440,7 @@ mod tests {
                 ..Default::default()
             };
             let ops = build_fused(
-                &gpu,
+                gpu,
                 &step_buf,
                 "qkv",
                 &w,
@@ -455,7 +455,7 @@ mod tests {
                 None,
             )
             .unwrap();
-            run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
+            run(gpu, &step_buf, step, &[&ops[0], &ops[1]]);
             let full = cpu(&x, &wf, rows, k);
             let part = |r0: usize, n: usize| -> Vec<f32> {
                 (0..tokens)
@@ -463,19 +463,19 @@ mod tests {
                     .collect()
             };
             assert_close(
-                &read_f32(&gpu, &yq, tokens * nq),
+                &read_f32(gpu, &yq, tokens * nq),
                 &part(0, nq),
                 2e-5,
                 "split3 q",
             );
             assert_close(
-                &read_f32(&gpu, &yk, tokens * nk),
+                &read_f32(gpu, &yk, tokens * nk),
                 &part(nq, nk),
                 2e-5,
                 "split3 k",
             );
             assert_close(
-                &read_f32(&gpu, &yv, tokens * nk),
+                &read_f32(gpu, &yv, tokens * nk),
                 &part(nq + nk, nk),
                 2e-5,
                 "split3 v",
@@ -484,7 +484,7 @@ mod tests {
             let half = rows / 2;
             let h = gpu.storage_buffer("h", (tokens * half * 4) as u64).unwrap();
             let ops = build_fused(
-                &gpu,
+                gpu,
                 &step_buf,
                 "glu",
                 &w,
@@ -496,12 +496,12 @@ mod tests {
                 None,
             )
             .unwrap();
-            run(&gpu, &step_buf, step, &[&ops[0], &ops[1]]);
+            run(gpu, &step_buf, step, &[&ops[0], &ops[1]]);
             let g = part(0, half);
             let u = part(half, half);
             let want = crate::kernels::silu_mul::cpu(&g, &u);
             assert_close(
-                &read_f32(&gpu, &h, tokens * half),
+                &read_f32(gpu, &h, tokens * half),
                 &want,
                 2e-5,
                 &format!("glu {dtype}"),
