@@ -45,14 +45,21 @@ struct Params {
 #else
 @group(0) @binding(5) var<storage, read> G: array<f32>;
 #endif
+#endif
+#ifdef XSTAGE
+// TT=1: the token's x row staged in workgroup memory (normalised with NORM),
+// plus its 32-element block sums (the Q4_1 offset term m * sum(x)).
 const K4: u32 = {{K4}}u;
 var<workgroup> XN: array<vec4<f32>, K4>;
+var<workgroup> XS: array<f32, K4 / 8u>;
 var<workgroup> red: array<f32, 64>;
 
-// XN = rms_norm(X[row]) * G, computed by the whole workgroup (64 threads).
+// XN = X[row] (NORM: rms_norm(X[row]) * G, the arithmetic of rmsnorm.wgsl),
+// computed by the whole workgroup (64 threads).
 // PyTorch (LlamaRMSNorm): w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-fn norm_row(row: u32, lid: u32) {
+fn stage_row(row: u32, lid: u32) {
     let base = row * K4;
+#ifdef NORM
     var ss = 0.0;
     for (var i = lid; i < P.k; i += 64u) {
         let v = X[base + i / 4u][i % 4u];
@@ -71,13 +78,26 @@ fn norm_row(row: u32, lid: u32) {
         let g = vec4<f32>(G[4u * i], G[4u * i + 1u], G[4u * i + 2u], G[4u * i + 3u]);
         XN[i] = g * (X[base + i] * inv);
     }
+#else
+    for (var i = lid; i < K4; i += 64u) {
+        XN[i] = X[base + i];
+    }
+#endif
     workgroupBarrier();
+#ifdef W_Q4_1
+    for (var b = lid; b < K4 / 8u; b += 64u) {
+        let v = XN[8u * b] + XN[8u * b + 1u] + XN[8u * b + 2u] + XN[8u * b + 3u]
+              + XN[8u * b + 4u] + XN[8u * b + 5u] + XN[8u * b + 6u] + XN[8u * b + 7u];
+        XS[b] = v.x + v.y + v.z + v.w;
+    }
+    workgroupBarrier();
+#endif
 }
 #endif
 
 // x chunk i (vec4 index into X; with NORM into the normalised row XN).
 fn xat(i: u32) -> vec4<f32> {
-#ifdef NORM
+#ifdef XSTAGE
     return XN[i];
 #else
     return X[i];
@@ -88,6 +108,42 @@ fn xat(i: u32) -> vec4<f32> {
 // silu(x @ Wg.T) * (x @ Wu.T), the SwiGLU gate, in one dispatch.
 
 #include wdecode
+
+#ifdef XSTAGE
+#ifdef W_Q4_1
+// Q4_1 block blk of the row at byte rb · the staged x:
+//   sum_j (d q_j + m) x_j = d * sum_j q_j x_j + m * XS[blk].
+// Each nibble is masked in place, never shifted down: (q & (15 << s)) is
+// q_j * 2^s exactly, so lane c of `lo` / `hi` collects q_j x_j * 2^s with one
+// s per lane, and the powers of two are taken out once per block (exact).
+const NIB: vec4<u32> = vec4<u32>(0xfu, 0xf00u, 0xf0000u, 0xf000000u);
+const UNSHIFT: vec4<f32> = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
+
+fn nib_at(q: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) & NIB));
+}
+
+fn q41_dot(rb: u32, blk: u32) -> f32 {
+    let w0 = (rb + blk * 20u) >> 2u;
+    let dm = unpack2x16float(W[w0]);
+    let xb = blk * 8u;
+    let q0 = W[w0 + 1u];
+    let q1 = W[w0 + 2u];
+    let q2 = W[w0 + 3u];
+    let q3 = W[w0 + 4u];
+    // Byte i of word c holds q[4c + i] (low nibble) and q[4c + i + 16] (high).
+    var lo = nib_at(q0) * XN[xb];
+    lo = fma(nib_at(q1), XN[xb + 1u], lo);
+    lo = fma(nib_at(q2), XN[xb + 2u], lo);
+    lo = fma(nib_at(q3), XN[xb + 3u], lo);
+    var hi = nib_at(q0 >> 4u) * XN[xb + 4u];
+    hi = fma(nib_at(q1 >> 4u), XN[xb + 5u], hi);
+    hi = fma(nib_at(q2 >> 4u), XN[xb + 6u], hi);
+    hi = fma(nib_at(q3 >> 4u), XN[xb + 7u], hi);
+    return fma(dm.x, dot(lo + hi, UNSHIFT), dm.y * XS[blk]);
+}
+#endif
+#endif
 
 // One decoded block (lib/wdecode) · x chunks xb .. xb+7.
 fn bdot(w: WBlock, xb: u32) -> f32 {
@@ -167,6 +223,9 @@ fn dot_rows(rb: u32, xr0: u32, last: u32, k4n: u32, start: u32, stride: u32) -> 
     // Whole 32-weight blocks (scale decoded once per block), then the tail.
     let nb = k4n / 8u;
     for (var blk = start; blk < nb; blk += stride) {
+#ifdef Q41X
+        a.x += q41_dot(rb, blk);
+#else
         let w = wblock(rb, blk);
         let xb = blk * 8u;
 #ifdef TT1
@@ -176,6 +235,7 @@ fn dot_rows(rb: u32, xr0: u32, last: u32, k4n: u32, start: u32, stride: u32) -> 
 #endif
 #ifdef TT8
         b += vec4<f32>(bdot(w, x4 + xb), bdot(w, x5 + xb), bdot(w, x6 + xb), bdot(w, x7 + xb));
+#endif
 #endif
     }
     let k4_0 = nb * 8u + start;
@@ -219,9 +279,9 @@ fn main(
         return;
     }
     let k4n = P.k / 4u;
-#ifdef NORM
-    // x comes from XN (row 0 of workgroup memory), normalised here.
-    norm_row(x_row0 + t0, lid);
+#ifdef XSTAGE
+    // x comes from XN (workgroup memory), staged (normalised) here.
+    stage_row(x_row0 + t0, lid);
     let xr = 0u;
     let xl = 0u;
 #else
@@ -272,8 +332,8 @@ fn main(
     if (t0 >= n_tok) {
         return;
     }
-#ifdef NORM
-    norm_row(x_row0 + t0, lid);
+#ifdef XSTAGE
+    stage_row(x_row0 + t0, lid);
     let xr = 0u;
     let xl = 0u;
 #else

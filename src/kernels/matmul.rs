@@ -82,18 +82,21 @@ pub fn variant_fused(
     subgroups: bool,
     fuse: Fuse,
 ) -> ShaderVariant {
-    variant_full(dtype, tt, accumulate, subgroups, fuse, None, RPW)
+    variant_full(dtype, tt, accumulate, subgroups, fuse, false, 576, RPW)
 }
 
-/// Every option: `norm_k` (TT=1 only) fuses RMSNorm over K = `norm_k`
-/// inputs; `rpw` is the subgroup path's rows per workgroup.
+/// Every option. `k`: input features (the decode variant stages the row of
+/// x in workgroup memory, K floats); `norm` (TT=1 only) fuses RMSNorm; `rpw`
+/// is the subgroup path's rows per workgroup.
+#[allow(clippy::too_many_arguments)]
 pub fn variant_full(
     dtype: DType,
     tt: u32,
     accumulate: bool,
     subgroups: bool,
     fuse: Fuse,
-    norm_k: Option<usize>,
+    norm: bool,
+    k: usize,
     rpw: u32,
 ) -> ShaderVariant {
     let mut v = ShaderVariant::new("main")
@@ -101,9 +104,18 @@ pub fn variant_full(
         .define(format!("TT={tt}"))
         .define(format!("TT{tt}"))
         .define(format!("RPW={rpw}"));
-    if let Some(k) = norm_k {
-        assert_eq!(tt, 1, "NORM is a decode (TT=1) variant");
-        v = v.define("NORM").define(format!("K4={}", k / 4));
+    assert!(!norm || tt == 1, "NORM is a decode (TT=1) variant");
+    // Decode on the thread-per-row path (and every NORM variant): x staged in
+    // workgroup memory once per workgroup; Q4_1 then takes the offset term
+    // from staged block sums (docs/optimizations.md).
+    if tt == 1 && (norm || !subgroups) {
+        v = v.define("XSTAGE").define(format!("K4={}", k / 4));
+        if dtype == DType::Q4_1 {
+            v = v.define("Q41X");
+        }
+    }
+    if norm {
+        v = v.define("NORM");
     }
     if accumulate {
         v = v.define("ACCUMULATE");
@@ -203,7 +215,6 @@ pub fn build_fused(
     let sg = gpu.level.subgroup_matmul;
     let rpw = rows_per_workgroup(gpu);
     let n_groups = (out_rows as u32).div_ceil(if sg { rpw } else { ROWS_PLAIN });
-    let norm_k = norm.map(|_| w.cols);
     let count = move |s: &Step| match rows {
         Rows::Tokens => s.n_tokens,
         Rows::OutRows => s.n_out_rows,
@@ -214,7 +225,16 @@ pub fn build_fused(
         class,
         gpu.pipeline(
             Shader::Matmul,
-            &variant_full(w.dtype, 1, accumulate, sg, fuse, norm_k, rpw),
+            &variant_full(
+                w.dtype,
+                1,
+                accumulate,
+                sg,
+                fuse,
+                norm.is_some(),
+                w.cols,
+                rpw,
+            ),
         )?,
         &bufs1,
         move |s: &Step| {
@@ -231,7 +251,9 @@ pub fn build_fused(
         class,
         gpu.pipeline(
             Shader::Matmul,
-            &variant_full(w.dtype, TT_PREFILL, accumulate, sg, fuse, None, rpw),
+            &variant_full(
+                w.dtype, TT_PREFILL, accumulate, sg, fuse, false, w.cols, rpw,
+            ),
         )?,
         &bufs,
         move |s: &Step| {

@@ -227,7 +227,7 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
                                 for rpw in [2, matmul::RPW] {
                                     v.push((
                                         Shader::Matmul,
-                                        matmul::variant_full(dt, tt, acc, sg, fuse, Some(576), rpw),
+                                        matmul::variant_full(dt, tt, acc, sg, fuse, true, 576, rpw),
                                     ));
                                 }
                             }
