@@ -5,8 +5,10 @@
 //
 // One workgroup per (head, token), 64 threads, positions in chunks of CHUNK:
 // threads score one position each (q from shared memory, K as vec4), the
-// chunk's max and sum are reduced in shared memory, then thread d adds
-// p · V[., d] for its dims (V reads coalesce across threads); a running
+// chunk's max and sum are reduced in shared memory, then the 64 threads
+// split as G = 64 / (HD/4) position groups × HD/4 vec4 lanes add p · V[j, .]
+// for their positions (vec4 V reads coalesce across a group; G chains of
+// n / G loads instead of one of n) and the groups are summed; a running
 // softmax (max, sum) carries across chunks. HD={{HD}} (head_dim, a multiple
 // of 4, at most 128).
 //
@@ -36,7 +38,7 @@ struct Params {
 @group(0) @binding(1) var<uniform> S: Step;
 @group(0) @binding(2) var<storage, read> Q: array<vec4<f32>>;  // [T, H*hd/4]
 @group(0) @binding(3) var<storage, read> Kc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
-@group(0) @binding(4) var<storage, read> Vc: array<f32>;       // [ctx, Hkv*hd]
+@group(0) @binding(4) var<storage, read> Vc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
 @group(0) @binding(5) var<storage, read_write> O: array<f32>;  // [T, H*hd]
 #ifdef PARTIAL
 @group(0) @binding(6) var<storage, read_write> St: array<f32>; // [T, H, 2 + hd]
@@ -49,6 +51,9 @@ const CHUNK: u32 = 256u;
 var<workgroup> qs: array<vec4<f32>, {{HD4}}>;
 var<workgroup> sc: array<f32, 256>;
 var<workgroup> red: array<f32, 64>;
+var<workgroup> vpart: array<vec4<f32>, 64>;
+// V phase: G position groups of HD4 threads (threads past G * HD4 idle).
+const G: u32 = WG / HD4;
 
 fn reduce_max(v: f32, lid: u32) -> f32 {
     red[lid] = v;
@@ -127,17 +132,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         let chunk_sum = reduce_sum(local_sum, lid);
         l_run = l_run * corr + chunk_sum;
+        let vb4 = (S.kv_base + c0) * kv_dim4 + kvh * HD4;
+        let lane = lid % HD4;
+        let grp = lid / HD4;
+        var av = vec4<f32>(0.0);
+        if (grp < G) {
+            for (var j = grp; j < n; j += G) {
+                av = fma(vec4<f32>(sc[j]), Vc[vb4 + j * kv_dim4 + lane], av);
+            }
+        }
+        vpart[lid] = av;
+        workgroupBarrier();
         var a0 = 0.0;
         var a1 = 0.0;
-        let vb = (S.kv_base + c0) * kv_dim + kvh * HD;
-        for (var j = 0u; j < n; j++) {
-            let p = sc[j];
-            let row = vb + j * kv_dim;
+        for (var g = 0u; g < G; g++) {
             if (lid < HD) {
-                a0 = fma(p, Vc[row + lid], a0);
+                a0 += vpart[g * HD4 + lid / 4u][lid % 4u];
             }
             if (lid + WG < HD) {
-                a1 = fma(p, Vc[row + lid + WG], a1);
+                a1 += vpart[g * HD4 + (lid + WG) / 4u][(lid + WG) % 4u];
             }
         }
         acc0 = acc0 * corr + a0;
