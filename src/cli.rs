@@ -984,15 +984,9 @@ fn reference_for(m: &Model) -> Option<(Vec<u32>, sramlm::bench::RefContinuation)
     ))
 }
 
+/// The git revision this binary was built from (see build.rs).
 fn git_revision() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    env!("SRAMLM_GIT_REV").to_string()
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
