@@ -1,7 +1,7 @@
 //! The generation loop shared by both modes: prompt → prefill → decode loop,
 //! streaming text, stopping at EOS or the token budget, with timing stats.
 
-use crate::exec::{ExecError, Executor};
+use crate::exec::{ExecError, Executor, Readback};
 use crate::model::LlamaConfig;
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -108,6 +108,7 @@ pub fn generate(
         !opts.ignore_eos && (cfg.eos_token_ids.contains(&id) || opts.stop_ids.contains(&id))
     };
     let decode_start = Instant::now();
+    let greedy = sampler.readback() == Readback::Argmax;
     loop {
         ids.push(next);
         if is_stop(next) {
@@ -120,6 +121,38 @@ pub fn generate(
             text.push_str(&piece);
         }
         if ids.len() >= opts.max_tokens || exec.position() >= ctx {
+            break;
+        }
+        if greedy {
+            // The rest in one pipelined call (the executor feeds each pick to
+            // the next step itself); same stops as the loop.
+            let mut t = Instant::now();
+            let mut failed = None;
+            exec.decode_greedy(next, opts.max_tokens - ids.len(), &mut |id| {
+                stats.decode_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                t = Instant::now();
+                ids.push(id);
+                if is_stop(id) {
+                    stats.stopped_at_eos = true;
+                    return false;
+                }
+                match dec.push(tok, id) {
+                    Ok(piece) => {
+                        if !piece.is_empty() {
+                            on_text(&piece);
+                            text.push_str(&piece);
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
             break;
         }
         let t = Instant::now();

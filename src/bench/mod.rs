@@ -6,7 +6,7 @@ pub mod calibrate;
 pub mod svg;
 
 use crate::chip::{self, ChipSpec, GpuSpec, Plan, Precision};
-use crate::exec::{Executor, Readback, StepOutput};
+use crate::exec::{argmax_of, Executor, Readback};
 use crate::model::Model;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -82,17 +82,6 @@ fn median(v: &[f64]) -> f64 {
     percentile(v, 50.0)
 }
 
-fn argmax_of(out: &StepOutput) -> u32 {
-    match out {
-        StepOutput::Token { id, .. } => *id,
-        StepOutput::Candidates(c) => c.first().map_or(0, |p| p.0),
-        StepOutput::Logits { rows, data } => {
-            let v = data.len() / (*rows).max(1);
-            crate::kernels::argmax::cpu(&data[data.len() - v..]) as u32
-        }
-    }
-}
-
 /// Progress callback: (done, total) decode steps.
 pub type Progress<'a> = &'a mut dyn FnMut(u64);
 
@@ -110,13 +99,15 @@ fn run_once(
     let prefill = t.elapsed().as_secs_f64();
     let mut ids = vec![argmax_of(&out)];
     let mut lat = Vec::with_capacity(gen);
-    while ids.len() < gen {
-        let t = Instant::now();
-        let out = exec.step(&[*ids.last().unwrap_or(&0)], Readback::Argmax)?;
+    // Per-token latency: the time between successive ids arriving.
+    let mut t = Instant::now();
+    let more = exec.decode_greedy(ids[0], gen.saturating_sub(1), &mut |_| {
         lat.push(t.elapsed().as_secs_f64());
-        ids.push(argmax_of(&out));
+        t = Instant::now();
         progress(1);
-    }
+        true
+    })?;
+    ids.extend(more);
     Ok((ids, prefill, lat))
 }
 

@@ -166,9 +166,54 @@ pub trait Executor {
             self.mode()
         )))
     }
+    /// Greedy decoding after `first` (the id the previous step picked): up
+    /// to `n` steps, each fed the previous pick, stopping at the context.
+    /// `on_token` sees each new id in order and returns false to stop.
+    /// Returns the ids. Modes may pipeline (VRAM mode feeds each pick back on
+    /// the GPU and records the next step before the last one is read back);
+    /// the default runs one blocking step per token.
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        n: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>, ExecError> {
+        decode_greedy_blocking(self, first, n, on_token)
+    }
     /// Mode-specific stats for the JSON output.
     fn extra_stats(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
 }
 pub mod sram;
+
+/// The id a greedy step picked (from whatever the step read back).
+pub fn argmax_of(out: &StepOutput) -> u32 {
+    match out {
+        StepOutput::Token { id, .. } => *id,
+        StepOutput::Candidates(c) => c.first().map_or(0, |p| p.0),
+        StepOutput::Logits { rows, data } => {
+            let v = data.len() / (*rows).max(1);
+            crate::kernels::argmax::cpu(&data[data.len() - v..]) as u32
+        }
+    }
+}
+
+/// [`Executor::decode_greedy`] as one blocking step per token.
+pub fn decode_greedy_blocking<E: Executor + ?Sized>(
+    exec: &mut E,
+    first: u32,
+    n: usize,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<Vec<u32>, ExecError> {
+    let mut out = Vec::with_capacity(n);
+    let mut last = first;
+    while out.len() < n && exec.position() < exec.context_len() {
+        last = argmax_of(&exec.step(&[last], Readback::Argmax)?);
+        out.push(last);
+        if !on_token(last) {
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -75,6 +75,8 @@ pub struct VramExecutor {
     topk: Option<(usize, KernelOp)>,
     readback: wgpu::Buffer,
     readback_size: u64,
+    /// Greedy pipelining: two 8-byte readback slots, one per step in flight.
+    greedy_slots: [wgpu::Buffer; 2],
     weight_bytes: u64,
     kv_bytes: u64,
     counters: ExecCounters,
@@ -315,6 +317,10 @@ impl VramExecutor {
         keep.push(final_norm);
         let readback_size = f(2 * topk::MAX_K);
         let readback = gpu.readback_buffer("readback", readback_size);
+        let greedy_slots = [
+            gpu.readback_buffer("greedy.0", 8),
+            gpu.readback_buffer("greedy.1", 8),
+        ];
         Ok(VramExecutor {
             gpu,
             cfg: cfg.clone(),
@@ -329,6 +335,7 @@ impl VramExecutor {
             topk: None,
             readback,
             readback_size,
+            greedy_slots,
             weight_bytes,
             kv_bytes,
             counters: ExecCounters::default(),
@@ -357,6 +364,91 @@ impl VramExecutor {
             self.readback = self.gpu.readback_buffer("readback", size);
             self.readback_size = size;
         }
+    }
+
+    /// Records the step's dispatches (body, head if logit rows are asked
+    /// for, argmax / top-k) into `enc`; returns how many were recorded.
+    fn record_ops(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        step: &Step,
+        rb: Option<Readback>,
+    ) -> u64 {
+        let step = *step;
+        let n_out_rows = step.n_out_rows;
+        let mut dispatched = 0u64;
+        {
+            let mut ops: Vec<&KernelOp> = self.body.iter().collect();
+            if n_out_rows > 0 {
+                ops.extend(self.head.iter());
+            }
+            match rb {
+                Some(Readback::Argmax) => ops.push(&self.argmax),
+                Some(Readback::TopK(_)) => ops.extend(self.topk.as_ref().map(|t| &t.1)),
+                _ => {}
+            }
+            if let Some(prof) = self.profiler.as_mut() {
+                // Profiling: one pass per dispatch, each with timestamps.
+                for op in ops {
+                    if op.groups(&step).contains(&0) {
+                        continue;
+                    }
+                    let tw = prof.next(op.class);
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(&op.name),
+                        timestamp_writes: tw,
+                    });
+                    op.record(&mut pass, &step);
+                    self.counters.count(op.class);
+                    dispatched += 1;
+                }
+                prof.resolve(enc);
+            } else {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("forward"),
+                    timestamp_writes: None,
+                });
+                for op in ops {
+                    if op.record(&mut pass, &step) {
+                        self.counters.count(op.class);
+                        dispatched += 1;
+                    }
+                }
+            }
+        }
+        dispatched
+    }
+
+    /// Submits one greedy decode step at the current position whose input id
+    /// is already in `act.ids`; its pick goes to `greedy_slots[slot]` and into
+    /// `act.ids` for the step after it (fed back on the GPU).
+    fn submit_greedy(&mut self, slot: usize) -> wgpu::SubmissionIndex {
+        let step = Step {
+            n_tokens: 1,
+            pos0: self.pos as u32,
+            out_row0: 0,
+            n_out_rows: 1,
+            kv_base: 0,
+            _pad: [0; 3],
+        };
+        self.gpu
+            .queue
+            .write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&step));
+        let mut enc = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("greedy step"),
+            });
+        let dispatched = self.record_ops(&mut enc, &step, Some(Readback::Argmax));
+        enc.copy_buffer_to_buffer(&self.act.result, 0, &self.greedy_slots[slot], 0, 8);
+        enc.copy_buffer_to_buffer(&self.act.result, 0, &self.act.ids, 0, 4);
+        let idx = self.gpu.queue.submit([enc.finish()]);
+        self.counters.steps += 1;
+        self.counters.submissions += 1;
+        self.counters.dispatches_last_decode = dispatched;
+        self.pos += 1;
+        idx
     }
 
     /// Runs one chunk (≤ `self.chunk` tokens) and reads back `rb`.
@@ -403,46 +495,7 @@ impl VramExecutor {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step"),
             });
-        let mut dispatched = 0u64;
-        {
-            let mut ops: Vec<&KernelOp> = self.body.iter().collect();
-            if n_out_rows > 0 {
-                ops.extend(self.head.iter());
-            }
-            match rb {
-                Some(Readback::Argmax) => ops.push(&self.argmax),
-                Some(Readback::TopK(_)) => ops.extend(self.topk.as_ref().map(|t| &t.1)),
-                _ => {}
-            }
-            if let Some(prof) = self.profiler.as_mut() {
-                // Profiling: one pass per dispatch, each with timestamps.
-                for op in ops {
-                    if op.groups(&step).contains(&0) {
-                        continue;
-                    }
-                    let tw = prof.next(op.class);
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some(&op.name),
-                        timestamp_writes: tw,
-                    });
-                    op.record(&mut pass, &step);
-                    self.counters.count(op.class);
-                    dispatched += 1;
-                }
-                prof.resolve(&mut enc);
-            } else {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("forward"),
-                    timestamp_writes: None,
-                });
-                for op in ops {
-                    if op.record(&mut pass, &step) {
-                        self.counters.count(op.class);
-                        dispatched += 1;
-                    }
-                }
-            }
-        }
+        let dispatched = self.record_ops(&mut enc, &step, rb);
         let read_len: u64 = match rb {
             None => 0,
             Some(Readback::Argmax) => 8,
@@ -526,5 +579,49 @@ impl Executor for VramExecutor {
     }
     fn set_profiling(&mut self, on: bool) -> bool {
         self.enable_profiling(on)
+    }
+    /// Pipelined: step i + 1 is recorded and submitted (its input id copied
+    /// from step i's argmax on the GPU) before step i's id is read back, so
+    /// the CPU's recording and the readback round trip overlap GPU work.
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        n: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>, ExecError> {
+        if self.profiler.is_some() {
+            // One pass per dispatch with timestamps: keep steps apart.
+            return super::decode_greedy_blocking(self, first, n, on_token);
+        }
+        let n = n.min(self.ctx.saturating_sub(self.pos));
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        super::check_step(&[first], self.pos, self.ctx, self.cfg.vocab_size)?;
+        let start = self.pos;
+        self.gpu
+            .queue
+            .write_buffer(&self.act.ids, 0, bytemuck::bytes_of(&first));
+        let mut in_flight = self.submit_greedy(0);
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let next = (i + 1 < n).then(|| self.submit_greedy((i + 1) % 2));
+            let bytes =
+                self.gpu
+                    .read_after(&self.greedy_slots[i % 2], 8, Some(in_flight.clone()))?;
+            self.counters.readback_bytes += 8;
+            let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            out.push(id);
+            if !on_token(id) {
+                break;
+            }
+            if let Some(idx) = next {
+                in_flight = idx;
+            }
+        }
+        // A step submitted past a stop only wrote the cache beyond the
+        // position kept here: later steps overwrite it.
+        self.pos = start + out.len();
+        Ok(out)
     }
 }

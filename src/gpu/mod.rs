@@ -470,13 +470,27 @@ impl Gpu {
 
     /// Waits for all submitted work, then maps `buf` and copies `len` bytes out.
     pub fn read(&self, buf: &wgpu::Buffer, len: u64) -> Result<Vec<u8>, GpuError> {
+        self.read_after(buf, len, None)
+    }
+
+    /// [`Gpu::read`] that waits only for submission `after` (later
+    /// submissions keep running), or for all work if `None`.
+    pub fn read_after(
+        &self,
+        buf: &wgpu::Buffer,
+        len: u64,
+        after: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>, GpuError> {
         let len = len.div_ceil(4) * 4;
         let (tx, rx) = std::sync::mpsc::channel();
         buf.map_async(wgpu::MapMode::Read, 0..len, move |r| {
             let _ = tx.send(r);
         });
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: after,
+                timeout: None,
+            })
             .map_err(|e| GpuError::Device(e.to_string()))?;
         rx.recv()
             .map_err(|e| GpuError::Map(e.to_string()))?
