@@ -17,6 +17,13 @@
 // [pos_begin, pos_end) into a running softmax state St[t, h] = (m, l, acc[HD])
 // that travels chip to chip over the links; the first block starts it (init),
 // the last one normalises it into O (finalize).
+//
+// ROPE (VRAM mode, decode steps: one token): RoPE and the KV-cache write are
+// done here instead of in rope.wgsl. Each workgroup rotates its q head and
+// its KV head's new k (same arithmetic as rope.wgsl) into workgroup memory
+// and uses them for the current position; the first q head of each KV group
+// also stores k and v into the cache for later steps. Nobody reads the cache
+// at the current position, so no workgroup waits on another.
 
 struct Params {
     n_heads: u32,
@@ -29,7 +36,7 @@ struct Params {
     pos_end: u32,
     init: u32,
     finalize: u32,
-    _pad0: u32,
+    pair_layout: u32, // ROPE: 0 rotate_half, pairs (i, i + hd/2); 1 GGUF, pairs (2i, 2i + 1)
     _pad1: u32,
 }
 #include step
@@ -37,11 +44,21 @@ struct Params {
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: Step;
 @group(0) @binding(2) var<storage, read> Q: array<vec4<f32>>;  // [T, H*hd/4]
+#ifdef ROPE
+@group(0) @binding(3) var<storage, read_write> Kc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
+@group(0) @binding(4) var<storage, read_write> Vc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
+#else
 @group(0) @binding(3) var<storage, read> Kc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
 @group(0) @binding(4) var<storage, read> Vc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
+#endif
 @group(0) @binding(5) var<storage, read_write> O: array<f32>;  // [T, H*hd]
 #ifdef PARTIAL
 @group(0) @binding(6) var<storage, read_write> St: array<f32>; // [T, H, 2 + hd]
+#endif
+#ifdef ROPE
+@group(0) @binding(6) var<storage, read> cos_sin: array<vec2<f32>>; // [ctx, hd/2]
+@group(0) @binding(7) var<storage, read> Kn: array<f32>;            // this step's k [Hkv*hd]
+@group(0) @binding(8) var<storage, read> Vn: array<vec4<f32>>;      // this step's v [Hkv*hd/4]
 #endif
 
 const WG: u32 = 64u;
@@ -52,6 +69,58 @@ var<workgroup> qs: array<vec4<f32>, {{HD4}}>;
 var<workgroup> sc: array<f32, 256>;
 var<workgroup> red: array<f32, 64>;
 var<workgroup> vpart: array<vec4<f32>, 64>;
+#ifdef ROPE
+var<workgroup> kcur: array<vec4<f32>, {{HD4}}>;
+var<workgroup> vcur: array<vec4<f32>, {{HD4}}>;
+
+// Element e of head vector x (at flat index b) rotated for position pos, as
+// rope.wgsl computes it: the pair's first x0 c - x1 s, its second x1 c + x0 s.
+fn rope_q(b: u32, e: u32, pos: u32) -> f32 {
+    let half = HD / 2u;
+    var i = e;
+    var p = e;
+    var first = true;
+    if (P.pair_layout == 0u) {
+        first = e < half;
+        i = select(e - half, e, first);
+        p = select(e - half, e + half, first);
+    } else {
+        first = (e & 1u) == 0u;
+        i = e / 2u;
+        p = select(e - 1u, e + 1u, first);
+    }
+    let cs = cos_sin[pos * half + i];
+    let x = Q[(b + e) / 4u][(b + e) % 4u];
+    let y = Q[(b + p) / 4u][(b + p) % 4u];
+    if (first) {
+        return x * cs.x - y * cs.y;
+    }
+    return x * cs.x + y * cs.y;
+}
+
+fn rope_k(b: u32, e: u32, pos: u32) -> f32 {
+    let half = HD / 2u;
+    var i = e;
+    var p = e;
+    var first = true;
+    if (P.pair_layout == 0u) {
+        first = e < half;
+        i = select(e - half, e, first);
+        p = select(e - half, e + half, first);
+    } else {
+        first = (e & 1u) == 0u;
+        i = e / 2u;
+        p = select(e - 1u, e + 1u, first);
+    }
+    let cs = cos_sin[pos * half + i];
+    let x = Kn[b + e];
+    let y = Kn[b + p];
+    if (first) {
+        return x * cs.x - y * cs.y;
+    }
+    return x * cs.x + y * cs.y;
+}
+#endif
 // V phase: G position groups of HD4 threads (threads past G * HD4 idle).
 const G: u32 = WG / HD4;
 
@@ -95,10 +164,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kv_dim = P.n_kv_heads * HD;
     let kv_dim4 = kv_dim / 4u;
     let qb4 = (t * P.n_heads * HD + h * HD) / 4u;
+#ifdef ROPE
+    // One token (decode): rotate q and the new k, stage the new v.
+    let qb = t * P.n_heads * HD + h * HD;
+    let kb = t * kv_dim + kvh * HD;
+    for (var i = lid; i < HD4; i += WG) {
+        let e = 4u * i;
+        qs[i] = vec4<f32>(rope_q(qb, e, pos), rope_q(qb, e + 1u, pos), rope_q(qb, e + 2u, pos), rope_q(qb, e + 3u, pos));
+        kcur[i] = vec4<f32>(rope_k(kb, e, pos), rope_k(kb, e + 1u, pos), rope_k(kb, e + 2u, pos), rope_k(kb, e + 3u, pos));
+        vcur[i] = Vn[kb / 4u + i];
+    }
+    workgroupBarrier();
+    if (h % (P.n_heads / P.n_kv_heads) == 0u) {
+        let c4 = (S.kv_base + pos) * kv_dim4 + kvh * HD4;
+        for (var i = lid; i < HD4; i += WG) {
+            Kc[c4 + i] = kcur[i];
+            Vc[c4 + i] = vcur[i];
+        }
+    }
+#else
     for (var i = lid; i < HD4; i += WG) {
         qs[i] = Q[qb4 + i];
     }
     workgroupBarrier();
+#endif
     var s_begin = P.pos_begin;
     var s_end = min(P.pos_end, pos + 1u);
     if (kvh < P.kv_head_begin || kvh >= P.kv_head_end || s_end < s_begin) {
@@ -115,9 +204,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var j = lid; j < n; j += WG) {
             let kb4 = (S.kv_base + c0 + j) * kv_dim4 + kvh * HD4;
             var d = 0.0;
+#ifdef ROPE
+            if (c0 + j == pos) {
+                for (var i = 0u; i < HD4; i++) {
+                    d += dot(qs[i], kcur[i]);
+                }
+            } else {
+                for (var i = 0u; i < HD4; i++) {
+                    d += dot(qs[i], Kc[kb4 + i]);
+                }
+            }
+#else
             for (var i = 0u; i < HD4; i++) {
                 d += dot(qs[i], Kc[kb4 + i]);
             }
+#endif
             let score = d * P.scale;
             sc[j] = score;
             local_max = max(local_max, score);
@@ -138,7 +239,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var av = vec4<f32>(0.0);
         if (grp < G) {
             for (var j = grp; j < n; j += G) {
+#ifdef ROPE
+                if (c0 + j == pos) {
+                    av = fma(vec4<f32>(sc[j]), vcur[lane], av);
+                } else {
+                    av = fma(vec4<f32>(sc[j]), Vc[vb4 + j * kv_dim4 + lane], av);
+                }
+#else
                 av = fma(vec4<f32>(sc[j]), Vc[vb4 + j * kv_dim4 + lane], av);
+#endif
             }
         }
         vpart[lid] = av;

@@ -211,27 +211,47 @@ impl VramExecutor {
                 }),
             )?);
             // q, k = rope(q, k, pos); k_cache[pos], v_cache[pos] = k, v
-            body.push(rope::build(
+            // (decode steps: inside the attention kernel below)
+            body.push(
+                rope::build(
+                    &gpu,
+                    &step_buf,
+                    &format!("{l}.rope"),
+                    &shape,
+                    &cos_sin,
+                    &act.q,
+                    &act.k,
+                    &act.v,
+                    &k_cache,
+                    &v_cache,
+                )?
+                .only_when(|s| s.n_tokens > 1),
+            );
+            // att = softmax(q k^T / sqrt(hd) + causal) v          [T, H*hd]
+            body.push(
+                attention::build(
+                    &gpu,
+                    &step_buf,
+                    &format!("{l}.attention"),
+                    cfg.num_heads,
+                    cfg.num_kv_heads,
+                    cfg.head_dim,
+                    &act.q,
+                    &k_cache,
+                    &v_cache,
+                    &act.att,
+                )?
+                .only_when(|s| s.n_tokens > 1),
+            );
+            body.push(attention::build_decode_rope(
                 &gpu,
                 &step_buf,
-                &format!("{l}.rope"),
+                &format!("{l}.rope_attention"),
                 &shape,
                 &cos_sin,
                 &act.q,
                 &act.k,
                 &act.v,
-                &k_cache,
-                &v_cache,
-            )?);
-            // att = softmax(q k^T / sqrt(hd) + causal) v          [T, H*hd]
-            body.push(attention::build(
-                &gpu,
-                &step_buf,
-                &format!("{l}.attention"),
-                cfg.num_heads,
-                cfg.num_kv_heads,
-                cfg.head_dim,
-                &act.q,
                 &k_cache,
                 &v_cache,
                 &act.att,

@@ -16,7 +16,9 @@ pub struct Params {
     pub pos_end: u32,
     pub init: u32,
     pub finalize: u32,
-    pub _pad: [u32; 2],
+    /// ROPE variant: [`crate::model::RopeLayout::as_u32`].
+    pub pair_layout: u32,
+    pub _pad: u32,
 }
 
 /// One KV block's share of a layer's attention (SRAM mode).
@@ -49,6 +51,63 @@ pub fn partial_variant(head_dim: usize) -> ShaderVariant {
     variant(head_dim).define("PARTIAL")
 }
 
+/// VRAM decode: RoPE and the KV-cache write inside the attention kernel.
+pub fn rope_variant(head_dim: usize) -> ShaderVariant {
+    variant(head_dim).define("ROPE")
+}
+
+/// Decode-step attention (one token) that also rotates q and the new k
+/// (`k`, `v`: the step's K/V projections) and stores k, v into the caches:
+/// replaces the rope dispatch when decoding. Dispatched only for one-token
+/// steps.
+#[allow(clippy::too_many_arguments)]
+pub fn build_decode_rope(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    rope: &super::rope::Shape,
+    cos_sin: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    k: &wgpu::Buffer,
+    v: &wgpu::Buffer,
+    k_cache: &wgpu::Buffer,
+    v_cache: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<KernelOp, GpuError> {
+    check_head_dim(rope.head_dim)?;
+    let p = Params {
+        n_heads: rope.n_heads as u32,
+        n_kv_heads: rope.n_kv_heads as u32,
+        head_dim: rope.head_dim as u32,
+        scale: (rope.head_dim as f64).powf(-0.5) as f32,
+        kv_head_begin: 0,
+        kv_head_end: rope.n_kv_heads as u32,
+        pos_begin: 0,
+        pos_end: u32::MAX,
+        init: 1,
+        finalize: 1,
+        pair_layout: rope.layout.as_u32(),
+        _pad: 0,
+    };
+    let params = gpu.uniform("attention.params", &p);
+    let pipe = gpu.pipeline(Shader::Attention, &rope_variant(rope.head_dim))?;
+    let h = rope.n_heads as u32;
+    Ok(KernelOp::new(
+        gpu,
+        name,
+        KernelClass::Attention,
+        pipe,
+        &[&params, step, q, k_cache, v_cache, out, cos_sin, k, v],
+        move |s: &Step| {
+            if s.n_tokens == 1 {
+                [h, 1, 1]
+            } else {
+                [0, 0, 0]
+            }
+        },
+    ))
+}
+
 /// SRAM mode: folds one KV block into the running state `st` `[T, H, 2+hd]`,
 /// writing `out` on the last block.
 #[allow(clippy::too_many_arguments)]
@@ -78,7 +137,8 @@ pub fn build_block(
         pos_end: block.positions.1.min(u32::MAX as usize) as u32,
         init: block.init as u32,
         finalize: block.finalize as u32,
-        _pad: [0; 2],
+        pair_layout: 0,
+        _pad: 0,
     };
     let params = gpu.uniform("attention.params", &p);
     let pipe = gpu.pipeline(Shader::Attention, &partial_variant(head_dim))?;
@@ -122,7 +182,8 @@ pub fn build(
         pos_end: u32::MAX,
         init: 1,
         finalize: 1,
-        _pad: [0; 2],
+        pair_layout: 0,
+        _pad: 0,
     };
     let params = gpu.uniform("attention.params", &p);
     let pipe = gpu.pipeline(Shader::Attention, &variant(head_dim))?;
@@ -230,6 +291,81 @@ mod tests {
             1e-5,
             &format!("attention h={h} hkv={hkv} hd={hd}"),
         );
+    }
+
+    /// ROPE decode variant: rotates q and the new k, writes k and v into the
+    /// caches at the position (first q head of each group), and attends as
+    /// rope then attention would, for both pair layouts.
+    #[test]
+    fn decode_rope_attention_matches_rope_then_attention() {
+        use crate::kernels::rope::{cos_sin_table, cpu_rotate, Shape};
+        use crate::model::RopeLayout;
+        let Some(gpu) = gpu() else { return };
+        let (h, hkv, hd, pos, theta) = (6usize, 2usize, 16usize, 7usize, 10000.0f32);
+        let ctx = pos + 3;
+        let kv_dim = hkv * hd;
+        for layout in [RopeLayout::Halves, RopeLayout::Adjacent] {
+            let q: Vec<f32> = seeded(h * hd, 21).iter().map(|v| v * 3.0).collect();
+            let k = seeded(kv_dim, 22);
+            let v = seeded(kv_dim, 23);
+            // Earlier positions already in the caches; later ones garbage.
+            let kc0 = seeded(ctx * kv_dim, 24);
+            let vc0 = seeded(ctx * kv_dim, 25);
+            let up = |n: &str, d: &[f32]| gpu.upload(n, bytemuck::cast_slice(d)).unwrap();
+            let (qb, kb, vb) = (up("q", &q), up("k", &k), up("v", &v));
+            let (kcb, vcb) = (up("kc", &kc0), up("vc", &vc0));
+            let cs = up("cos_sin", &cos_sin_table(ctx, hd, theta));
+            let ob = gpu.storage_buffer("o", (h * hd * 4) as u64).unwrap();
+            let step_buf = gpu.uniform("step", &Step::default());
+            let shape = Shape {
+                n_heads: h,
+                n_kv_heads: hkv,
+                head_dim: hd,
+                layout,
+            };
+            let op = build_decode_rope(
+                &gpu, &step_buf, "ra", &shape, &cs, &qb, &kb, &vb, &kcb, &vcb, &ob,
+            )
+            .unwrap();
+            let step = Step {
+                n_tokens: 1,
+                pos0: pos as u32,
+                n_out_rows: 1,
+                ..Default::default()
+            };
+            run(&gpu, &step_buf, step, &[&op]);
+            let mut qr = q.clone();
+            for c in qr.chunks_mut(hd) {
+                cpu_rotate(c, pos, theta, layout);
+            }
+            let mut kr = k.clone();
+            for c in kr.chunks_mut(hd) {
+                cpu_rotate(c, pos, theta, layout);
+            }
+            let (mut kc, mut vc) = (kc0.clone(), vc0.clone());
+            kc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&kr);
+            vc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&v);
+            let tag = format!("{layout:?}");
+            let want = cpu(&qr, &kc, &vc, pos, h, hkv, hd);
+            assert_close(
+                &read_f32(&gpu, &ob, h * hd),
+                &want,
+                1e-5,
+                &format!("rope attention {tag}"),
+            );
+            assert_close(
+                &read_f32(&gpu, &kcb, ctx * kv_dim),
+                &kc,
+                1e-6,
+                &format!("k cache {tag}"),
+            );
+            assert_close(
+                &read_f32(&gpu, &vcb, ctx * kv_dim),
+                &vc,
+                0.0,
+                &format!("v cache {tag}"),
+            );
+        }
     }
 
     /// The same attention folded over KV blocks split by heads and positions.
