@@ -73,52 +73,41 @@ var<workgroup> vpart: array<vec4<f32>, 64>;
 var<workgroup> kcur: array<vec4<f32>, {{HD4}}>;
 var<workgroup> vcur: array<vec4<f32>, {{HD4}}>;
 
-// Element e of head vector x (at flat index b) rotated for position pos, as
-// rope.wgsl computes it: the pair's first x0 c - x1 s, its second x1 c + x0 s.
-fn rope_q(b: u32, e: u32, pos: u32) -> f32 {
+// RoPE's pair for element e of a head: (cos/sin index, partner element,
+// 1 if e is the pair's first). Element e rotated, as rope.wgsl computes it:
+// the pair's first x0 c - x1 s, its second x1 c + x0 s.
+fn rope_pair(e: u32) -> vec3<u32> {
     let half = HD / 2u;
-    var i = e;
-    var p = e;
-    var first = true;
     if (P.pair_layout == 0u) {
-        first = e < half;
-        i = select(e - half, e, first);
-        p = select(e - half, e + half, first);
-    } else {
-        first = (e & 1u) == 0u;
-        i = e / 2u;
-        p = select(e - 1u, e + 1u, first);
+        if (e < half) {
+            return vec3<u32>(e, e + half, 1u);
+        }
+        return vec3<u32>(e - half, e - half, 0u);
     }
-    let cs = cos_sin[pos * half + i];
-    let x = Q[(b + e) / 4u][(b + e) % 4u];
-    let y = Q[(b + p) / 4u][(b + p) % 4u];
-    if (first) {
+    if ((e & 1u) == 0u) {
+        return vec3<u32>(e / 2u, e + 1u, 1u);
+    }
+    return vec3<u32>(e / 2u, e - 1u, 0u);
+}
+
+fn rotate(x: f32, y: f32, pr: vec3<u32>, pos: u32) -> f32 {
+    let cs = cos_sin[pos * (HD / 2u) + pr.x];
+    if (pr.z == 1u) {
         return x * cs.x - y * cs.y;
     }
     return x * cs.x + y * cs.y;
 }
 
+// Element e of the q head at flat index b, rotated for position pos.
+fn rope_q(b: u32, e: u32, pos: u32) -> f32 {
+    let pr = rope_pair(e);
+    return rotate(Q[(b + e) / 4u][(b + e) % 4u], Q[(b + pr.y) / 4u][(b + pr.y) % 4u], pr, pos);
+}
+
+// Element e of this step's k head at flat index b, rotated for position pos.
 fn rope_k(b: u32, e: u32, pos: u32) -> f32 {
-    let half = HD / 2u;
-    var i = e;
-    var p = e;
-    var first = true;
-    if (P.pair_layout == 0u) {
-        first = e < half;
-        i = select(e - half, e, first);
-        p = select(e - half, e + half, first);
-    } else {
-        first = (e & 1u) == 0u;
-        i = e / 2u;
-        p = select(e - 1u, e + 1u, first);
-    }
-    let cs = cos_sin[pos * half + i];
-    let x = Kn[b + e];
-    let y = Kn[b + p];
-    if (first) {
-        return x * cs.x - y * cs.y;
-    }
-    return x * cs.x + y * cs.y;
+    let pr = rope_pair(e);
+    return rotate(Kn[b + e], Kn[b + pr.y], pr, pos);
 }
 #endif
 // V phase: G position groups of HD4 threads (threads past G * HD4 idle).
