@@ -18,6 +18,14 @@
 # test and bench executables in target/release/deps) are used.
 # Results go to $OUT (default bench-out/): JSON and SVG per bench, and every
 # log in logs.tgz.
+#
+# On a container whose NVIDIA driver is mounted in (as on the lent H100):
+# install the Vulkan loader and glvnd (Debian libvulkan1 libegl1 libglvnd0
+# libopengl0 libgl1 libglx0 libgles2; without glvnd the NVIDIA ICD fails with
+# "Could not get 'vkCreateInstance'") and point the loader at the driver:
+#   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+# Prebuilt test binaries look for their fixtures under the path they were
+# built in: link the checkout there if it differs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
