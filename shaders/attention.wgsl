@@ -3,10 +3,11 @@
 //   out[t, h] = softmax(q · K[0..=pos]^T * scale) · V[0..=pos]
 // PyTorch: attn = softmax(q @ repeat_kv(k).T * head_dim**-0.5 + causal_mask) @ repeat_kv(v)
 //
-// One workgroup per (head, token), 64 threads, positions in chunks of CHUNK:
+// One workgroup per (head, token), WG={{WG}} threads (64 on CPU adapters and in
+// SRAM mode, 256 on GPUs), positions in chunks of CHUNK:
 // threads score one position each (q from shared memory, K as vec4), the
-// chunk's max and sum are reduced in shared memory, then the 64 threads
-// split as G = 64 / (HD/4) position groups × HD/4 vec4 lanes add p · V[j, .]
+// chunk's max and sum are reduced in shared memory, then the WG threads
+// split as G = WG / (HD/4) position groups × HD/4 vec4 lanes add p · V[j, .]
 // for their positions (vec4 V reads coalesce across a group; G chains of
 // n / G loads instead of one of n) and the groups are summed; a running
 // softmax (max, sum) carries across chunks. HD={{HD}} (head_dim, a multiple
@@ -61,14 +62,14 @@ struct Params {
 @group(0) @binding(8) var<storage, read> Vn: array<vec4<f32>>;      // this step's v [Hkv*hd/4]
 #endif
 
-const WG: u32 = 64u;
+const WG: u32 = {{WG}}u;
 const HD: u32 = {{HD}}u;
 const HD4: u32 = HD / 4u;
 const CHUNK: u32 = 256u;
 var<workgroup> qs: array<vec4<f32>, {{HD4}}>;
 var<workgroup> sc: array<f32, 256>;
-var<workgroup> red: array<f32, 64>;
-var<workgroup> vpart: array<vec4<f32>, 64>;
+var<workgroup> red: array<f32, {{WG}}>;
+var<workgroup> vpart: array<vec4<f32>, {{WG}}>;
 #ifdef ROPE
 var<workgroup> kcur: array<vec4<f32>, {{HD4}}>;
 var<workgroup> vcur: array<vec4<f32>, {{HD4}}>;
@@ -110,7 +111,7 @@ fn rope_k(b: u32, e: u32, pos: u32) -> f32 {
     return rotate(Kn[b + e], Kn[b + pr.y], pr, pos);
 }
 #endif
-// V phase: G position groups of HD4 threads (threads past G * HD4 idle).
+// V phase: G = WG / HD4 position groups of HD4 threads (threads past G * HD4 idle).
 const G: u32 = WG / HD4;
 
 fn reduce_max(v: f32, lid: u32) -> f32 {
@@ -141,7 +142,7 @@ fn reduce_sum(v: f32, lid: u32) -> f32 {
     return r;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size({{WG}})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
     let t = wid.y;
@@ -184,7 +185,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     var m_run = -3.0e38;
     var l_run = 0.0;
-    // Thread lid owns dims lid and lid + 64.
+    // Thread lid owns dims lid and lid + WG.
     var acc0 = 0.0;
     var acc1 = 0.0;
     for (var c0 = s_begin; c0 < s_end; c0 += CHUNK) {

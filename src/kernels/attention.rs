@@ -33,9 +33,26 @@ pub struct Block {
 }
 
 pub fn variant(head_dim: usize) -> ShaderVariant {
+    variant_wg(head_dim, 64)
+}
+
+/// `wg` threads per workgroup (a power of two, 64 to 256).
+pub fn variant_wg(head_dim: usize, wg: u32) -> ShaderVariant {
     ShaderVariant::new("main")
         .define(format!("HD={head_dim}"))
         .define(format!("HD4={}", head_dim / 4))
+        .define(format!("WG={wg}"))
+}
+
+/// Threads per workgroup for VRAM mode on this adapter: 256 on GPUs (more
+/// positions scored and summed at once: decode attention is a chain of
+/// dependent loads), 64 on CPU adapters (fewer invocations per barrier).
+pub fn workgroup_size(gpu: &Gpu) -> u32 {
+    if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        64
+    } else {
+        256
+    }
 }
 
 fn check_head_dim(head_dim: usize) -> Result<(), GpuError> {
@@ -52,8 +69,8 @@ pub fn partial_variant(head_dim: usize) -> ShaderVariant {
 }
 
 /// VRAM decode: RoPE and the KV-cache write inside the attention kernel.
-pub fn rope_variant(head_dim: usize) -> ShaderVariant {
-    variant(head_dim).define("ROPE")
+pub fn rope_variant(head_dim: usize, wg: u32) -> ShaderVariant {
+    variant_wg(head_dim, wg).define("ROPE")
 }
 
 /// Decode-step attention (one token) that also rotates q and the new k
@@ -74,6 +91,29 @@ pub fn build_decode_rope(
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
+    build_decode_rope_wg(
+        gpu,
+        step,
+        name,
+        rope,
+        cos_sin,
+        [q, k, v, k_cache, v_cache, out],
+        workgroup_size(gpu),
+    )
+}
+
+/// [`build_decode_rope`] with `wg` threads per workgroup; `bufs` is
+/// `[q, k, v, k_cache, v_cache, out]`.
+pub fn build_decode_rope_wg(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    rope: &super::rope::Shape,
+    cos_sin: &wgpu::Buffer,
+    bufs: [&wgpu::Buffer; 6],
+    wg: u32,
+) -> Result<KernelOp, GpuError> {
+    let [q, k, v, k_cache, v_cache, out] = bufs;
     check_head_dim(rope.head_dim)?;
     let p = Params {
         n_heads: rope.n_heads as u32,
@@ -90,7 +130,7 @@ pub fn build_decode_rope(
         _pad: 0,
     };
     let params = gpu.uniform("attention.params", &p);
-    let pipe = gpu.pipeline(Shader::Attention, &rope_variant(rope.head_dim))?;
+    let pipe = gpu.pipeline(Shader::Attention, &rope_variant(rope.head_dim, wg))?;
     let h = rope.n_heads as u32;
     Ok(KernelOp::new(
         gpu,
@@ -166,6 +206,28 @@ pub fn build(
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
+    let wg = workgroup_size(gpu);
+    build_wg(
+        gpu,
+        step,
+        name,
+        (n_heads, n_kv_heads, head_dim),
+        [q, k_cache, v_cache, out],
+        wg,
+    )
+}
+
+/// [`build`] with `wg` threads per workgroup; `bufs` is
+/// `[q, k_cache, v_cache, out]`.
+pub fn build_wg(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+    bufs: [&wgpu::Buffer; 4],
+    wg: u32,
+) -> Result<KernelOp, GpuError> {
+    let [q, k_cache, v_cache, out] = bufs;
     if head_dim > 16 && !head_dim.is_multiple_of(16) {
         return Err(GpuError::Device(format!(
             "attention needs head_dim ≤ 16 or a multiple of 16, got {head_dim}"
@@ -186,7 +248,7 @@ pub fn build(
         _pad: 0,
     };
     let params = gpu.uniform("attention.params", &p);
-    let pipe = gpu.pipeline(Shader::Attention, &variant(head_dim))?;
+    let pipe = gpu.pipeline(Shader::Attention, &variant_wg(head_dim, wg))?;
     let h = n_heads as u32;
     Ok(KernelOp::new(
         gpu,
@@ -257,40 +319,50 @@ mod tests {
         let (qb, kb, vb) = (up("q", &q), up("kc", &kc), up("vc", &vc));
         let ob = gpu.storage_buffer("o", (t * h * hd * 4) as u64).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
-        let op = build(&gpu, &step_buf, "attn", h, hkv, hd, &qb, &kb, &vb, &ob).unwrap();
-        run(
-            &gpu,
-            &step_buf,
-            Step {
-                n_tokens: t as u32,
-                pos0: pos0 as u32,
-                out_row0: 0,
-                n_out_rows: 1,
-                kv_base: 0,
-                _pad: [0; 3],
-            },
-            &[&op],
-        );
-        let got = read_f32(&gpu, &ob, t * h * hd);
-        let want: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                cpu(
-                    &q[i * h * hd..(i + 1) * h * hd],
-                    &kc,
-                    &vc,
-                    pos0 + i,
-                    h,
-                    hkv,
-                    hd,
-                )
-            })
-            .collect();
-        assert_close(
-            &got,
-            &want,
-            1e-5,
-            &format!("attention h={h} hkv={hkv} hd={hd}"),
-        );
+        for wg in [64, 256] {
+            let op = build_wg(
+                &gpu,
+                &step_buf,
+                "attn",
+                (h, hkv, hd),
+                [&qb, &kb, &vb, &ob],
+                wg,
+            )
+            .unwrap();
+            run(
+                &gpu,
+                &step_buf,
+                Step {
+                    n_tokens: t as u32,
+                    pos0: pos0 as u32,
+                    out_row0: 0,
+                    n_out_rows: 1,
+                    kv_base: 0,
+                    _pad: [0; 3],
+                },
+                &[&op],
+            );
+            let got = read_f32(&gpu, &ob, t * h * hd);
+            let want: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    cpu(
+                        &q[i * h * hd..(i + 1) * h * hd],
+                        &kc,
+                        &vc,
+                        pos0 + i,
+                        h,
+                        hkv,
+                        hd,
+                    )
+                })
+                .collect();
+            assert_close(
+                &got,
+                &want,
+                1e-5,
+                &format!("attention h={h} hkv={hkv} hd={hd} wg={wg}"),
+            );
+        }
     }
 
     /// ROPE decode variant: rotates q and the new k, writes k and v into the
@@ -304,7 +376,12 @@ mod tests {
         let (h, hkv, hd, pos, theta) = (6usize, 2usize, 16usize, 7usize, 10000.0f32);
         let ctx = pos + 3;
         let kv_dim = hkv * hd;
-        for layout in [RopeLayout::Halves, RopeLayout::Adjacent] {
+        for (layout, wg) in [
+            (RopeLayout::Halves, 64),
+            (RopeLayout::Adjacent, 64),
+            (RopeLayout::Halves, 256),
+            (RopeLayout::Adjacent, 256),
+        ] {
             let q: Vec<f32> = seeded(h * hd, 21).iter().map(|v| v * 3.0).collect();
             let k = seeded(kv_dim, 22);
             let v = seeded(kv_dim, 23);
@@ -323,8 +400,14 @@ mod tests {
                 head_dim: hd,
                 layout,
             };
-            let op = build_decode_rope(
-                &gpu, &step_buf, "ra", &shape, &cs, &qb, &kb, &vb, &kcb, &vcb, &ob,
+            let op = build_decode_rope_wg(
+                &gpu,
+                &step_buf,
+                "ra",
+                &shape,
+                &cs,
+                [&qb, &kb, &vb, &kcb, &vcb, &ob],
+                wg,
             )
             .unwrap();
             let step = Step {
@@ -345,7 +428,7 @@ mod tests {
             let (mut kc, mut vc) = (kc0.clone(), vc0.clone());
             kc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&kr);
             vc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&v);
-            let tag = format!("{layout:?}");
+            let tag = format!("{layout:?} wg={wg}");
             let want = cpu(&qr, &kc, &vc, pos, h, hkv, hd);
             assert_close(
                 &read_f32(&gpu, &ob, h * hd),
