@@ -44,11 +44,12 @@ pub fn variant_wg(head_dim: usize, wg: u32) -> ShaderVariant {
         .define(format!("WG={wg}"))
 }
 
-/// Threads per workgroup for VRAM mode on this adapter: 256 on GPUs (more
-/// positions scored and summed at once: decode attention is a chain of
-/// dependent loads), 64 on CPU adapters (fewer invocations per barrier).
-pub fn workgroup_size(gpu: &Gpu) -> u32 {
-    if gpu.info.device_type == wgpu::DeviceType::Cpu {
+/// Threads per workgroup for VRAM mode on this adapter: 256 on GPUs for
+/// heads of 32 or more (more positions scored and summed at once: decode
+/// attention is a chain of dependent loads), else 64 (CPU adapters: fewer
+/// invocations per barrier; small heads: 256 threads would mostly idle).
+pub fn workgroup_size(gpu: &Gpu, head_dim: usize) -> u32 {
+    if gpu.info.device_type == wgpu::DeviceType::Cpu || head_dim < 32 {
         64
     } else {
         256
@@ -98,7 +99,7 @@ pub fn build_decode_rope(
         rope,
         cos_sin,
         [q, k, v, k_cache, v_cache, out],
-        workgroup_size(gpu),
+        workgroup_size(gpu, rope.head_dim),
     )
 }
 
@@ -206,7 +207,7 @@ pub fn build(
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
-    let wg = workgroup_size(gpu);
+    let wg = workgroup_size(gpu, head_dim);
     build_wg(
         gpu,
         step,
