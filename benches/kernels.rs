@@ -199,17 +199,6 @@ fn f32_buffer(gpu: &Gpu, label: &str, n: usize, seed: u64) -> wgpu::Buffer {
         .expect("upload")
 }
 
-fn tokens_step(t: usize, pos0: usize) -> Step {
-    Step {
-        n_tokens: t as u32,
-        pos0: pos0 as u32,
-        out_row0: 0,
-        n_out_rows: 1,
-        kv_base: 0,
-        _pad: [0; 3],
-    }
-}
-
 fn bench_matmul(c: &mut Criterion, gpu: &Gpu, tokens: usize) {
     let group_name = if tokens == 1 {
         "matmul_decode".to_string()
@@ -225,7 +214,7 @@ fn bench_matmul(c: &mut Criterion, gpu: &Gpu, tokens: usize) {
     for (dt, (name, n, k)) in cases {
         g.throughput(Throughput::BytesDecimal(weight_bytes(dt, n, k) as u64));
         bench_case(&mut g, BenchmarkId::new(dt.to_string(), name), gpu, || {
-            let mut case = Case::new(gpu, tokens_step(tokens, 0));
+            let mut case = Case::new(gpu, Step::tokens(tokens as u32, 0));
             let x = f32_buffer(gpu, "x", tokens * k, 3);
             let y = gpu.storage_buffer("y", (tokens * n * 4) as u64).unwrap();
             let ws = weights(gpu, dt, n, k);
@@ -264,7 +253,7 @@ fn bench_sram_matmul(c: &mut Criterion, gpu: &Gpu) {
         for &(name, n, k) in MATMUL_SHAPES {
             g.throughput(Throughput::BytesDecimal(weight_bytes(dt, n, k) as u64));
             bench_case(&mut g, BenchmarkId::new(dt.to_string(), name), gpu, || {
-                let mut case = Case::new(gpu, tokens_step(t, 0));
+                let mut case = Case::new(gpu, Step::tokens(t as u32, 0));
                 let x = f32_buffer(gpu, "x", t * k, 3);
                 let y = gpu.storage_buffer("y", (t * n * 4) as u64).unwrap();
                 let ws = weights(gpu, dt, n, k);
@@ -298,7 +287,7 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu) {
         // K and V bytes read for the token at `pos` (positions 0..=pos).
         g.throughput(Throughput::BytesDecimal((2 * ctx * hkv * hd * 4) as u64));
         bench_case(&mut g, BenchmarkId::new("pos", pos), gpu, || {
-            let mut case = Case::new(gpu, tokens_step(1, pos));
+            let mut case = Case::new(gpu, Step::tokens(1, pos as u32));
             let q = f32_buffer(gpu, "q", h * hd, 1);
             let kc = f32_buffer(gpu, "kc", ctx * hkv * hd, 2);
             let vc = f32_buffer(gpu, "vc", ctx * hkv * hd, 3);
@@ -316,7 +305,7 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu) {
 fn bench_rmsnorm(c: &mut Criterion, gpu: &Gpu) {
     let mut g = c.benchmark_group("rmsnorm");
     bench_case(&mut g, BenchmarkId::new("dim", NORM_DIM), gpu, || {
-        let mut case = Case::new(gpu, tokens_step(1, 0));
+        let mut case = Case::new(gpu, Step::tokens(1, 0));
         let w = f32_buffer(gpu, "w", NORM_DIM, 1);
         let x = f32_buffer(gpu, "x", NORM_DIM, 2);
         let y = gpu.storage_buffer("y", (NORM_DIM * 4) as u64).unwrap();
@@ -336,7 +325,7 @@ fn bench_copy_and_dispatch(c: &mut Criterion, gpu: &Gpu) {
     g.throughput(Throughput::BytesDecimal(bytes));
     let id = BenchmarkId::new("read_bytes", format!("{}MiB", bytes >> 20));
     bench_case(&mut g, id, gpu, || {
-        let mut case = Case::new(gpu, tokens_step(1, 0));
+        let mut case = Case::new(gpu, Step::tokens(1, 0));
         let src = gpu.storage_buffer("src", bytes).unwrap();
         let dst = gpu.storage_buffer("dst", bytes).unwrap();
         let op = copy::build(gpu, &case.step_buf, "copy", &src, &dst, bytes).expect("copy");
@@ -350,7 +339,7 @@ fn bench_copy_and_dispatch(c: &mut Criterion, gpu: &Gpu) {
         BenchmarkId::from_parameter("empty_dispatch"),
         gpu,
         || {
-            let mut case = Case::new(gpu, tokens_step(1, 0));
+            let mut case = Case::new(gpu, Step::tokens(1, 0));
             let src = gpu.storage_buffer("src", 256).unwrap();
             let dst = gpu.storage_buffer("dst", 256).unwrap();
             let op = copy::build_empty(gpu, &case.step_buf, "empty", &src, &dst).expect("empty");

@@ -193,14 +193,7 @@ fn wait(gpu: &Gpu) -> Result<(), GpuError> {
         .map_err(|e| GpuError::Device(e.to_string()))
 }
 
-const ONE: Step = Step {
-    n_tokens: 1,
-    pos0: 0,
-    out_row0: 0,
-    n_out_rows: 1,
-    kv_base: 0,
-    _pad: [0; 3],
-};
+const ONE: Step = Step::tokens(1, 0);
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<f64, GpuError>) -> Result<f64, GpuError> {
     let mut best = f64::INFINITY;

@@ -443,14 +443,7 @@ impl VramExecutor {
     /// is already in `act.ids`; its pick goes to `greedy_slots[slot]` and into
     /// `act.ids` for the step after it (fed back on the GPU).
     fn submit_greedy(&mut self, slot: usize) -> wgpu::SubmissionIndex {
-        let step = Step {
-            n_tokens: 1,
-            pos0: self.pos as u32,
-            out_row0: 0,
-            n_out_rows: 1,
-            kv_base: 0,
-            _pad: [0; 3],
-        };
+        let step = Step::tokens(1, self.pos as u32);
         self.gpu
             .queue
             .write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&step));

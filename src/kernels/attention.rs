@@ -305,6 +305,20 @@ mod tests {
     use super::*;
     use crate::testing::*;
 
+    /// [`cpu`] for each token of `q` (`[T, H*hd]`), at positions pos0, pos0 + 1, …
+    fn cpu_tokens(
+        q: &[f32],
+        kc: &[f32],
+        vc: &[f32],
+        pos0: usize,
+        (h, hkv, hd): (usize, usize, usize),
+    ) -> Vec<f32> {
+        q.chunks(h * hd)
+            .enumerate()
+            .flat_map(|(i, qt)| cpu(qt, kc, vc, pos0 + i, h, hkv, hd))
+            .collect()
+    }
+
     fn check(h: usize, hkv: usize, hd: usize, t: usize, pos0: usize) {
         let Some(gpu) = gpu() else { return };
         let ctx = pos0 + t + 3;
@@ -330,33 +344,9 @@ mod tests {
                 wg,
             )
             .unwrap();
-            run(
-                &gpu,
-                &step_buf,
-                Step {
-                    n_tokens: t as u32,
-                    pos0: pos0 as u32,
-                    out_row0: 0,
-                    n_out_rows: 1,
-                    kv_base: 0,
-                    _pad: [0; 3],
-                },
-                &[&op],
-            );
+            run(&gpu, &step_buf, Step::tokens(t as u32, pos0 as u32), &[&op]);
             let got = read_f32(&gpu, &ob, t * h * hd);
-            let want: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    cpu(
-                        &q[i * h * hd..(i + 1) * h * hd],
-                        &kc,
-                        &vc,
-                        pos0 + i,
-                        h,
-                        hkv,
-                        hd,
-                    )
-                })
-                .collect();
+            let want = cpu_tokens(&q, &kc, &vc, pos0, (h, hkv, hd));
             assert_close(
                 &got,
                 &want,
@@ -411,12 +401,7 @@ mod tests {
                 wg,
             )
             .unwrap();
-            let step = Step {
-                n_tokens: 1,
-                pos0: pos as u32,
-                n_out_rows: 1,
-                ..Default::default()
-            };
+            let step = Step::tokens(1, pos as u32);
             run(&gpu, &step_buf, step, &[&op]);
             let mut qr = q.clone();
             for c in qr.chunks_mut(hd) {
@@ -493,33 +478,9 @@ mod tests {
             })
             .collect();
         let refs: Vec<_> = ops.iter().collect();
-        run(
-            &gpu,
-            &step_buf,
-            Step {
-                n_tokens: t as u32,
-                pos0: pos0 as u32,
-                out_row0: 0,
-                n_out_rows: 1,
-                kv_base: 0,
-                _pad: [0; 3],
-            },
-            &refs,
-        );
+        run(&gpu, &step_buf, Step::tokens(t as u32, pos0 as u32), &refs);
         let got = read_f32(&gpu, &ob, t * h * hd);
-        let want: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                cpu(
-                    &q[i * h * hd..(i + 1) * h * hd],
-                    &kc,
-                    &vc,
-                    pos0 + i,
-                    h,
-                    hkv,
-                    hd,
-                )
-            })
-            .collect();
+        let want = cpu_tokens(&q, &kc, &vc, pos0, (h, hkv, hd));
         assert_close(&got, &want, 1e-5, "attention in blocks");
     }
 

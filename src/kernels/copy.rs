@@ -174,14 +174,7 @@ mod tests {
     use super::*;
     use crate::testing::*;
 
-    const ONE: Step = Step {
-        n_tokens: 1,
-        pos0: 0,
-        out_row0: 0,
-        n_out_rows: 1,
-        kv_base: 0,
-        _pad: [0; 3],
-    };
+    const ONE: Step = Step::tokens(1, 0);
 
     /// Copies `n_vec4` vec4s with at most `max_groups` workgroups; the rest of
     /// `dst` must keep its old contents.

@@ -78,14 +78,7 @@ mod tests {
             .unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, &w, &ids_buf, &x).unwrap();
-        let step = Step {
-            n_tokens: ids.len() as u32,
-            pos0: 0,
-            out_row0: 0,
-            n_out_rows: 1,
-            kv_base: 0,
-            _pad: [0; 3],
-        };
+        let step = Step::tokens(ids.len() as u32, 0);
         run(&gpu, &step_buf, step, &[&op]);
         assert_close(
             &read_f32(&gpu, &x, ids.len() * dim),

@@ -358,17 +358,7 @@ mod tests {
         let step_buf = gpu.uniform("step", &Step::default());
         let ops = build(gpu, &step_buf, "mm", &w, &xb, &yb, accumulate, rows).unwrap();
         let (step, xs) = match rows {
-            Rows::Tokens => (
-                Step {
-                    n_tokens: tokens as u32,
-                    pos0: 0,
-                    out_row0: 0,
-                    n_out_rows: 1,
-                    kv_base: 0,
-                    _pad: [0; 3],
-                },
-                &x[..],
-            ),
+            Rows::Tokens => (Step::tokens(tokens as u32, 0), &x[..]),
             Rows::OutRows => (
                 Step {
                     n_tokens: tokens as u32,
@@ -456,11 +446,7 @@ mod tests {
             let yk = gpu.storage_buffer("k", (tokens * nk * 4) as u64).unwrap();
             let yv = gpu.storage_buffer("v", (tokens * nk * 4) as u64).unwrap();
             let step_buf = gpu.uniform("step", &Step::default());
-            let step = Step {
-                n_tokens: tokens as u32,
-                n_out_rows: 1,
-                ..Default::default()
-            };
+            let step = Step::tokens(tokens as u32, 0);
             let ops = build_fused(
                 gpu,
                 &step_buf,
@@ -565,11 +551,7 @@ mod tests {
                 let xn = crate::kernels::rmsnorm::cpu(&x, &g, eps);
                 for (row, rows_mode) in [(0, Rows::Tokens), (1, Rows::OutRows)] {
                     let step = match rows_mode {
-                        Rows::Tokens => Step {
-                            n_tokens: 1,
-                            n_out_rows: 1,
-                            ..Default::default()
-                        },
+                        Rows::Tokens => Step::tokens(1, 0),
                         Rows::OutRows => Step {
                             n_tokens: 2,
                             out_row0: 1,

@@ -38,6 +38,21 @@ pub struct Step {
     pub _pad: [u32; 3],
 }
 
+impl Step {
+    /// `n_tokens` tokens from position `pos0` of sequence 0, with the logits
+    /// of row 0 only (a decode step when `n_tokens` is 1).
+    pub const fn tokens(n_tokens: u32, pos0: u32) -> Step {
+        Step {
+            n_tokens,
+            pos0,
+            out_row0: 0,
+            n_out_rows: 1,
+            kv_base: 0,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// What a kernel is, for per-class timing and dispatch counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

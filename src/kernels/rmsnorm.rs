@@ -109,19 +109,7 @@ mod tests {
         let yb = gpu.storage_buffer("y", (x.len() * 4) as u64).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, "norm", dim, 1e-5, &wb, &xb, &yb).unwrap();
-        run(
-            &gpu,
-            &step_buf,
-            Step {
-                n_tokens: rows as u32,
-                pos0: 0,
-                out_row0: 0,
-                n_out_rows: 1,
-                kv_base: 0,
-                _pad: [0; 3],
-            },
-            &[&op],
-        );
+        run(&gpu, &step_buf, Step::tokens(rows as u32, 0), &[&op]);
         assert_close(
             &read_f32(&gpu, &yb, x.len()),
             &cpu(&x, &w, 1e-5),

@@ -184,19 +184,7 @@ mod tests {
             &gpu, &step_buf, "rope", &shape, &tb, &qb, &kb, &vb, &kc, &vc,
         )
         .unwrap();
-        run(
-            &gpu,
-            &step_buf,
-            Step {
-                n_tokens: t as u32,
-                pos0: pos0 as u32,
-                out_row0: 0,
-                n_out_rows: 1,
-                kv_base: 0,
-                _pad: [0; 3],
-            },
-            &[&op],
-        );
+        run(&gpu, &step_buf, Step::tokens(t as u32, pos0 as u32), &[&op]);
         let mut want_q = q.clone();
         for (i, head) in want_q.chunks_mut(hd).enumerate() {
             cpu_rotate(head, pos0 + i / h, theta, layout);

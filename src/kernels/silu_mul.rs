@@ -61,19 +61,7 @@ mod tests {
         let hb = gpu.storage_buffer("h", (t * dim * 4) as u64).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, "silu", dim, &gb, &ub, &hb).unwrap();
-        run(
-            &gpu,
-            &step_buf,
-            Step {
-                n_tokens: t as u32,
-                pos0: 0,
-                out_row0: 0,
-                n_out_rows: 1,
-                kv_base: 0,
-                _pad: [0; 3],
-            },
-            &[&op],
-        );
+        run(&gpu, &step_buf, Step::tokens(t as u32, 0), &[&op]);
         assert_close(
             &read_f32(&gpu, &hb, t * dim),
             &cpu(&g, &u),

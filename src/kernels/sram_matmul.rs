@@ -166,19 +166,7 @@ mod tests {
             out_rows_only: false,
         };
         let op = build(&gpu, &step_buf, &spec, &xb, &yb).unwrap();
-        run(
-            &gpu,
-            &step_buf,
-            Step {
-                n_tokens: t as u32,
-                pos0: 0,
-                out_row0: 0,
-                n_out_rows: 1,
-                kv_base: 0,
-                _pad: [0; 3],
-            },
-            &[&op],
-        );
+        run(&gpu, &step_buf, Step::tokens(t as u32, 0), &[&op]);
         let full = matmul::cpu(&x, &wf, n, k);
         let mut want = y0.clone();
         for tt in 0..t {

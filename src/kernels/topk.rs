@@ -68,19 +68,7 @@ mod tests {
         let ob = gpu.storage_buffer("o", (k * 8) as u64).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
         let op = build(&gpu, &step_buf, vocab, k, &lb, &ob).unwrap();
-        run(
-            &gpu,
-            &step_buf,
-            Step {
-                n_tokens: 1,
-                pos0: 0,
-                out_row0: 0,
-                n_out_rows: 1,
-                kv_base: 0,
-                _pad: [0; 3],
-            },
-            &[&op],
-        );
+        run(&gpu, &step_buf, Step::tokens(1, 0), &[&op]);
         let out: Vec<u32> =
             bytemuck::cast_slice(&gpu.read_storage(&ob, (k * 8) as u64).unwrap()).to_vec();
         let ids: Vec<u32> = out.chunks(2).map(|p| p[0]).collect();
