@@ -140,6 +140,22 @@ impl VramExecutor {
             layout: cfg.rope_layout,
         };
         let mut mats = Vec::new();
+        // RMSNorm of the residual x into xn as a dispatch of its own, on the
+        // steps `when` holds (prefill); decode products normalise x inside
+        // (see matmul::Norm).
+        let norm_op = |name: &str, weight: &wgpu::Buffer, when: fn(&Step) -> bool| {
+            rmsnorm::build(
+                &gpu,
+                &step_buf,
+                name,
+                d,
+                cfg.rms_norm_eps,
+                weight,
+                &act.x,
+                &act.xn,
+            )
+            .map(|op| op.only_when(when))
+        };
         for (i, lw) in w.layers.iter().enumerate() {
             let name = |t| WeightName::Layer(i, t);
             let k_cache = buf(&format!("layers.{i}.k_cache"), f(ctx * kvd))?;
@@ -177,19 +193,9 @@ impl VramExecutor {
             };
             // xn = rms_norm(x) * attn_norm                        [T, D]
             // (decode steps: inside the QKV product, see matmul::Norm)
-            body.push(
-                rmsnorm::build(
-                    &gpu,
-                    &step_buf,
-                    &format!("{l}.attn_norm"),
-                    d,
-                    cfg.rms_norm_eps,
-                    &attn_norm,
-                    &act.x,
-                    &act.xn,
-                )?
-                .only_when(|s| s.n_tokens > 1),
-            );
+            body.push(norm_op(&format!("{l}.attn_norm"), &attn_norm, |s| {
+                s.n_tokens > 1
+            })?);
             // q, k, v = xn @ Wq.T, xn @ Wk.T, xn @ Wv.T           [T, H*hd], [T, Hkv*hd] x2
             body.extend(matmul::build_fused(
                 &gpu,
@@ -260,19 +266,9 @@ impl VramExecutor {
             body.extend(mm("wo", &wo, &act.att, &act.x, true)?);
             // xn = rms_norm(x) * ffn_norm
             // (decode steps: inside the gate/up product)
-            body.push(
-                rmsnorm::build(
-                    &gpu,
-                    &step_buf,
-                    &format!("{l}.ffn_norm"),
-                    d,
-                    cfg.rms_norm_eps,
-                    &ffn_norm,
-                    &act.x,
-                    &act.xn,
-                )?
-                .only_when(|s| s.n_tokens > 1),
-            );
+            body.push(norm_op(&format!("{l}.ffn_norm"), &ffn_norm, |s| {
+                s.n_tokens > 1
+            })?);
             // h = silu(xn @ Wg.T) * (xn @ Wu.T)                   [T, I]
             body.extend(matmul::build_fused(
                 &gpu,
@@ -298,19 +294,7 @@ impl VramExecutor {
         // xn = rms_norm(x) * final_norm
         let final_norm = norm(&gpu, WeightName::FinalNorm, &w.final_norm)?;
         // (one logit row: inside the lm_head product)
-        body.push(
-            rmsnorm::build(
-                &gpu,
-                &step_buf,
-                "final_norm",
-                d,
-                cfg.rms_norm_eps,
-                &final_norm,
-                &act.x,
-                &act.xn,
-            )?
-            .only_when(|s| s.n_out_rows > 1),
-        );
+        body.push(norm_op("final_norm", &final_norm, |s| s.n_out_rows > 1)?);
         // logits[rows] = xn[rows] @ W_out.T (tied: the embedding)   [rows, V]
         let out_w = match &w.lm_head {
             Some(t) => upload(WeightName::LmHead, t)?,
