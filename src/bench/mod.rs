@@ -121,10 +121,7 @@ pub fn bench_mode(
     progress: Progress,
 ) -> Result<ModeResult, crate::exec::ExecError> {
     let (warm_ids, _, _) = run_once(exec, prompt, gen, progress)?;
-    let mut prefill = Vec::new();
-    let mut ttft = Vec::new();
-    let mut decode = Vec::new();
-    let mut all = Vec::new();
+    let mut timings = Timings::default();
     let mut ids = warm_ids;
     for _ in 0..repeats {
         let (i, p, lat) = run_once(exec, prompt, gen, progress)?;
@@ -132,12 +129,7 @@ pub fn bench_mode(
             // Nondeterministic output is a parity failure too.
             ids = Vec::new();
         }
-        prefill.push(prompt.len() as f64 / p);
-        ttft.push(p * 1e3);
-        if !lat.is_empty() {
-            decode.push(lat.len() as f64 / lat.iter().sum::<f64>());
-        }
-        all.extend(lat.iter().map(|s| s * 1e3));
+        timings.add(prompt.len(), p, &lat, 1);
     }
     let dispatches = exec.counters().dispatches_last_decode;
     // Profiled run: per-class GPU time per decoded token.
@@ -159,35 +151,19 @@ pub fn bench_mode(
         }
         exec.set_profiling(false);
     }
-    let x = exec.extra_stats();
-    let mean_pos = prompt.len() + gen / 2;
-    let kv_read = (m.config.num_layers * 2 * mean_pos * m.config.kv_dim() * 4) as u64;
-    Ok(ModeResult {
-        mode: exec.mode().into(),
-        model: m.name.clone(),
-        prompt_tokens: prompt.len(),
-        gen_tokens: gen,
+    let mut r = mode_result(
+        exec,
+        m,
+        prompt.len(),
+        gen,
         repeats,
-        prefill_tok_s: median(&prefill),
-        ttft_ms: median(&ttft),
-        decode_tok_s: median(&decode),
-        ms_per_token_p50: percentile(&all, 50.0),
-        ms_per_token_p99: percentile(&all, 99.0),
-        ms_per_token_all: all,
-        dispatches_per_token: dispatches,
-        gpu_ms_per_token_by_class: by_class,
-        gpu_memory_bytes_read_per_token_counted: exec.weight_bytes() + kv_read,
-        link_bytes_per_token: x.get("link_bytes_per_token").and_then(|v| v.as_u64()),
-        link_transfers_per_token: x.get("link_transfers_per_token").and_then(|v| v.as_u64()),
-        emulation_staged_bytes_per_step: x
-            .get("emulation_staged_bytes_per_step")
-            .and_then(|v| v.as_u64()),
+        1,
+        timings,
         ids,
-        batch: 1,
-        valid: true,
-        matches_other_modes: true,
-        ..Default::default()
-    })
+        dispatches,
+    );
+    r.gpu_ms_per_token_by_class = by_class;
+    Ok(r)
 }
 
 /// Benchmarks `batch` copies of `prompt` decoded together (a mode with
@@ -227,54 +203,99 @@ pub fn bench_batch(
         Ok((ids, prefill, lat))
     };
     let (warm, _, _) = once(progress)?;
-    let mut prefill = Vec::new();
-    let mut ttft = Vec::new();
-    let mut decode = Vec::new();
-    let mut all = Vec::new();
+    let mut timings = Timings::default();
     let mut consistent = warm.iter().all(|s| *s == warm[0]);
     for _ in 0..repeats {
         let (ids, p, lat) = once(progress)?;
         consistent &= ids == warm;
-        prefill.push((prompt.len() * batch) as f64 / p);
-        ttft.push(p * 1e3);
-        if !lat.is_empty() {
-            decode.push((lat.len() * batch) as f64 / lat.iter().sum::<f64>());
-        }
-        all.extend(lat.iter().map(|s| s * 1e3));
+        timings.add(prompt.len() * batch, p, &lat, batch);
     }
+    // Sequences that disagree with each other make the row invalid.
+    let ids = if consistent {
+        warm[0].clone()
+    } else {
+        Vec::new()
+    };
+    let dispatches = exec.counters().dispatches_last_decode;
+    Ok(mode_result(
+        exec,
+        m,
+        prompt.len(),
+        gen,
+        repeats,
+        batch,
+        timings,
+        ids,
+        dispatches,
+    ))
+}
+
+/// The timed runs of one mode, in the units [`ModeResult`] reports.
+#[derive(Default)]
+struct Timings {
+    prefill_tok_s: Vec<f64>,
+    ttft_ms: Vec<f64>,
+    decode_tok_s: Vec<f64>,
+    ms_per_token_all: Vec<f64>,
+}
+
+impl Timings {
+    /// One run: `prefill_tokens` in `prefill_s` seconds, then one decode
+    /// round per entry of `rounds_s` (seconds), each giving `per_round` tokens.
+    fn add(&mut self, prefill_tokens: usize, prefill_s: f64, rounds_s: &[f64], per_round: usize) {
+        self.prefill_tok_s.push(prefill_tokens as f64 / prefill_s);
+        self.ttft_ms.push(prefill_s * 1e3);
+        if !rounds_s.is_empty() {
+            self.decode_tok_s
+                .push((rounds_s.len() * per_round) as f64 / rounds_s.iter().sum::<f64>());
+        }
+        self.ms_per_token_all
+            .extend(rounds_s.iter().map(|s| s * 1e3));
+    }
+}
+
+/// A [`ModeResult`] from one mode's timed runs, with the bytes the mode
+/// reports (weights shared by `batch` sequences, KV read at the mean
+/// position, link and staging figures from [`Executor::extra_stats`]).
+#[allow(clippy::too_many_arguments)]
+fn mode_result(
+    exec: &dyn Executor,
+    m: &Model,
+    prompt_tokens: usize,
+    gen: usize,
+    repeats: usize,
+    batch: usize,
+    t: Timings,
+    ids: Vec<u32>,
+    dispatches: u64,
+) -> ModeResult {
     let x = exec.extra_stats();
-    let mean_pos = prompt.len() + gen / 2;
+    let stat = |k: &str| x.get(k).and_then(|v| v.as_u64());
+    let mean_pos = prompt_tokens + gen / 2;
     let kv_read = (m.config.num_layers * 2 * mean_pos * m.config.kv_dim() * 4) as u64;
-    Ok(ModeResult {
+    ModeResult {
         mode: exec.mode().into(),
         model: m.name.clone(),
-        prompt_tokens: prompt.len(),
+        prompt_tokens,
         gen_tokens: gen,
         repeats,
         batch,
-        prefill_tok_s: median(&prefill),
-        ttft_ms: median(&ttft),
-        decode_tok_s: median(&decode),
-        ms_per_token_p50: percentile(&all, 50.0),
-        ms_per_token_p99: percentile(&all, 99.0),
-        ms_per_token_all: all,
-        dispatches_per_token: exec.counters().dispatches_last_decode,
+        prefill_tok_s: median(&t.prefill_tok_s),
+        ttft_ms: median(&t.ttft_ms),
+        decode_tok_s: median(&t.decode_tok_s),
+        ms_per_token_p50: percentile(&t.ms_per_token_all, 50.0),
+        ms_per_token_p99: percentile(&t.ms_per_token_all, 99.0),
+        ms_per_token_all: t.ms_per_token_all,
+        dispatches_per_token: dispatches,
         gpu_memory_bytes_read_per_token_counted: exec.weight_bytes() / batch as u64 + kv_read,
-        link_bytes_per_token: x.get("link_bytes_per_token").and_then(|v| v.as_u64()),
-        link_transfers_per_token: x.get("link_transfers_per_token").and_then(|v| v.as_u64()),
-        emulation_staged_bytes_per_step: x
-            .get("emulation_staged_bytes_per_step")
-            .and_then(|v| v.as_u64()),
-        // Sequences that disagree with each other make the row invalid.
-        ids: if consistent {
-            warm[0].clone()
-        } else {
-            Vec::new()
-        },
+        link_bytes_per_token: stat("link_bytes_per_token"),
+        link_transfers_per_token: stat("link_transfers_per_token"),
+        emulation_staged_bytes_per_step: stat("emulation_staged_bytes_per_step"),
+        ids,
         valid: true,
         matches_other_modes: true,
         ..Default::default()
-    })
+    }
 }
 
 /// Cross-checks every result's ids against the reference and each other.
