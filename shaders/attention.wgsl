@@ -10,8 +10,10 @@
 // split as G = WG / (HD/4) position groups × HD/4 vec4 lanes add p · V[j, .]
 // for their positions (vec4 V reads coalesce across a group; G chains of
 // n / G loads instead of one of n) and the groups are summed; a running
-// softmax (max, sum) carries across chunks. HD={{HD}} (head_dim, a multiple
-// of 4, at most 128).
+// softmax (max, sum) carries across chunks. HD={{HD}} (head_dim, even, at
+// most 256), HD4={{HD4}} = ceil(HD / 4) chunks. HDTAIL (HD not a multiple of 4):
+// Q, K, V are read as floats (a head starts at any even element) and the last
+// chunk of a head is zero-padded (q and k both, so it adds nothing).
 //
 // PARTIAL (SRAM mode): the layer's KV cache is split over chips by KV heads and
 // positions. Each chip folds its block [kv_head_begin, kv_head_end) x
@@ -44,13 +46,19 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: Step;
-@group(0) @binding(2) var<storage, read> Q: array<vec4<f32>>;  // [T, H*hd/4]
-#ifdef ROPE
-@group(0) @binding(3) var<storage, read_write> Kc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
-@group(0) @binding(4) var<storage, read_write> Vc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
+#ifdef HDTAIL
+alias F4 = f32;
 #else
-@group(0) @binding(3) var<storage, read> Kc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
-@group(0) @binding(4) var<storage, read> Vc: array<vec4<f32>>; // [ctx, Hkv*hd/4]
+alias F4 = vec4<f32>;
+#endif
+// F4: vec4 (HD a multiple of 4) or f32 (HDTAIL).
+@group(0) @binding(2) var<storage, read> Q: array<F4>;  // [T, H*hd]
+#ifdef ROPE
+@group(0) @binding(3) var<storage, read_write> Kc: array<F4>; // [ctx, Hkv*hd]
+@group(0) @binding(4) var<storage, read_write> Vc: array<F4>; // [ctx, Hkv*hd]
+#else
+@group(0) @binding(3) var<storage, read> Kc: array<F4>; // [ctx, Hkv*hd]
+@group(0) @binding(4) var<storage, read> Vc: array<F4>; // [ctx, Hkv*hd]
 #endif
 @group(0) @binding(5) var<storage, read_write> O: array<f32>;  // [T, H*hd]
 #ifdef PARTIAL
@@ -59,13 +67,51 @@ struct Params {
 #ifdef ROPE
 @group(0) @binding(6) var<storage, read> cos_sin: array<vec2<f32>>; // [ctx, hd/2]
 @group(0) @binding(7) var<storage, read> Kn: array<f32>;            // this step's k [Hkv*hd]
-@group(0) @binding(8) var<storage, read> Vn: array<vec4<f32>>;      // this step's v [Hkv*hd/4]
+@group(0) @binding(8) var<storage, read> Vn: array<F4>;            // this step's v [Hkv*hd]
 #endif
 
 const WG: u32 = {{WG}}u;
 const HD: u32 = {{HD}}u;
-const HD4: u32 = HD / 4u;
+const HD4: u32 = {{HD4}}u;
 const CHUNK: u32 = 256u;
+// Output dims per thread: lid, lid + WG, … (HD ≤ 256, WG ≥ 64: at most 4).
+const NA: u32 = (HD + WG - 1u) / WG;
+
+// Chunk i (elements 4i .. 4i+3) of the head starting at flat element b.
+// HDTAIL: elements past HD read as 0.
+#ifdef HDTAIL
+fn q4(b: u32, i: u32) -> vec4<f32> {
+    let e = b + 4u * i;
+    let r = HD - 4u * i;
+    return vec4<f32>(Q[e], select(0.0, Q[e + 1u], r > 1u), select(0.0, Q[e + 2u], r > 2u), select(0.0, Q[e + 3u], r > 3u));
+}
+fn k4(b: u32, i: u32) -> vec4<f32> {
+    let e = b + 4u * i;
+    let r = HD - 4u * i;
+    return vec4<f32>(Kc[e], select(0.0, Kc[e + 1u], r > 1u), select(0.0, Kc[e + 2u], r > 2u), select(0.0, Kc[e + 3u], r > 3u));
+}
+fn v4(b: u32, i: u32) -> vec4<f32> {
+    let e = b + 4u * i;
+    let r = HD - 4u * i;
+    return vec4<f32>(Vc[e], select(0.0, Vc[e + 1u], r > 1u), select(0.0, Vc[e + 2u], r > 2u), select(0.0, Vc[e + 3u], r > 3u));
+}
+fn q1(e: u32) -> f32 {
+    return Q[e];
+}
+#else
+fn q4(b: u32, i: u32) -> vec4<f32> {
+    return Q[b / 4u + i];
+}
+fn k4(b: u32, i: u32) -> vec4<f32> {
+    return Kc[b / 4u + i];
+}
+fn v4(b: u32, i: u32) -> vec4<f32> {
+    return Vc[b / 4u + i];
+}
+fn q1(e: u32) -> f32 {
+    return Q[e / 4u][e % 4u];
+}
+#endif
 var<workgroup> qs: array<vec4<f32>, {{HD4}}>;
 var<workgroup> sc: array<f32, 256>;
 var<workgroup> red: array<f32, {{WG}}>;
@@ -99,16 +145,33 @@ fn rotate(x: f32, y: f32, pr: vec3<u32>, pos: u32) -> f32 {
     return x * cs.x + y * cs.y;
 }
 
-// Element e of the q head at flat index b, rotated for position pos.
+// Element e of the q head at flat index b, rotated for position pos (0 past HD).
 fn rope_q(b: u32, e: u32, pos: u32) -> f32 {
+    if (e >= HD) {
+        return 0.0;
+    }
     let pr = rope_pair(e);
-    return rotate(Q[(b + e) / 4u][(b + e) % 4u], Q[(b + pr.y) / 4u][(b + pr.y) % 4u], pr, pos);
+    return rotate(q1(b + e), q1(b + pr.y), pr, pos);
 }
 
-// Element e of this step's k head at flat index b, rotated for position pos.
+// Element e of this step's k head at flat index b, rotated for position pos (0 past HD).
 fn rope_k(b: u32, e: u32, pos: u32) -> f32 {
+    if (e >= HD) {
+        return 0.0;
+    }
     let pr = rope_pair(e);
     return rotate(Kn[b + e], Kn[b + pr.y], pr, pos);
+}
+
+// Chunk i of this step's v head at flat index b (0 past HD).
+fn vn4(b: u32, i: u32) -> vec4<f32> {
+#ifdef HDTAIL
+    let e = b + 4u * i;
+    let r = HD - 4u * i;
+    return vec4<f32>(Vn[e], select(0.0, Vn[e + 1u], r > 1u), select(0.0, Vn[e + 2u], r > 2u), select(0.0, Vn[e + 3u], r > 3u));
+#else
+    return Vn[b / 4u + i];
+#endif
 }
 #endif
 // V phase: G = WG / HD4 position groups of HD4 threads (threads past G * HD4 idle).
@@ -152,29 +215,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let pos = S.pos0 + t;
     let kvh = h / (P.n_heads / P.n_kv_heads);
     let kv_dim = P.n_kv_heads * HD;
-    let kv_dim4 = kv_dim / 4u;
-    let qb4 = (t * P.n_heads * HD + h * HD) / 4u;
+    let qb = t * P.n_heads * HD + h * HD;
 #ifdef ROPE
     // One token (decode): rotate q and the new k, stage the new v.
-    let qb = t * P.n_heads * HD + h * HD;
     let kb = t * kv_dim + kvh * HD;
     for (var i = lid; i < HD4; i += WG) {
         let e = 4u * i;
         qs[i] = vec4<f32>(rope_q(qb, e, pos), rope_q(qb, e + 1u, pos), rope_q(qb, e + 2u, pos), rope_q(qb, e + 3u, pos));
         kcur[i] = vec4<f32>(rope_k(kb, e, pos), rope_k(kb, e + 1u, pos), rope_k(kb, e + 2u, pos), rope_k(kb, e + 3u, pos));
-        vcur[i] = Vn[kb / 4u + i];
+        vcur[i] = vn4(kb, i);
     }
     workgroupBarrier();
     if (h % (P.n_heads / P.n_kv_heads) == 0u) {
-        let c4 = (S.kv_base + pos) * kv_dim4 + kvh * HD4;
-        for (var i = lid; i < HD4; i += WG) {
-            Kc[c4 + i] = kcur[i];
-            Vc[c4 + i] = vcur[i];
+        let c = (S.kv_base + pos) * kv_dim + kvh * HD;
+#ifdef HDTAIL
+        for (var e = lid; e < HD; e += WG) {
+            Kc[c + e] = kcur[e / 4u][e % 4u];
+            Vc[c + e] = vcur[e / 4u][e % 4u];
         }
+#else
+        for (var i = lid; i < HD4; i += WG) {
+            Kc[c / 4u + i] = kcur[i];
+            Vc[c / 4u + i] = vcur[i];
+        }
+#endif
     }
 #else
     for (var i = lid; i < HD4; i += WG) {
-        qs[i] = Q[qb4 + i];
+        qs[i] = q4(qb, i);
     }
     workgroupBarrier();
 #endif
@@ -185,14 +253,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     var m_run = -3.0e38;
     var l_run = 0.0;
-    // Thread lid owns dims lid and lid + WG.
-    var acc0 = 0.0;
-    var acc1 = 0.0;
+    // Thread lid owns dims lid + k * WG, k < NA (component k).
+    var acc = vec4<f32>(0.0);
     for (var c0 = s_begin; c0 < s_end; c0 += CHUNK) {
         let n = min(CHUNK, s_end - c0);
         var local_max = -3.0e38;
         for (var j = lid; j < n; j += WG) {
-            let kb4 = (S.kv_base + c0 + j) * kv_dim4 + kvh * HD4;
+            let kbj = (S.kv_base + c0 + j) * kv_dim + kvh * HD;
             var d = 0.0;
 #ifdef ROPE
             if (c0 + j == pos) {
@@ -201,12 +268,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
             } else {
                 for (var i = 0u; i < HD4; i++) {
-                    d += dot(qs[i], Kc[kb4 + i]);
+                    d += dot(qs[i], k4(kbj, i));
                 }
             }
 #else
             for (var i = 0u; i < HD4; i++) {
-                d += dot(qs[i], Kc[kb4 + i]);
+                d += dot(qs[i], k4(kbj, i));
             }
 #endif
             let score = d * P.scale;
@@ -223,7 +290,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         let chunk_sum = reduce_sum(local_sum, lid);
         l_run = l_run * corr + chunk_sum;
-        let vb4 = (S.kv_base + c0) * kv_dim4 + kvh * HD4;
+        let vb = (S.kv_base + c0) * kv_dim + kvh * HD;
         let lane = lid % HD4;
         let grp = lid / HD4;
         var av = vec4<f32>(0.0);
@@ -233,27 +300,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 if (c0 + j == pos) {
                     av = fma(vec4<f32>(sc[j]), vcur[lane], av);
                 } else {
-                    av = fma(vec4<f32>(sc[j]), Vc[vb4 + j * kv_dim4 + lane], av);
+                    av = fma(vec4<f32>(sc[j]), v4(vb + j * kv_dim, lane), av);
                 }
 #else
-                av = fma(vec4<f32>(sc[j]), Vc[vb4 + j * kv_dim4 + lane], av);
+                av = fma(vec4<f32>(sc[j]), v4(vb + j * kv_dim, lane), av);
 #endif
             }
         }
         vpart[lid] = av;
         workgroupBarrier();
-        var a0 = 0.0;
-        var a1 = 0.0;
+        var a = vec4<f32>(0.0);
         for (var g = 0u; g < G; g++) {
-            if (lid < HD) {
-                a0 += vpart[g * HD4 + lid / 4u][lid % 4u];
-            }
-            if (lid + WG < HD) {
-                a1 += vpart[g * HD4 + (lid + WG) / 4u][(lid + WG) % 4u];
+            for (var k = 0u; k < NA; k++) {
+                let d = lid + k * WG;
+                if (d < HD) {
+                    a[k] += vpart[g * HD4 + d / 4u][d % 4u];
+                }
             }
         }
-        acc0 = acc0 * corr + a0;
-        acc1 = acc1 * corr + a1;
+        acc = acc * corr + a;
         m_run = m_new;
         workgroupBarrier(); // sc is rewritten by the next chunk
     }
@@ -278,13 +343,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         b = exp(m_run - m_new);
     }
     let l_new = l0 * a + l_run * b;
-    for (var k = 0u; k < 2u; k++) {
+    for (var k = 0u; k < NA; k++) {
         let d = lid + k * WG;
         if (d < HD) {
-            var mine = acc0;
-            if (k == 1u) {
-                mine = acc1;
-            }
+            let mine = acc[k];
             var prev = 0.0;
             if (P.init == 0u) {
                 prev = St[sb + 2u + d];
@@ -303,11 +365,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 #else
     let inv_l = 1.0 / l_run;
-    if (lid < HD) {
-        O[ob + lid] = acc0 * inv_l;
-    }
-    if (lid + WG < HD) {
-        O[ob + lid + WG] = acc1 * inv_l;
+    for (var k = 0u; k < NA; k++) {
+        let d = lid + k * WG;
+        if (d < HD) {
+            O[ob + d] = acc[k] * inv_l;
+        }
     }
 #endif
 }

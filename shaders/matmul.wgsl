@@ -15,10 +15,14 @@
 // dispatch runs: each workgroup normalises the row into workgroup memory (XN,
 // K4={{K4}} vec4) with the same arithmetic as shaders/rmsnorm.wgsl, then reads
 // x from there.
+// KTAIL (K not a multiple of 4; float weights only, GGML blocks are whole):
+// X rows are read as floats (a row starts at any element), the last 4-wide
+// chunk of a row is zero-padded (x and weight both), and weight rows may
+// start at any even byte (lib/wdecode: wk).
 
 struct Params {
     n: u32,             // output features (rows of W; GLU: rows of each half)
-    k: u32,             // input features (multiple of 4)
+    k: u32,             // input features (KTAIL: not a multiple of 4)
     row_bytes: u32,     // bytes of one row of W
     out_rows_only: u32, // 1: tokens are S.out_row0 .. + S.n_out_rows (logits), output rows from 0
     split1: u32,        // SPLIT3: rows [0, split1) -> Y, [split1, split2) -> Y2, [split2, n) -> Y3
@@ -31,7 +35,11 @@ struct Params {
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: Step;
 @group(0) @binding(2) var<storage, read> W: array<u32>;
+#ifdef KTAIL
+@group(0) @binding(3) var<storage, read> X: array<f32>;
+#else
 @group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;
+#endif
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 #ifdef SPLIT3
 // Q, K and V as one product: W holds Wq, Wk, Wv stacked; each part of the
@@ -51,7 +59,7 @@ struct Params {
 // plus its 32-element block sums (the Q4_1 offset term m * sum(x)).
 const K4: u32 = {{K4}}u;
 var<workgroup> XN: array<vec4<f32>, K4>;
-var<workgroup> XS: array<f32, K4 / 8u>;
+var<workgroup> XS: array<f32, (K4 + 7u) / 8u>;
 var<workgroup> red: array<f32, 64>;
 
 // XN = X[row] (NORM: rms_norm(X[row]) * G, the arithmetic of rmsnorm.wgsl),
@@ -60,11 +68,15 @@ var<workgroup> red: array<f32, 64>;
 // SG: the sum of squares is reduced per subgroup (subgroupAdd), then over
 // the workgroup's subgroups: two barriers instead of seven.
 fn stage_row(row: u32, lid: u32, sg_size: u32, lane: u32) {
-    let base = row * K4;
+    let base = row * x_stride();
 #ifdef NORM
     var ss = 0.0;
     for (var i = lid; i < P.k; i += 64u) {
+#ifdef KTAIL
+        let v = X[base + i];
+#else
         let v = X[base + i / 4u][i % 4u];
+#endif
         ss = fma(v, v, ss);
     }
 #ifdef SG
@@ -90,12 +102,14 @@ fn stage_row(row: u32, lid: u32, sg_size: u32, lane: u32) {
     let inv = inverseSqrt(red[0] / f32(P.k) + P.eps);
 #endif
     for (var i = lid; i < K4; i += 64u) {
-        let g = vec4<f32>(G[4u * i], G[4u * i + 1u], G[4u * i + 2u], G[4u * i + 3u]);
-        XN[i] = g * (X[base + i] * inv);
+        let e = 4u * i;
+        // Past K (KTAIL's last chunk): g = 0, so XN stays zero there.
+        let g = vec4<f32>(G[e], select(0.0, G[e + 1u], e + 1u < P.k), select(0.0, G[e + 2u], e + 2u < P.k), select(0.0, G[e + 3u], e + 3u < P.k));
+        XN[i] = g * (xload(base, i) * inv);
     }
 #else
     for (var i = lid; i < K4; i += 64u) {
-        XN[i] = X[base + i];
+        XN[i] = xload(base, i);
     }
 #endif
     workgroupBarrier();
@@ -110,6 +124,37 @@ fn stage_row(row: u32, lid: u32, sg_size: u32, lane: u32) {
 }
 #endif
 
+// Elements of X between two rows' starts: floats with KTAIL, else vec4.
+fn x_stride() -> u32 {
+#ifdef KTAIL
+    return P.k;
+#else
+    return P.k / 4u;
+#endif
+}
+
+// Chunk c4 (elements 4c4 .. 4c4+3) of the X row starting at `off` (in
+// x_stride units); KTAIL: elements past K read as 0.
+fn xload(off: u32, c4: u32) -> vec4<f32> {
+#ifdef KTAIL
+    let i = off + 4u * c4;
+    let r = P.k - 4u * c4;
+    return vec4<f32>(X[i], select(0.0, X[i + 1u], r > 1u), select(0.0, X[i + 2u], r > 2u), select(0.0, X[i + 3u], r > 3u));
+#else
+    return X[off + c4];
+#endif
+}
+
+// Chunk c4 of the x row at `off` (XSTAGE: the staged row, off = 0).
+fn xc(off: u32, c4: u32) -> vec4<f32> {
+#ifdef XSTAGE
+    return XN[off + c4];
+#else
+    return xload(off, c4);
+#endif
+}
+
+#ifdef BLOCKS
 // x chunk i (vec4 index into X; with NORM into the normalised row XN).
 fn xat(i: u32) -> vec4<f32> {
 #ifdef XSTAGE
@@ -118,6 +163,7 @@ fn xat(i: u32) -> vec4<f32> {
     return X[i];
 #endif
 }
+#endif
 
 // GLU: W holds W_gate then W_up (n rows each); the output is
 // silu(x @ Wg.T) * (x @ Wu.T), the SwiGLU gate, in one dispatch.
@@ -160,12 +206,14 @@ fn q41_dot(rb: u32, blk: u32) -> f32 {
 #endif
 #endif
 
+#ifdef BLOCKS
 // One decoded block (lib/wdecode) · x chunks xb .. xb+7.
 fn bdot(w: WBlock, xb: u32) -> f32 {
     let a = dot(w.v0, xat(xb)) + dot(w.v1, xat(xb + 1u)) + dot(w.v2, xat(xb + 2u)) + dot(w.v3, xat(xb + 3u));
     let b = dot(w.v4, xat(xb + 4u)) + dot(w.v5, xat(xb + 5u)) + dot(w.v6, xat(xb + 6u)) + dot(w.v7, xat(xb + 7u));
     return a + b;
 }
+#endif
 
 // Accumulators are explicit vectors (no private arrays: lavapipe/LLVM keeps
 // those in memory when indexed in loops). ACC holds tokens t0..t0+3, ACC2
@@ -217,22 +265,23 @@ fn store_all(t0: u32, n_tok: u32, n: u32, a: vec4<f32>, b: vec4<f32>) {
 }
 
 // Row `rb` (byte offset) · the TT token rows starting at x row `xr0`, over
-// 4-wide chunks k4 = start, start + stride, …
+// 4-wide chunks k4 = start, start + stride, … < k4n = ceil(K / 4)
 fn dot_rows(rb: u32, xr0: u32, last: u32, k4n: u32, start: u32, stride: u32) -> array<vec4<f32>, 2> {
     var a = vec4<f32>(0.0);
     var b = vec4<f32>(0.0);
     // Row offsets of the token rows (clamped to the last valid one).
-    let x0 = min(xr0, last) * k4n;
+    let xs = x_stride();
+    let x0 = min(xr0, last) * xs;
 #ifndef TT1
-    let x1 = min(xr0 + 1u, last) * k4n;
-    let x2 = min(xr0 + 2u, last) * k4n;
-    let x3 = min(xr0 + 3u, last) * k4n;
+    let x1 = min(xr0 + 1u, last) * xs;
+    let x2 = min(xr0 + 2u, last) * xs;
+    let x3 = min(xr0 + 3u, last) * xs;
 #endif
 #ifdef TT8
-    let x4 = min(xr0 + 4u, last) * k4n;
-    let x5 = min(xr0 + 5u, last) * k4n;
-    let x6 = min(xr0 + 6u, last) * k4n;
-    let x7 = min(xr0 + 7u, last) * k4n;
+    let x4 = min(xr0 + 4u, last) * xs;
+    let x5 = min(xr0 + 5u, last) * xs;
+    let x6 = min(xr0 + 6u, last) * xs;
+    let x7 = min(xr0 + 7u, last) * xs;
 #endif
 #ifdef BLOCKS
     // Whole 32-weight blocks (scale decoded once per block), then the tail.
@@ -258,14 +307,14 @@ fn dot_rows(rb: u32, xr0: u32, last: u32, k4n: u32, start: u32, stride: u32) -> 
     let k4_0 = start;
 #endif
     for (var k4 = k4_0; k4 < k4n; k4 += stride) {
-        let w = w4(rb, k4 * 4u);
+        let w = wk(rb, k4, P.k);
 #ifdef TT1
-        a.x += dot(w, xat(x0 + k4));
+        a.x += dot(w, xc(x0, k4));
 #else
-        a += vec4<f32>(dot(w, xat(x0 + k4)), dot(w, xat(x1 + k4)), dot(w, xat(x2 + k4)), dot(w, xat(x3 + k4)));
+        a += vec4<f32>(dot(w, xc(x0, k4)), dot(w, xc(x1, k4)), dot(w, xc(x2, k4)), dot(w, xc(x3, k4)));
 #endif
 #ifdef TT8
-        b += vec4<f32>(dot(w, xat(x4 + k4)), dot(w, xat(x5 + k4)), dot(w, xat(x6 + k4)), dot(w, xat(x7 + k4)));
+        b += vec4<f32>(dot(w, xc(x4, k4)), dot(w, xc(x5, k4)), dot(w, xc(x6, k4)), dot(w, xc(x7, k4)));
 #endif
     }
     return array<vec4<f32>, 2>(a, b);
@@ -293,7 +342,7 @@ fn main(
     if (t0 >= n_tok) {
         return;
     }
-    let k4n = P.k / 4u;
+    let k4n = (P.k + 3u) / 4u;
 #ifdef XSTAGE
     // x comes from XN (workgroup memory), staged (normalised) here.
     stage_row(x_row0 + t0, lid, sg_size, lane);
@@ -358,7 +407,7 @@ fn main(
     if (n >= P.n) {
         return;
     }
-    let ab = row_dot(n, xr, xl, P.k / 4u, 0u, 1u);
+    let ab = row_dot(n, xr, xl, (P.k + 3u) / 4u, 0u, 1u);
     store_all(t0, n_tok, n, ab[0], ab[1]);
 }
 #endif

@@ -3,7 +3,10 @@
 // model file (GGML block layouts are not 4-byte aligned for Q8_0/Q4_0, hence
 // the unaligned reads), and one of W_F32 / W_F16 / W_BF16 / W_Q8_0 / W_Q4_0 /
 // W_Q4_1 defined. `w4(row_byte0, k)` returns weights k..k+3 of the row that
-// starts at byte `row_byte0` (k is a multiple of 4).
+// starts at byte `row_byte0` (k is a multiple of 4). `wk(row_byte0, c4, len)`
+// returns chunk c4 (weights 4c4 .. 4c4+3) of a row of `len` weights: w4, or
+// with KTAIL (float types, `len` not a multiple of 4) a row that may start
+// at any even byte, zero past `len`.
 
 fn rd_u32(byte_off: u32) -> u32 {
     let i = byte_off >> 2u;
@@ -123,4 +126,54 @@ fn wblock(row_byte0: u32, blk: u32) -> WBlock {
 // The 4 signed bytes of `q` as floats.
 fn s8x4(q: u32) -> vec4<f32> {
     return vec4<f32>(vec4<i32>(bitcast<i32>(q << 24u), bitcast<i32>(q << 16u), bitcast<i32>(q << 8u), bitcast<i32>(q)) >> vec4<u32>(24u));
+}
+
+#ifdef KTAIL
+// Weight k of the row at byte row_byte0 (float types; any even row start).
+fn w1(row_byte0: u32, k: u32) -> f32 {
+#ifdef W_F32
+    return bitcast<f32>(W[(row_byte0 >> 2u) + k]);
+#endif
+#ifdef W_F16
+    return rd_f16(row_byte0 + 2u * k);
+#endif
+#ifdef W_BF16
+    let b = row_byte0 + 2u * k;
+    return bitcast<f32>(((W[b >> 2u] >> ((b & 2u) * 8u)) & 0xffffu) << 16u);
+#endif
+}
+
+// Weights k..k+3 of a row starting at any even byte (all four inside the row).
+fn w4u(row_byte0: u32, k: u32) -> vec4<f32> {
+#ifdef W_F32
+    return w4(row_byte0, k);
+#endif
+#ifdef W_F16
+    let b = row_byte0 + 2u * k;
+    return vec4<f32>(unpack2x16float(rd_u32(b)), unpack2x16float(rd_u32(b + 4u)));
+#endif
+#ifdef W_BF16
+    let b = row_byte0 + 2u * k;
+    let lo = rd_u32(b);
+    let hi = rd_u32(b + 4u);
+    return vec4<f32>(bitcast<f32>(lo << 16u), bitcast<f32>(lo & 0xffff0000u), bitcast<f32>(hi << 16u), bitcast<f32>(hi & 0xffff0000u));
+#endif
+}
+#endif
+
+fn wk(row_byte0: u32, c4: u32, len: u32) -> vec4<f32> {
+#ifdef KTAIL
+    let k = 4u * c4;
+    if (k + 4u <= len) {
+        return w4u(row_byte0, k);
+    }
+    // The row's last, partial chunk: only weights inside the row are read.
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < len - k; j++) {
+        v[j] = w1(row_byte0, k + j);
+    }
+    return v;
+#else
+    return w4(row_byte0, 4u * c4);
+#endif
 }

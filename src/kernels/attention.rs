@@ -36,13 +36,23 @@ pub fn variant(head_dim: usize) -> ShaderVariant {
     variant_wg(head_dim, 64)
 }
 
-/// `wg` threads per workgroup (a power of two, 64 to 256).
+/// `wg` threads per workgroup (a power of two, 64 to 256). A head_dim that
+/// is not a multiple of 4 reads Q/K/V as floats (`HDTAIL`).
 pub fn variant_wg(head_dim: usize, wg: u32) -> ShaderVariant {
-    ShaderVariant::new("main")
+    let v = ShaderVariant::new("main")
         .define(format!("HD={head_dim}"))
-        .define(format!("HD4={}", head_dim / 4))
-        .define(format!("WG={wg}"))
+        .define(format!("HD4={}", head_dim.div_ceil(4)))
+        .define(format!("WG={wg}"));
+    if head_dim.is_multiple_of(4) {
+        v
+    } else {
+        v.define("HDTAIL")
+    }
 }
+
+/// The largest head the attention kernel takes: each of a 64-thread
+/// workgroup's threads owns at most 4 output dims.
+pub const MAX_HEAD_DIM: usize = 256;
 
 /// Threads per workgroup for VRAM mode on this adapter: 256 on GPUs for
 /// heads of 32 or more (more positions scored and summed at once: decode
@@ -57,9 +67,9 @@ pub fn workgroup_size(gpu: &Gpu, head_dim: usize) -> u32 {
 }
 
 fn check_head_dim(head_dim: usize) -> Result<(), GpuError> {
-    if !head_dim.is_multiple_of(4) || head_dim > 128 || head_dim == 0 {
+    if !head_dim.is_multiple_of(2) || head_dim > MAX_HEAD_DIM || head_dim == 0 {
         return Err(GpuError::Device(format!(
-            "attention needs head_dim a multiple of 4 and at most 128, got {head_dim}"
+            "attention needs head_dim even and at most {MAX_HEAD_DIM}, got {head_dim}"
         )));
     }
     Ok(())
@@ -229,11 +239,7 @@ pub fn build_wg(
     wg: u32,
 ) -> Result<KernelOp, GpuError> {
     let [q, k_cache, v_cache, out] = bufs;
-    if head_dim > 16 && !head_dim.is_multiple_of(16) {
-        return Err(GpuError::Device(format!(
-            "attention needs head_dim ≤ 16 or a multiple of 16, got {head_dim}"
-        )));
-    }
+    check_head_dim(head_dim)?;
     let p = Params {
         n_heads: n_heads as u32,
         n_kv_heads: n_kv_heads as u32,
@@ -364,15 +370,21 @@ mod tests {
         use crate::kernels::rope::{cos_sin_table, cpu_rotate, Shape};
         use crate::model::RopeLayout;
         let Some(gpu) = gpu() else { return };
-        let (h, hkv, hd, pos, theta) = (6usize, 2usize, 16usize, 7usize, 10000.0f32);
+        let (h, hkv, pos, theta) = (6usize, 2usize, 7usize, 10000.0f32);
         let ctx = pos + 3;
-        let kv_dim = hkv * hd;
-        for (layout, wg) in [
-            (RopeLayout::Halves, 64),
-            (RopeLayout::Adjacent, 64),
-            (RopeLayout::Halves, 256),
-            (RopeLayout::Adjacent, 256),
+        for (layout, wg, hd) in [
+            (RopeLayout::Halves, 64, 16),
+            (RopeLayout::Adjacent, 64, 16),
+            (RopeLayout::Halves, 256, 16),
+            (RopeLayout::Adjacent, 256, 16),
+            // Heads that are not a multiple of 4, and the largest.
+            (RopeLayout::Halves, 64, 6),
+            (RopeLayout::Adjacent, 256, 18),
+            (RopeLayout::Adjacent, 64, 2),
+            (RopeLayout::Halves, 64, 256),
+            (RopeLayout::Adjacent, 256, 130),
         ] {
+            let kv_dim = hkv * hd;
             let q: Vec<f32> = seeded(h * hd, 21).iter().map(|v| v * 3.0).collect();
             let k = seeded(kv_dim, 22);
             let v = seeded(kv_dim, 23);
@@ -414,7 +426,7 @@ mod tests {
             let (mut kc, mut vc) = (kc0.clone(), vc0.clone());
             kc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&kr);
             vc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&v);
-            let tag = format!("{layout:?} wg={wg}");
+            let tag = format!("{layout:?} wg={wg} hd={hd}");
             let want = cpu(&qr, &kc, &vc, pos, h, hkv, hd);
             assert_close(
                 &read_f32(&gpu, &ob, h * hd),
@@ -440,8 +452,14 @@ mod tests {
     /// The same attention folded over KV blocks split by heads and positions.
     #[test]
     fn attention_in_blocks_matches_whole() {
+        for hd in [16, 10, 6, 256] {
+            blocks_match_whole(hd);
+        }
+    }
+
+    fn blocks_match_whole(hd: usize) {
         let Some(gpu) = gpu() else { return };
-        let (h, hkv, hd, t, pos0) = (6usize, 3usize, 16usize, 4usize, 9usize);
+        let (h, hkv, t, pos0) = (6usize, 3usize, 4usize, 9usize);
         let ctx = 20;
         let kv_dim = hkv * hd;
         let q: Vec<f32> = seeded(t * h * hd, 1).iter().map(|v| v * 3.0).collect();
@@ -481,13 +499,32 @@ mod tests {
         run(&gpu, &step_buf, Step::tokens(t as u32, pos0 as u32), &refs);
         let got = read_f32(&gpu, &ob, t * h * hd);
         let want = cpu_tokens(&q, &kc, &vc, pos0, (h, hkv, hd));
-        assert_close(&got, &want, 1e-5, "attention in blocks");
+        assert_close(&got, &want, 1e-5, &format!("attention in blocks hd={hd}"));
     }
 
     #[test]
     fn attention_small_heads() {
         check(8, 4, 8, 5, 0);
         check(8, 4, 8, 1, 37);
+    }
+
+    /// Every even head_dim the formats allow, not only multiples of 4, up to
+    /// the 256 limit (64 threads then own 4 dims each).
+    #[test]
+    fn attention_any_even_head_dim() {
+        for hd in [2, 6, 10, 18, 24, 34, 130, 256] {
+            check(4, 2, hd, 3, 5);
+        }
+        check(3, 1, 22, 1, 40);
+    }
+
+    #[test]
+    fn head_dim_limits_are_refused() {
+        assert!(check_head_dim(258).is_err());
+        assert!(check_head_dim(7).is_err());
+        assert!(check_head_dim(0).is_err());
+        assert!(check_head_dim(256).is_ok());
+        assert!(check_head_dim(2).is_ok());
     }
 
     #[test]

@@ -12,6 +12,21 @@ pub struct Params {
     pub _pad: u32,
 }
 
+/// The embed variant for a table of `dtype` with rows of `dim` values
+/// (`KTAIL` when `dim` is not a multiple of 4: float tables only).
+pub fn variant(dtype: crate::model::DType, dim: usize) -> ShaderVariant {
+    let v = ShaderVariant::new("main").define(weight_define(dtype));
+    if dim.is_multiple_of(4) {
+        v
+    } else {
+        assert!(
+            dtype.block_len() == 1,
+            "{dtype} rows of {dim} values are not whole blocks"
+        );
+        v.define("KTAIL")
+    }
+}
+
 /// `X[t, :] = E[ids[t], :]` for the step's tokens.
 pub fn build(
     gpu: &Gpu,
@@ -26,12 +41,9 @@ pub fn build(
         vocab: table.rows as u32,
         _pad: 0,
     };
-    let pipe = gpu.pipeline(
-        Shader::Embed,
-        &ShaderVariant::new("main").define(weight_define(table.dtype)),
-    )?;
+    let pipe = gpu.pipeline(Shader::Embed, &variant(table.dtype, table.cols))?;
     let params = gpu.uniform("embed.params", &p);
-    let x_groups = (table.cols as u32 / 4).div_ceil(64);
+    let x_groups = (table.cols as u32).div_ceil(4).div_ceil(64);
     Ok(KernelOp::new(
         gpu,
         "embed",
@@ -62,13 +74,33 @@ mod tests {
 
     #[test]
     fn embed_matches_cpu() {
+        for dim in [20, 65, 66, 67, 3] {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                check(dtype, dim);
+            }
+        }
+    }
+
+    fn check(dtype: DType, dim: usize) {
         let Some(gpu) = gpu() else { return };
-        let (vocab, dim) = (37, 20);
-        let table = seeded(vocab * dim, 7);
+        let vocab = 37;
+        let vals = seeded(vocab * dim, 7);
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => bytemuck::cast_slice(&vals).to_vec(),
+            DType::F16 => vals
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            _ => vals
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        };
+        let table = crate::model::weights::dequantize(dtype, &bytes, vocab * dim);
         let t = Tensor {
-            dtype: DType::F32,
+            dtype,
             shape: vec![vocab, dim],
-            bytes: Bytes::Owned(Arc::new(bytemuck::cast_slice(&table).to_vec())),
+            bytes: Bytes::Owned(Arc::new(bytes)),
         };
         let w = GpuWeight::upload(&gpu, "t", &t).unwrap();
         let ids = [3u32, 0, 36, 3, 11];
@@ -84,7 +116,7 @@ mod tests {
             &read_f32(&gpu, &x, ids.len() * dim),
             &cpu(&table, dim, &ids),
             0.0,
-            "embed",
+            &format!("embed {dtype} dim {dim}"),
         );
     }
 }

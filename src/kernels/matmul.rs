@@ -109,10 +109,19 @@ pub fn variant_full(
     // workgroup memory once per workgroup; Q4_1 then takes the offset term
     // from staged block sums (docs/optimizations.md).
     if tt == 1 && (norm || !subgroups) {
-        v = v.define("XSTAGE").define(format!("K4={}", k / 4));
+        v = v.define("XSTAGE").define(format!("K4={}", k.div_ceil(4)));
         if dtype == DType::Q4_1 {
             v = v.define("Q41X");
         }
+    }
+    // Rows of any width: GGML blocks are whole (32 weights), so only float
+    // weights can end inside a 4-wide chunk.
+    if !k.is_multiple_of(4) {
+        assert!(
+            dtype.block_len() == 1,
+            "{dtype} rows of {k} weights are not whole blocks"
+        );
+        v = v.define("KTAIL");
     }
     if norm {
         v = v.define("NORM");
@@ -419,13 +428,16 @@ mod tests {
     }
 
     fn fused_on(gpu: &Arc<Gpu>) {
-        for (dtype, tokens) in [
-            (DType::F32, 1),
-            (DType::Q4_1, 1),
-            (DType::Q4_1, 9),
-            (DType::Q8_0, 3),
+        for (dtype, tokens, k) in [
+            (DType::F32, 1, 64),
+            (DType::Q4_1, 1, 64),
+            (DType::Q4_1, 9, 64),
+            (DType::Q8_0, 3, 64),
+            // Widths that end inside a 4-wide chunk.
+            (DType::F32, 1, 67),
+            (DType::F16, 9, 66),
+            (DType::BF16, 1, 171),
         ] {
-            let k = 64;
             let (nq, nk) = (24, 8);
             let rows = nq + 2 * nk;
             let bytes = encode(dtype, rows, k, 77);
@@ -523,8 +535,15 @@ mod tests {
     #[test]
     fn fused_rmsnorm_decode() {
         for gpu in gpu_paths() {
-            for dtype in [DType::F32, DType::Q4_1, DType::Q8_0] {
-                let (k, nq, nk) = (96, 24, 8);
+            for (dtype, k) in [
+                (DType::F32, 96),
+                (DType::Q4_1, 96),
+                (DType::Q8_0, 96),
+                (DType::F32, 65),
+                (DType::F16, 67),
+                (DType::BF16, 178),
+            ] {
+                let (nq, nk) = (24, 8);
                 let rows = nq + 2 * nk;
                 let bytes = encode(dtype, rows, k, 91);
                 let wf = dequantize(dtype, &bytes, rows * k);
@@ -642,6 +661,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Rows whose width is not a multiple of 4 (any F32/F16/BF16 width):
+    /// every path, decode and prefill, plain and accumulate, odd row starts
+    /// (F16/BF16 rows of odd width begin mid-word).
+    #[test]
+    fn odd_widths_all_float_types() {
+        for k in [1, 2, 3, 5, 66, 171, 173] {
+            check(DType::F32, 13, k, 1, false, Rows::Tokens);
+            check(DType::F16, 11, k, 9, true, Rows::Tokens);
+            check(DType::BF16, 7, k, 3, false, Rows::Tokens);
+        }
+        check(DType::F16, 19, 67, 4, false, Rows::OutRows);
+        check(DType::BF16, 19, 65, 1, true, Rows::Tokens);
     }
 
     #[test]

@@ -252,7 +252,7 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
             }
         }
     }
-    for hd in [8, 16, 32, 64, 128] {
+    for hd in [6, 8, 16, 18, 24, 32, 64, 128, 256] {
         v.push((Shader::Attention, attention::variant(hd)));
         v.push((Shader::Attention, attention::partial_variant(hd)));
         for wg in [64, 256] {

@@ -21,11 +21,24 @@ pub struct Params {
 
 /// The one place the slice budget becomes a WGSL array size.
 pub fn variant(dtype: DType, slice_bytes: usize, accumulate: bool) -> ShaderVariant {
+    variant_k(dtype, slice_bytes, accumulate, 32)
+}
+
+/// [`variant`] for rows of `k` weights (`KTAIL` when `k` is not a multiple
+/// of 4: float weights only, GGML blocks are whole).
+pub fn variant_k(dtype: DType, slice_bytes: usize, accumulate: bool, k: usize) -> ShaderVariant {
     let mut v = ShaderVariant::new("main")
         .define(weight_define(dtype))
         .define(format!("SLICE_WORDS={}", slice_bytes / 4));
     if accumulate {
         v = v.define("ACCUMULATE");
+    }
+    if !k.is_multiple_of(4) {
+        assert!(
+            dtype.block_len() == 1,
+            "{dtype} rows of {k} weights are not whole blocks"
+        );
+        v = v.define("KTAIL");
     }
     v
 }
@@ -78,7 +91,7 @@ pub fn build(
     let params = gpu.uniform("sram_matmul.params", &p);
     let pipe = gpu.pipeline(
         Shader::SramMatmul,
-        &variant(s.w.dtype, s.slice_bytes, s.accumulate),
+        &variant_k(s.w.dtype, s.slice_bytes, s.accumulate, s.w.cols),
     )?;
     let tiles = (s.row_end - s.row_begin).div_ceil(rpt) as u32;
     let out_rows_only = s.out_rows_only;
@@ -129,6 +142,14 @@ mod tests {
         let vals = seeded(n * k, 21);
         let bytes: Vec<u8> = match dtype {
             DType::F32 => bytemuck::cast_slice(&vals).to_vec(),
+            DType::F16 => vals
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            DType::BF16 => vals
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
             DType::Q8_0 => (0..n * k / 32)
                 .flat_map(|b| {
                     let mut blk = half::f16::from_f32(0.02 + b as f32 * 1e-3)
@@ -188,6 +209,16 @@ mod tests {
         // 37 rows of 172 floats (688 B) in 4 KiB slices: 5 rows per slice.
         check(DType::F32, 37, 172, 3, (4, 31), 4096, false);
         check(DType::F32, 37, 172, 1, (0, 37), 4096, true);
+    }
+
+    /// Widths that are not a multiple of 4; F16/BF16 rows of odd width
+    /// start mid-word, and so do tiles.
+    #[test]
+    fn sram_matmul_odd_widths() {
+        check(DType::F32, 37, 171, 3, (4, 31), 4096, false);
+        check(DType::F16, 29, 173, 2, (0, 29), 1024, true);
+        check(DType::BF16, 23, 65, 1, (5, 23), 1024, false);
+        check(DType::F16, 9, 3, 4, (0, 9), 1024, false);
     }
 
     #[test]

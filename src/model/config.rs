@@ -87,6 +87,13 @@ impl LlamaConfig {
                 self.head_dim
             ));
         }
+        let max_hd = crate::kernels::attention::MAX_HEAD_DIM;
+        if self.head_dim > max_hd {
+            return bad(format!(
+                "head_dim ({}) is above {max_hd}, the largest head the attention kernel takes",
+                self.head_dim
+            ));
+        }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
             return bad(format!(
                 "rms_norm_eps must be positive, got {}",
