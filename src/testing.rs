@@ -5,6 +5,9 @@ use crate::gpu::{Gpu, GpuOptions};
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
+/// The plain CPU forward pass tests compare the GPU kernels against.
+pub mod reference;
+
 /// Writes past libtest's output capture, so every GPU test shows its adapter.
 fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "[sramlm test] {msg}");
