@@ -3,7 +3,8 @@
 //! even values 2..=256, MHA/GQA/MQA, tied and untied embeddings, F32, F16
 //! and BF16 storage, safetensors folders and GGUF files) are written to a
 //! temporary folder, loaded through the normal loader and run in both modes
-//! (VRAM on both matmul paths, SRAM on a chip preset the model fits), and
+//! (VRAM on both matmul paths, SRAM on chip presets from one big chip to
+//! many small ones, so weights split into row blocks over linked chips), and
 //! compared with the plain CPU forward pass (`sramlm::testing::reference`):
 //! logits within 1e-4 (scaled to the logits' range) at every position of the
 //! prompt and of the greedy continuation, and the same greedy token wherever
@@ -80,7 +81,6 @@ fn cases() -> Vec<Case> {
         c(67, 175, (3, 3, 10), 1, true, BF16, Safetensors),
         c(64, 178, (2, 1, 24), 0, false, F32, Safetensors),
         c(70, 172, (2, 2, 256), 5, true, F16, Safetensors),
-        c(36, 60, (8, 4, 2), 9, false, BF16, Safetensors),
         c(65, 171, (4, 2, 14), 2, true, F32, Gguf),
         c(66, 173, (3, 1, 22), 4, false, F16, Gguf),
     ];
@@ -92,7 +92,8 @@ fn cases() -> Vec<Case> {
             .wrapping_add(1442695040888963407);
         ((s >> 33) as usize) % n
     };
-    for _ in 0..3 {
+    const DRAWN: usize = 1;
+    for _ in 0..DRAWN {
         let kv_heads = 1 + next(3);
         let heads = kv_heads * (1 + next(3));
         let dtype = [F32, F16, BF16][next(3)];
@@ -102,12 +103,12 @@ fn cases() -> Vec<Case> {
             Gguf
         };
         v.push(Case {
-            hidden: 33 + next(60),
-            inter: 90 + next(120),
+            hidden: 33 + next(40),
+            inter: 90 + next(90),
             layers: 1 + next(2),
             heads,
             kv_heads,
-            head_dim: 2 * (1 + next(40)),
+            head_dim: 2 * (1 + next(20)),
             extra_vocab: next(12),
             tied: next(2) == 0,
             dtype,
@@ -482,7 +483,8 @@ fn check(exec: &mut dyn Executor, m: &Model, e: &Expected, what: &str) -> f32 {
     worst
 }
 
-fn run_case(i: usize, c: &Case) {
+/// Runs one case in every mode; returns the chips SRAM mode used.
+fn run_case(i: usize, c: &Case) -> usize {
     let gpu0 = gpu().expect("GPU");
     let tag = format!("case{i}");
     let (_tmp, m) = write_and_load(c, &tag);
@@ -491,7 +493,14 @@ fn run_case(i: usize, c: &Case) {
     assert_eq!(m.config.vocab_size, c.vocab(), "{what}");
     assert_eq!(m.config.tie_word_embeddings, c.tied, "{what}");
     let e = expected(&m, c.seed);
-    for g in gpu_paths() {
+    // Both matmul paths on every other case (each path compiles its own
+    // pipelines: CI time), the adapter's default path on the rest.
+    let paths = if i % 2 == 0 {
+        gpu_paths()
+    } else {
+        vec![gpu0.clone()]
+    };
+    for g in paths {
         let mut exec = VramExecutor::new(g.clone(), &m.config, &m.weights, &VramOptions::default())
             .unwrap_or_else(|err| panic!("{what}: VRAM executor: {err}"));
         let path = if g.level.subgroup_matmul {
@@ -501,14 +510,15 @@ fn run_case(i: usize, c: &Case) {
         };
         check(&mut exec, &m, &e, &format!("{what} vram {path}"));
     }
-    // SRAM mode on the first preset the model fits.
+    // SRAM mode on the first preset the model fits, starting the search at a
+    // different preset per case (one chip, or weights split over many).
     let ctx = m.config.max_position_embeddings;
     let mut opts = PlaceOptions::for_config(&m.config);
     opts.context_len = ctx;
     opts.microbatch_tokens = 3;
     let tensors = TensorInfo::from_weights(&m.weights);
-    let (preset, plan) = PRESET_NAMES
-        .iter()
+    let (preset, plan) = (0..PRESET_NAMES.len())
+        .map(|j| PRESET_NAMES[(i + j) % PRESET_NAMES.len()])
         .find_map(|p| {
             let spec = ChipSpec::preset(p).unwrap();
             place(&m.config, &tensors, &spec, &opts)
@@ -534,6 +544,7 @@ fn run_case(i: usize, c: &Case) {
         &e,
         &format!("{what} sram {preset} x{}", plan.totals.chips_used),
     );
+    plan.totals.chips_used
 }
 
 #[test]
@@ -541,11 +552,20 @@ fn odd_shapes_match_the_cpu_reference_in_both_modes() {
     if gpu().is_none() {
         return;
     }
+    let mut most_chips = 0;
     for (i, c) in cases().iter().enumerate() {
         let t = std::time::Instant::now();
-        run_case(i, c);
-        eprintln!("case {i} ok in {:.1} s: {c:?}", t.elapsed().as_secs_f32());
+        let chips = run_case(i, c);
+        most_chips = most_chips.max(chips);
+        eprintln!(
+            "case {i} ok in {:.1} s (SRAM mode on {chips} chips): {c:?}",
+            t.elapsed().as_secs_f32()
+        );
     }
+    assert!(
+        most_chips > 1,
+        "no case split its weights over several chips"
+    );
 }
 
 /// The limit that remains (the attention kernel's 256-wide head) is refused
