@@ -315,6 +315,141 @@ mod tests {
         assert_close(&vcache[off..off + v.len()], &v, 0.0, "v cache");
     }
 
+    /// `inv_freq` and the attention factor against values transformers 5.24
+    /// computed (`ROPE_INIT_FUNCTIONS[type](LlamaConfig(hidden 64, heads 4,
+    /// head_dim 16, max_position_embeddings 64, rope_parameters=...))`).
+    #[test]
+    fn frequencies_match_transformers() {
+        let hf = |json: &str| {
+            let obj: serde_json::Value = serde_json::from_str(json).unwrap();
+            RopeScaling::from_hf(obj.as_object().unwrap(), 64).unwrap()
+        };
+        let cases: [(&str, usize, f32, [f32; 8]); 5] = [
+            (
+                r#"{"rope_parameters":{"rope_type":"linear","rope_theta":10000.0,"factor":4.0}}"#,
+                0,
+                1.0,
+                [
+                    0.25,
+                    0.079056941,
+                    0.025,
+                    0.0079056947,
+                    0.0025,
+                    0.00079056947,
+                    0.00025000001,
+                    7.9056947e-05,
+                ],
+            ),
+            (
+                r#"{"rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":16}}"#,
+                0,
+                1.0,
+                [
+                    0.57605636,
+                    0.024240345,
+                    0.0047007538,
+                    0.00091158313,
+                    0.00017677668,
+                    3.4281024e-05,
+                    6.6478697e-06,
+                    1.2891732e-06,
+                ],
+            ),
+            (
+                r#"{"rope_parameters":{"rope_type":"yarn","rope_theta":10000.0,"factor":4.0,"original_max_position_embeddings":16}}"#,
+                0,
+                1.138629436111989,
+                [
+                    1.0,
+                    0.079056941,
+                    0.025,
+                    0.0079056947,
+                    0.0025,
+                    0.00079056947,
+                    0.00025000001,
+                    7.9056947e-05,
+                ],
+            ),
+            (
+                r#"{"rope_parameters":{"rope_type":"yarn","rope_theta":10000.0,"factor":8.0,"original_max_position_embeddings":64,"beta_fast":8,"beta_slow":0.5,"truncate":false,"mscale":1.0,"mscale_all_dim":0.5}}"#,
+                0,
+                1.094179988101349,
+                [
+                    1.0,
+                    0.22543858,
+                    0.034956351,
+                    0.0039528473,
+                    0.00125,
+                    0.00039528473,
+                    0.000125,
+                    3.9528473e-05,
+                ],
+            ),
+            (
+                r#"{"rope_parameters":{"rope_type":"dynamic","rope_theta":10000.0,"factor":4.0}}"#,
+                100,
+                1.0,
+                [
+                    1.0,
+                    0.267223,
+                    0.071408123,
+                    0.019081892,
+                    0.0050991201,
+                    0.001362602,
+                    0.00036411858,
+                    9.730085e-05,
+                ],
+            ),
+        ];
+        for (json, seq_len, att, want) in cases {
+            let (theta, r) = hf(json);
+            assert!(
+                (r.attention_factor - att).abs() <= 1e-6,
+                "{json}: attention factor {}",
+                r.attention_factor
+            );
+            let got = inv_freq(16, theta, &r, seq_len);
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 2e-6 * w,
+                    "{json}: inv_freq[{i}] = {g}, transformers {w}"
+                );
+            }
+        }
+    }
+
+    /// Dynamic NTK: plain frequencies up to max_position_embeddings, then row
+    /// p holds the ones for length p + 1; yarn scales cos and sin.
+    #[test]
+    fn table_rows() {
+        let r = RopeScaling {
+            rope_type: RopeType::Dynamic,
+            factor: 4.0,
+            original_max_position_embeddings: 16,
+            ..Default::default()
+        };
+        let t = rope_table(24, 8, 10000.0, &r);
+        let plain = cos_sin_table(24, 8, 10000.0);
+        assert_eq!(t[..16 * 8], plain[..16 * 8]);
+        let inv = inv_freq(8, 10000.0, &r, 21);
+        for (i, f) in inv.iter().enumerate() {
+            let a = (20.0f32 * f) as f64;
+            assert_eq!(t[(20 * 4 + i) * 2], a.cos() as f32);
+        }
+        assert_ne!(t[20 * 8 + 2], plain[20 * 8 + 2]);
+        let y = RopeScaling {
+            rope_type: RopeType::Yarn,
+            attention_factor: 1.5,
+            original_max_position_embeddings: 16,
+            ..Default::default()
+        };
+        let t = rope_table(4, 8, 10000.0, &y);
+        assert_eq!(t[0], 1.5);
+        assert!(check_step(&r, 0, 16).is_ok() && check_step(&r, 16, 1).is_ok());
+        let e = check_step(&r, 10, 7).unwrap_err();
+        assert!(e.contains("dynamic RoPE") && e.contains("16"), "{e}");
+    }
+
     #[test]
     fn rope_halves() {
         check(RopeLayout::Halves);

@@ -691,6 +691,130 @@ mod tests {
         assert!(e.contains("intermediate_size"), "{e}");
     }
 
+    fn with(extra: &str) -> String {
+        BASE.replacen('{', &format!("{{{extra},"), 1)
+    }
+
+    #[test]
+    fn rope_plain_layouts() {
+        // 4.x: top-level theta; 5.x: inside rope_parameters (which wins).
+        let c = parse(&with(r#""rope_scaling":null"#)).unwrap();
+        assert_eq!(
+            (c.rope_theta, c.rope_scaling.clone()),
+            (10000.0, RopeScaling::default())
+        );
+        let s = BASE.replace(r#""rope_theta":10000.0,"#, "");
+        let c = parse(&s.replacen(
+            '{',
+            r#"{"rope_parameters":{"rope_type":"default","rope_theta":500000.0},"#,
+            1,
+        ))
+        .unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling.rope_type, RopeType::Default);
+        // `{"rope_type": "default"}` under rope_scaling is plain RoPE, not an error.
+        let c = parse(&with(r#""rope_scaling":{"rope_type":"default"}"#)).unwrap();
+        assert_eq!(c.rope_scaling.rope_type, RopeType::Default);
+        assert_eq!(c.rope_theta, 10000.0);
+    }
+
+    #[test]
+    fn rope_types_in_both_layouts() {
+        let both = |params: &str| {
+            let v4 = parse(&with(&format!(r#""rope_scaling":{{{params}}}"#))).unwrap();
+            let v5 = parse(&BASE.replace(r#""rope_theta":10000.0,"#, "").replacen(
+                '{',
+                &format!(r#"{{"rope_parameters":{{"rope_theta":10000.0,{params}}},"#),
+                1,
+            ))
+            .unwrap();
+            assert_eq!(v4, v5, "{params}");
+            v5.rope_scaling
+        };
+        let r = both(r#""type":"linear","factor":2.0"#);
+        assert_eq!(
+            (r.rope_type, r.factor, r.attention_factor),
+            (RopeType::Linear, 2.0, 1.0)
+        );
+        let r = both(r#""rope_type":"dynamic","factor":3.0"#);
+        // dynamic rescales past max_position_embeddings (512 in BASE).
+        assert_eq!(
+            (r.rope_type, r.factor, r.original_max_position_embeddings),
+            (RopeType::Dynamic, 3.0, 512)
+        );
+        let r = both(
+            r#""rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":128"#,
+        );
+        assert_eq!(
+            (
+                r.rope_type,
+                r.factor,
+                r.low_freq_factor,
+                r.high_freq_factor,
+                r.original_max_position_embeddings
+            ),
+            (RopeType::Llama3, 8.0, 1.0, 4.0, 128)
+        );
+        let r = both(r#""rope_type":"yarn","factor":4.0,"original_max_position_embeddings":128"#);
+        assert_eq!(
+            (r.rope_type, r.beta_fast, r.beta_slow, r.truncate),
+            (RopeType::Yarn, 32.0, 1.0, true)
+        );
+        assert!((r.attention_factor - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+        // Explicit attention_factor; mscale/mscale_all_dim ratio; factor from the context ratio.
+        let r = both(
+            r#""rope_type":"yarn","factor":4.0,"original_max_position_embeddings":128,"attention_factor":0.8,"beta_fast":16,"truncate":false"#,
+        );
+        assert_eq!(
+            (r.attention_factor, r.beta_fast, r.truncate),
+            (0.8, 16.0, false)
+        );
+        let r = both(
+            r#""rope_type":"yarn","factor":4.0,"original_max_position_embeddings":128,"mscale":1.0,"mscale_all_dim":2.0"#,
+        );
+        let m = |s: f32| 0.1 * s * 4f32.ln() + 1.0;
+        assert!((r.attention_factor - m(1.0) / m(2.0)).abs() < 1e-6);
+        let r = both(r#""rope_type":"yarn","original_max_position_embeddings":128"#);
+        assert_eq!(r.factor, 4.0);
+        // llama3/yarn without original_max_position_embeddings: max_position_embeddings.
+        let r = both(r#""rope_type":"yarn","factor":2.0"#);
+        assert_eq!(r.original_max_position_embeddings, 512);
+        // A top-level original_max_position_embeddings wins (transformers' Phi-3 rule).
+        let c = parse(&with(
+            r#""original_max_position_embeddings":64,"rope_scaling":{"rope_type":"yarn","factor":2.0,"original_max_position_embeddings":128}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.rope_scaling.original_max_position_embeddings, 64);
+    }
+
+    #[test]
+    fn rope_errors_are_one_line() {
+        let err = |extra: &str| parse(&with(extra)).unwrap_err().to_string();
+        let e = err(r#""rope_scaling":{"rope_type":"longrope","factor":2.0}"#);
+        assert!(
+            e.contains("`longrope`")
+                && e.contains("default, linear, dynamic, llama3, yarn")
+                && !e.contains('\n'),
+            "{e}"
+        );
+        let e = err(r#""rope_parameters":{"rope_type":"su"}"#);
+        assert!(e.contains("`su`") && e.contains("supported"), "{e}");
+        let e = err(r#""rope_scaling":{"type":"linear"}"#);
+        assert!(e.contains("factor") && e.contains("linear"), "{e}");
+        let e = err(r#""rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0}"#);
+        assert!(e.contains("high_freq_factor"), "{e}");
+        let e = err(r#""rope_scaling":{"rope_type":"linear","factor":-1.0}"#);
+        assert!(e.contains("factor") && e.contains("-1"), "{e}");
+        let e = err(r#""rope_scaling":{"rope_type":"linear","factor":"2"}"#);
+        assert!(e.contains("factor") && e.contains("number"), "{e}");
+        let e = err(r#""partial_rotary_factor":0.5"#);
+        assert!(e.contains("partial_rotary_factor"), "{e}");
+        let e = err(r#""rope_parameters":{"full_attention":{"rope_type":"default"}}"#);
+        assert!(e.contains("full_attention"), "{e}");
+        let e = err(r#""rope_scaling":[1,2]"#);
+        assert!(e.contains("rope_scaling"), "{e}");
+    }
+
     #[test]
     fn rejects_contradictory_heads() {
         let s = BASE.replace("\"num_key_value_heads\":4", "\"num_key_value_heads\":3");
