@@ -1553,3 +1553,137 @@ mod tests {
         assert!(e.contains("nested"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod rope_tests {
+    use super::*;
+
+    fn file(kvs: &[(&str, GgufValue)], freqs: Option<&[f32]>) -> (GgufFile, Vec<u8>) {
+        let mut w = GgufWriter::new();
+        for (k, v) in kvs {
+            w = w.kv(k, v.clone());
+        }
+        if let Some(f) = freqs {
+            let bytes = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+            w = w.tensor("rope_freqs.weight", &[f.len()], GgmlType::F32.id(), bytes);
+        }
+        let bytes = w.to_bytes();
+        (GgufFile::parse(&bytes).unwrap(), bytes)
+    }
+    fn s(v: &str) -> GgufValue {
+        GgufValue::String(v.into())
+    }
+
+    #[test]
+    fn rope_keys() {
+        let (g, _) = file(&[("llama.rope.freq_base", GgufValue::F32(500000.0))], None);
+        let (theta, r) = rope_from_gguf(&g, "llama", 64).unwrap();
+        assert_eq!((theta, r), (500000.0, RopeScaling::default()));
+
+        let (g, _) = file(
+            &[
+                ("llama.rope.scaling.type", s("linear")),
+                ("llama.rope.scaling.factor", GgufValue::F32(4.0)),
+            ],
+            None,
+        );
+        let (theta, r) = rope_from_gguf(&g, "llama", 64).unwrap();
+        assert_eq!(
+            (theta, r.rope_type, r.factor),
+            (10000.0, RopeType::Linear, 4.0)
+        );
+
+        let (g, _) = file(&[("llama.rope.scale_linear", GgufValue::F32(2.0))], None);
+        let r = rope_from_gguf(&g, "llama", 64).unwrap().1;
+        assert_eq!((r.rope_type, r.factor), (RopeType::Linear, 2.0));
+
+        // yarn: transformers' defaults where the converter wrote nothing.
+        let (g, _) = file(
+            &[
+                ("llama.rope.scaling.type", s("yarn")),
+                ("llama.rope.scaling.factor", GgufValue::F32(4.0)),
+                (
+                    "llama.rope.scaling.original_context_length",
+                    GgufValue::U32(16),
+                ),
+            ],
+            None,
+        );
+        let r = rope_from_gguf(&g, "llama", 64).unwrap().1;
+        assert_eq!(
+            (
+                r.rope_type,
+                r.original_max_position_embeddings,
+                r.beta_fast,
+                r.beta_slow,
+                r.truncate
+            ),
+            (RopeType::Yarn, 16, 32.0, 1.0, true)
+        );
+        assert!((r.attention_factor - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+        let (g, _) = file(
+            &[
+                ("llama.rope.scaling.type", s("yarn")),
+                ("llama.rope.scaling.factor", GgufValue::F32(4.0)),
+                ("llama.rope.scaling.yarn_attn_factor", GgufValue::F32(0.7)),
+                ("llama.rope.scaling.yarn_beta_fast", GgufValue::F32(16.0)),
+                ("llama.rope.scaling.yarn_beta_slow", GgufValue::F32(2.0)),
+            ],
+            None,
+        );
+        let r = rope_from_gguf(&g, "llama", 64).unwrap().1;
+        assert_eq!(
+            (
+                r.attention_factor,
+                r.beta_fast,
+                r.beta_slow,
+                r.original_max_position_embeddings
+            ),
+            (0.7, 16.0, 2.0, 64)
+        );
+    }
+
+    #[test]
+    fn rope_key_errors() {
+        let err = |kvs: &[(&str, GgufValue)]| {
+            let (g, _) = file(kvs, None);
+            rope_from_gguf(&g, "llama", 64).unwrap_err().to_string()
+        };
+        let e = err(&[("llama.rope.scaling.type", s("longrope"))]);
+        assert!(e.contains("`longrope`") && e.contains("supported"), "{e}");
+        let e = err(&[("llama.rope.scaling.type", s("linear"))]);
+        assert!(e.contains("llama.rope.scaling.factor"), "{e}");
+        let e = err(&[
+            ("llama.rope.scaling.type", s("yarn")),
+            ("llama.rope.scaling.factor", GgufValue::F32(4.0)),
+            (
+                "llama.rope.scaling.yarn_log_multiplier",
+                GgufValue::F32(0.1),
+            ),
+        ]);
+        assert!(e.contains("yarn_log_multiplier"), "{e}");
+    }
+
+    #[test]
+    fn rope_freqs_tensor() {
+        let (g, bytes) = file(&[], Some(&[1.0, 2.0, 8.0]));
+        assert_eq!(
+            rope_freq_factors(&g, &bytes).unwrap(),
+            Some(vec![1.0, 2.0, 8.0])
+        );
+        let (g, bytes) = file(&[], None);
+        assert_eq!(rope_freq_factors(&g, &bytes).unwrap(), None);
+        // Checked against head_dim when the config is validated.
+        let r = RopeScaling {
+            freq_factors: Some(vec![1.0, 2.0, 8.0]),
+            ..Default::default()
+        };
+        let e = r.check(8).unwrap_err();
+        assert!(e.contains("rope_freqs.weight") && e.contains('4'), "{e}");
+        let r = RopeScaling {
+            freq_factors: Some(vec![1.0, 0.0]),
+            ..Default::default()
+        };
+        assert!(r.check(4).unwrap_err().contains("positive"));
+    }
+}
