@@ -324,7 +324,7 @@ mod tests {
             let obj: serde_json::Value = serde_json::from_str(json).unwrap();
             RopeScaling::from_hf(obj.as_object().unwrap(), 64).unwrap()
         };
-        let cases: [(&str, usize, f32, [f32; 8]); 5] = [
+        let cases: [(&str, usize, f64, [f64; 8]); 5] = [
             (
                 r#"{"rope_parameters":{"rope_type":"linear","rope_theta":10000.0,"factor":4.0}}"#,
                 0,
@@ -404,14 +404,14 @@ mod tests {
         for (json, seq_len, att, want) in cases {
             let (theta, r) = hf(json);
             assert!(
-                (r.attention_factor - att).abs() <= 1e-6,
+                (r.attention_factor as f64 - att).abs() <= 1e-6,
                 "{json}: attention factor {}",
                 r.attention_factor
             );
             let got = inv_freq(16, theta, &r, seq_len);
             for (i, (g, w)) in got.iter().zip(want).enumerate() {
                 assert!(
-                    (g - w).abs() <= 2e-6 * w,
+                    (*g as f64 - w).abs() <= 2e-6 * w,
                     "{json}: inv_freq[{i}] = {g}, transformers {w}"
                 );
             }

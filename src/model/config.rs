@@ -292,18 +292,14 @@ impl RopeScaling {
             Some(t) => t,
             None => top("rope_theta")?.unwrap_or(10000.0),
         };
-        for key in ["partial_rotary_factor"] {
-            let v = match get(key)? {
-                Some(v) => Some(v),
-                None => top(key)?,
-            };
-            if let Some(v) = v {
-                if v != 1.0 {
-                    return Err(format!(
-                        "partial rotary embeddings are not supported (`{key}` = {v})"
-                    ));
-                }
-            }
+        let partial = match get("partial_rotary_factor")? {
+            Some(v) => Some(v),
+            None => top("partial_rotary_factor")?,
+        };
+        if let Some(v) = partial.filter(|&v| v != 1.0) {
+            return Err(format!(
+                "partial rotary embeddings are not supported (`partial_rotary_factor` = {v})"
+            ));
         }
         let type_name = match nonnull(p.get("rope_type")).or(nonnull(p.get("type"))) {
             None => "default".to_string(),
