@@ -264,7 +264,7 @@ def make(case, llama_cpp, out_root):
         "new_ids": ids,
         "top1_minus_top2_margin": margins,
         "first_step_logits": [round(float(x), 6) for x in first],
-        "config_rope": {k: v for k, v in case.config.items()},
+        "config_overrides": case.config,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "dtype": "float32 compute, float16 weights on disk",
