@@ -855,6 +855,7 @@ fn print_model(m: &Model) {
         c.rope_layout,
         yes(c.tie_word_embeddings)
     );
+    println!("    rope: {}", c.rope_scaling.describe());
     println!(
         "    parameters: {} | weight memory on the GPU (file encoding): {}",
         c.param_count(),

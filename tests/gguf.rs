@@ -679,7 +679,7 @@ fn unsupported_llama_variants_are_rejected() {
         (
             "llama.rope.scaling.factor",
             GgufValue::F32(4.0),
-            "RoPE scaling",
+            "RoPE scaling type `longrope`",
         ),
         (
             "llama.rope.dimension_count",
@@ -698,7 +698,7 @@ fn unsupported_llama_variants_are_rejected() {
             set_kv(
                 &mut kv,
                 "llama.rope.scaling.type",
-                GgufValue::String("linear".into()),
+                GgufValue::String("longrope".into()),
             );
         }
         if key == "llama.rope.dimension_count" {

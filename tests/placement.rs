@@ -35,6 +35,7 @@ fn smollm2_config() -> LlamaConfig {
         max_position_embeddings: 8192,
         rms_norm_eps: 1e-5,
         rope_theta: 100000.0,
+        rope_scaling: Default::default(),
         tie_word_embeddings: true,
         rope_layout: RopeLayout::Adjacent,
         bos_token_id: Some(1),

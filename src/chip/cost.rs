@@ -362,6 +362,7 @@ mod tests {
             max_position_embeddings: 512,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_scaling: Default::default(),
             tie_word_embeddings: true,
             rope_layout: RopeLayout::Halves,
             bos_token_id: Some(1),

@@ -654,7 +654,7 @@ impl SramExecutor {
             Some(_) => None,
             None => Some(GpuWeight::upload(&gpu, "embed", &w.embed)?),
         };
-        let table = rope::cos_sin_table(ctx, cfg.head_dim, cfg.rope_theta);
+        let table = rope::rope_table(ctx, cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
         let cos_sin = gpu.upload("rope.cos_sin", bytemuck::cast_slice(&table))?;
         let ids = gpu.storage_buffer("ids", f(mb))?;
         let result = gpu.storage_buffer("result", f(2 * topk::MAX_K))?;
@@ -1368,6 +1368,8 @@ impl Executor for SramExecutor {
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
         let seq = self.seq;
         super::check_step(ids, self.pos[seq], self.ctx, self.cfg.vocab_size)?;
+        rope::check_step(&self.cfg.rope_scaling, self.pos[seq], ids.len())
+            .map_err(ExecError::Invalid)?;
         let mbs: Vec<Mb> = (0..ids.len())
             .step_by(self.mb)
             .map(|start| Mb {

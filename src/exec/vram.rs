@@ -115,7 +115,7 @@ impl VramExecutor {
             result: buf("result", f(2 * topk::MAX_K))?,
         };
         let step_buf = gpu.uniform("step", &Step::default());
-        let table = rope::cos_sin_table(ctx, cfg.head_dim, cfg.rope_theta);
+        let table = rope::rope_table(ctx, cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
         let cos_sin = gpu.upload("rope.cos_sin", bytemuck::cast_slice(&table))?;
 
         // Weights: matrices as stored, norm vectors widened to f32 (tiny).
@@ -541,6 +541,8 @@ impl Executor for VramExecutor {
     }
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
         super::check_step(ids, self.pos, self.ctx, self.cfg.vocab_size)?;
+        rope::check_step(&self.cfg.rope_scaling, self.pos, ids.len())
+            .map_err(ExecError::Invalid)?;
         self.counters.steps += 1;
         let chunks: Vec<&[u32]> = ids.chunks(self.chunk).collect();
         let last = chunks.len() - 1;

@@ -27,6 +27,357 @@ impl RopeLayout {
     }
 }
 
+/// RoPE variants, named as transformers names them (`rope_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeType {
+    /// `inv_freq[i] = theta^(-2i/d)`.
+    #[default]
+    Default,
+    /// Every frequency divided by `factor`.
+    Linear,
+    /// Dynamic NTK: past `max_position_embeddings` the base grows with the
+    /// sequence length (so each position's frequencies depend on it).
+    Dynamic,
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a
+    /// smooth ramp in between.
+    Llama3,
+    /// YaRN: a ramp between interpolated and extrapolated frequencies, and
+    /// cos/sin scaled by the attention factor.
+    Yarn,
+}
+
+impl RopeType {
+    /// What the one-line error for other types lists.
+    pub const SUPPORTED: &'static str = "default, linear, dynamic, llama3, yarn";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RopeType::Default => "default",
+            RopeType::Linear => "linear",
+            RopeType::Dynamic => "dynamic",
+            RopeType::Llama3 => "llama3",
+            RopeType::Yarn => "yarn",
+        }
+    }
+
+    /// The type a config names, or the one-line error naming it.
+    pub fn parse(s: &str) -> Result<RopeType, String> {
+        Ok(match s {
+            "default" => RopeType::Default,
+            "linear" => RopeType::Linear,
+            "dynamic" => RopeType::Dynamic,
+            "llama3" => RopeType::Llama3,
+            "yarn" => RopeType::Yarn,
+            other => {
+                return Err(format!(
+                    "RoPE type `{other}` is not supported (supported: {})",
+                    RopeType::SUPPORTED
+                ))
+            }
+        })
+    }
+}
+
+/// RoPE scaling as transformers applies it (`modeling_rope_utils.py`), with
+/// every default resolved; `kernels::rope::inv_freq` turns it into frequencies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub rope_type: RopeType,
+    /// linear, dynamic, llama3, yarn (1 for default).
+    pub factor: f32,
+    /// llama3 and yarn: the pre-training context. dynamic: the length past
+    /// which the base grows (transformers uses `max_position_embeddings`).
+    pub original_max_position_embeddings: usize,
+    /// llama3.
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    /// yarn (transformers' defaults 32 and 1).
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// yarn: floor/ceil the correction range (default true).
+    pub truncate: bool,
+    /// Multiplies cos and sin (yarn's attention factor / mscale); 1 otherwise.
+    pub attention_factor: f32,
+    /// Per-frequency divisors of the frequencies (GGUF `rope_freqs.weight`,
+    /// Llama 3.1+ as llama.cpp writes it): `head_dim / 2` of them.
+    #[serde(default)]
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+impl Default for RopeScaling {
+    fn default() -> Self {
+        RopeScaling {
+            rope_type: RopeType::Default,
+            factor: 1.0,
+            original_max_position_embeddings: 0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            truncate: true,
+            attention_factor: 1.0,
+            freq_factors: None,
+        }
+    }
+}
+
+/// transformers' `get_mscale` (yarn): `0.1 * mscale * ln(scale) + 1`, 1 for `scale <= 1`.
+pub fn yarn_get_mscale(scale: f64, mscale: f64) -> f64 {
+    if scale <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * scale.ln() + 1.0
+    }
+}
+
+impl RopeScaling {
+    /// One line for `info`: type, factor, original context, attention factor.
+    pub fn describe(&self) -> String {
+        let mut s = self.rope_type.name().to_string();
+        match self.rope_type {
+            RopeType::Default => {}
+            RopeType::Linear => s += &format!(", factor {}", self.factor),
+            RopeType::Dynamic => {
+                s += &format!(
+                    ", factor {}, rescales past {} positions",
+                    self.factor, self.original_max_position_embeddings
+                )
+            }
+            RopeType::Llama3 => {
+                s += &format!(
+                    ", factor {}, original context {}, low/high freq factors {}/{}",
+                    self.factor,
+                    self.original_max_position_embeddings,
+                    self.low_freq_factor,
+                    self.high_freq_factor
+                )
+            }
+            RopeType::Yarn => {
+                s += &format!(
+                    ", factor {}, original context {}, beta fast/slow {}/{}{}",
+                    self.factor,
+                    self.original_max_position_embeddings,
+                    self.beta_fast,
+                    self.beta_slow,
+                    if self.truncate { "" } else { ", not truncated" }
+                )
+            }
+        }
+        s += &format!(", attention factor {}", self.attention_factor);
+        if let Some(f) = &self.freq_factors {
+            s += &format!(
+                ", {} per-frequency factors (rope_freqs.weight) {:.4}..{:.4}",
+                f.len(),
+                f.first().copied().unwrap_or(1.0),
+                f.last().copied().unwrap_or(1.0)
+            );
+        }
+        s
+    }
+
+    /// Range checks shared by both loaders.
+    pub fn check(&self, head_dim: usize) -> Result<(), String> {
+        let pos = |name: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("RoPE `{name}` must be a positive number, got {v}"))
+            }
+        };
+        pos("factor", self.factor)?;
+        pos("attention_factor", self.attention_factor)?;
+        match self.rope_type {
+            RopeType::Llama3 => {
+                pos("low_freq_factor", self.low_freq_factor)?;
+                pos("high_freq_factor", self.high_freq_factor)?;
+                if self.high_freq_factor <= self.low_freq_factor {
+                    return Err(format!(
+                        "llama3 RoPE needs high_freq_factor > low_freq_factor, got {} and {}",
+                        self.high_freq_factor, self.low_freq_factor
+                    ));
+                }
+            }
+            RopeType::Yarn => {
+                pos("beta_fast", self.beta_fast)?;
+                pos("beta_slow", self.beta_slow)?;
+            }
+            RopeType::Dynamic if head_dim <= 2 => {
+                return Err(format!(
+                    "dynamic RoPE needs head_dim > 2 (its exponent is d/(d-2)), got {head_dim}"
+                ));
+            }
+            _ => {}
+        }
+        if matches!(
+            self.rope_type,
+            RopeType::Llama3 | RopeType::Yarn | RopeType::Dynamic
+        ) && self.original_max_position_embeddings == 0
+        {
+            return Err(format!(
+                "{} RoPE needs original_max_position_embeddings > 0",
+                self.rope_type.name()
+            ));
+        }
+        if let Some(f) = &self.freq_factors {
+            if f.len() != head_dim / 2 {
+                return Err(format!(
+                    "rope_freqs.weight has {} entries, expected head_dim / 2 = {}",
+                    f.len(),
+                    head_dim / 2
+                ));
+            }
+            if let Some(x) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(format!(
+                    "rope_freqs.weight holds {x}; per-frequency factors must be positive"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses transformers' RoPE settings from a `config.json` object: 4.x
+    /// (`rope_theta` + `rope_scaling` with `type` or `rope_type`) and 5.x
+    /// (`rope_parameters` holding `rope_theta`, `rope_type` and the scaling
+    /// fields), resolving defaults as transformers' `standardize_rope_params`
+    /// and the `_compute_*_parameters` functions do. Returns (theta, scaling).
+    pub fn from_hf(
+        obj: &serde_json::Map<String, serde_json::Value>,
+        max_position_embeddings: usize,
+    ) -> Result<(f32, RopeScaling), String> {
+        use serde_json::Value;
+        fn nonnull(v: Option<&serde_json::Value>) -> Option<&serde_json::Value> {
+            v.filter(|v| !v.is_null())
+        }
+        // transformers: `rope_scaling or rope_parameters` (an empty dict counts as absent).
+        let dict = |key: &str| -> Result<Option<&serde_json::Map<String, Value>>, String> {
+            match nonnull(obj.get(key)) {
+                None => Ok(None),
+                Some(Value::Object(m)) if m.is_empty() => Ok(None),
+                Some(Value::Object(m)) => Ok(Some(m)),
+                Some(v) => Err(format!("`{key}` must be an object, got {v}")),
+            }
+        };
+        let (name, params) = match (dict("rope_scaling")?, dict("rope_parameters")?) {
+            (Some(m), _) => ("rope_scaling", Some(m)),
+            (None, Some(m)) => ("rope_parameters", Some(m)),
+            (None, None) => ("rope_parameters", None),
+        };
+        let empty = serde_json::Map::new();
+        let p = params.unwrap_or(&empty);
+        if let Some(k) = p
+            .keys()
+            .find(|k| ["full_attention", "sliding_attention"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "`{name}` is nested per layer type (`{k}`); sramlm supports one RoPE for all layers"
+            ));
+        }
+        let num = |key: &str, v: &Value| -> Result<f64, String> {
+            v.as_f64()
+                .ok_or_else(|| format!("`{name}.{key}` must be a number, got {v}"))
+        };
+        let get = |key: &str| -> Result<Option<f64>, String> {
+            nonnull(p.get(key)).map(|v| num(key, v)).transpose()
+        };
+        let top = |key: &str| -> Result<Option<f64>, String> {
+            nonnull(obj.get(key))
+                .map(|v| {
+                    v.as_f64()
+                        .ok_or_else(|| format!("`{key}` must be a number, got {v}"))
+                })
+                .transpose()
+        };
+        let theta = match get("rope_theta")? {
+            Some(t) => t,
+            None => top("rope_theta")?.unwrap_or(10000.0),
+        };
+        let partial = match get("partial_rotary_factor")? {
+            Some(v) => Some(v),
+            None => top("partial_rotary_factor")?,
+        };
+        if let Some(v) = partial.filter(|&v| v != 1.0) {
+            return Err(format!(
+                "partial rotary embeddings are not supported (`partial_rotary_factor` = {v})"
+            ));
+        }
+        let type_name = match nonnull(p.get("rope_type")).or(nonnull(p.get("type"))) {
+            None => "default".to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => return Err(format!("`{name}.rope_type` must be a string, got {v}")),
+        };
+        let rope_type = RopeType::parse(&type_name)?;
+        let required = |key: &str| -> Result<f64, String> {
+            get(key)?.ok_or_else(|| {
+                format!("`{name}` of type `{type_name}` is missing the field `{key}`")
+            })
+        };
+        let mut r = RopeScaling {
+            rope_type,
+            ..RopeScaling::default()
+        };
+        // transformers gives a top-level `original_max_position_embeddings`
+        // priority (the Phi-3 exception), then the dict's, then max_position_embeddings.
+        let original = || -> Result<usize, String> {
+            let v = match top("original_max_position_embeddings")? {
+                Some(v) => Some(v),
+                None => get("original_max_position_embeddings")?,
+            };
+            match v {
+                None => Ok(max_position_embeddings),
+                Some(v) if v >= 1.0 && v.fract() == 0.0 && v <= (1u64 << 32) as f64 => {
+                    Ok(v as usize)
+                }
+                Some(v) => Err(format!(
+                    "`original_max_position_embeddings` must be a positive integer, got {v}"
+                )),
+            }
+        };
+        match rope_type {
+            RopeType::Default => {}
+            RopeType::Linear => r.factor = required("factor")? as f32,
+            RopeType::Dynamic => {
+                r.factor = required("factor")? as f32;
+                r.original_max_position_embeddings = max_position_embeddings;
+            }
+            RopeType::Llama3 => {
+                r.factor = required("factor")? as f32;
+                r.low_freq_factor = required("low_freq_factor")? as f32;
+                r.high_freq_factor = required("high_freq_factor")? as f32;
+                r.original_max_position_embeddings = original()?;
+            }
+            RopeType::Yarn => {
+                r.original_max_position_embeddings = original()?;
+                let factor = match get("factor")? {
+                    Some(f) => f,
+                    None => {
+                        max_position_embeddings as f64 / r.original_max_position_embeddings as f64
+                    }
+                };
+                r.factor = factor as f32;
+                let mscale = get("mscale")?.unwrap_or(0.0);
+                let mscale_all_dim = get("mscale_all_dim")?.unwrap_or(0.0);
+                r.attention_factor = match get("attention_factor")? {
+                    Some(a) => a,
+                    None if mscale != 0.0 && mscale_all_dim != 0.0 => {
+                        yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, mscale_all_dim)
+                    }
+                    None => yarn_get_mscale(factor, 1.0),
+                } as f32;
+                // `get(..) or default`: 0 and null both mean the default.
+                r.beta_fast = get("beta_fast")?.filter(|&b| b != 0.0).unwrap_or(32.0) as f32;
+                r.beta_slow = get("beta_slow")?.filter(|&b| b != 0.0).unwrap_or(1.0) as f32;
+                r.truncate = match nonnull(p.get("truncate")) {
+                    None => true,
+                    Some(Value::Bool(b)) => *b,
+                    Some(v) => return Err(format!("`{name}.truncate` must be a boolean, got {v}")),
+                };
+            }
+        }
+        Ok((theta as f32, r))
+    }
+}
+
 /// Hyper-parameters of a Llama-family decoder (`LlamaForCausalLM`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
@@ -41,6 +392,9 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f32,
     pub rope_theta: f32,
+    /// RoPE scaling (type default: none).
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
     pub tie_word_embeddings: bool,
     pub rope_layout: RopeLayout,
     pub bos_token_id: Option<u32>,
@@ -105,6 +459,9 @@ impl LlamaConfig {
                 "rope_theta must be positive, got {}",
                 self.rope_theta
             ));
+        }
+        if let Err(m) = self.rope_scaling.check(self.head_dim) {
+            return bad(m);
         }
         for &id in self.eos_token_ids.iter().chain(self.bos_token_id.iter()) {
             if id as usize >= self.vocab_size {
@@ -205,14 +562,6 @@ impl LlamaConfig {
                 }),
             }
         };
-        if let Some(scaling) = obj.get("rope_scaling") {
-            if !scaling.is_null() {
-                return Err(LoadError::Config(format!(
-                    "{}: rope_scaling {scaling} is not supported (only plain RoPE)",
-                    path.display()
-                )));
-            }
-        }
         if let Some(act) = obj.get("hidden_act").and_then(|s| s.as_str()) {
             if act != "silu" {
                 return Err(LoadError::Config(format!(
@@ -262,6 +611,9 @@ impl LlamaConfig {
                 LoadError::Config(format!("eos_token_id must be an integer, got {v}"))
             })? as u32],
         };
+        let max_position_embeddings = opt_usize("max_position_embeddings")?.unwrap_or(2048);
+        let (rope_theta, rope_scaling) = RopeScaling::from_hf(obj, max_position_embeddings)
+            .map_err(|m| LoadError::Config(format!("{}: {m}", path.display())))?;
         let cfg = LlamaConfig {
             hidden_size,
             intermediate_size: get_usize("intermediate_size")?,
@@ -270,9 +622,10 @@ impl LlamaConfig {
             num_kv_heads,
             head_dim,
             vocab_size: get_usize("vocab_size")?,
-            max_position_embeddings: opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            max_position_embeddings,
             rms_norm_eps: get_f32("rms_norm_eps", Some(1e-6))?,
-            rope_theta: get_f32("rope_theta", Some(10000.0))?,
+            rope_theta,
+            rope_scaling,
             tie_word_embeddings: obj
                 .get("tie_word_embeddings")
                 .and_then(|b| b.as_bool())
@@ -339,6 +692,130 @@ mod tests {
         let s = BASE.replace("\"intermediate_size\":172,", "");
         let e = parse(&s).unwrap_err().to_string();
         assert!(e.contains("intermediate_size"), "{e}");
+    }
+
+    fn with(extra: &str) -> String {
+        BASE.replacen('{', &format!("{{{extra},"), 1)
+    }
+
+    #[test]
+    fn rope_plain_layouts() {
+        // 4.x: top-level theta; 5.x: inside rope_parameters (which wins).
+        let c = parse(&with(r#""rope_scaling":null"#)).unwrap();
+        assert_eq!(
+            (c.rope_theta, c.rope_scaling.clone()),
+            (10000.0, RopeScaling::default())
+        );
+        let s = BASE.replace(r#""rope_theta":10000.0,"#, "");
+        let c = parse(&s.replacen(
+            '{',
+            r#"{"rope_parameters":{"rope_type":"default","rope_theta":500000.0},"#,
+            1,
+        ))
+        .unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling.rope_type, RopeType::Default);
+        // `{"rope_type": "default"}` under rope_scaling is plain RoPE, not an error.
+        let c = parse(&with(r#""rope_scaling":{"rope_type":"default"}"#)).unwrap();
+        assert_eq!(c.rope_scaling.rope_type, RopeType::Default);
+        assert_eq!(c.rope_theta, 10000.0);
+    }
+
+    #[test]
+    fn rope_types_in_both_layouts() {
+        let both = |params: &str| {
+            let v4 = parse(&with(&format!(r#""rope_scaling":{{{params}}}"#))).unwrap();
+            let v5 = parse(&BASE.replace(r#""rope_theta":10000.0,"#, "").replacen(
+                '{',
+                &format!(r#"{{"rope_parameters":{{"rope_theta":10000.0,{params}}},"#),
+                1,
+            ))
+            .unwrap();
+            assert_eq!(v4, v5, "{params}");
+            v5.rope_scaling
+        };
+        let r = both(r#""type":"linear","factor":2.0"#);
+        assert_eq!(
+            (r.rope_type, r.factor, r.attention_factor),
+            (RopeType::Linear, 2.0, 1.0)
+        );
+        let r = both(r#""rope_type":"dynamic","factor":3.0"#);
+        // dynamic rescales past max_position_embeddings (512 in BASE).
+        assert_eq!(
+            (r.rope_type, r.factor, r.original_max_position_embeddings),
+            (RopeType::Dynamic, 3.0, 512)
+        );
+        let r = both(
+            r#""rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":128"#,
+        );
+        assert_eq!(
+            (
+                r.rope_type,
+                r.factor,
+                r.low_freq_factor,
+                r.high_freq_factor,
+                r.original_max_position_embeddings
+            ),
+            (RopeType::Llama3, 8.0, 1.0, 4.0, 128)
+        );
+        let r = both(r#""rope_type":"yarn","factor":4.0,"original_max_position_embeddings":128"#);
+        assert_eq!(
+            (r.rope_type, r.beta_fast, r.beta_slow, r.truncate),
+            (RopeType::Yarn, 32.0, 1.0, true)
+        );
+        assert!((r.attention_factor - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+        // Explicit attention_factor; mscale/mscale_all_dim ratio; factor from the context ratio.
+        let r = both(
+            r#""rope_type":"yarn","factor":4.0,"original_max_position_embeddings":128,"attention_factor":0.8,"beta_fast":16,"truncate":false"#,
+        );
+        assert_eq!(
+            (r.attention_factor, r.beta_fast, r.truncate),
+            (0.8, 16.0, false)
+        );
+        let r = both(
+            r#""rope_type":"yarn","factor":4.0,"original_max_position_embeddings":128,"mscale":1.0,"mscale_all_dim":2.0"#,
+        );
+        let m = |s: f32| 0.1 * s * 4f32.ln() + 1.0;
+        assert!((r.attention_factor - m(1.0) / m(2.0)).abs() < 1e-6);
+        let r = both(r#""rope_type":"yarn","original_max_position_embeddings":128"#);
+        assert_eq!(r.factor, 4.0);
+        // llama3/yarn without original_max_position_embeddings: max_position_embeddings.
+        let r = both(r#""rope_type":"yarn","factor":2.0"#);
+        assert_eq!(r.original_max_position_embeddings, 512);
+        // A top-level original_max_position_embeddings wins (transformers' Phi-3 rule).
+        let c = parse(&with(
+            r#""original_max_position_embeddings":64,"rope_scaling":{"rope_type":"yarn","factor":2.0,"original_max_position_embeddings":128}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.rope_scaling.original_max_position_embeddings, 64);
+    }
+
+    #[test]
+    fn rope_errors_are_one_line() {
+        let err = |extra: &str| parse(&with(extra)).unwrap_err().to_string();
+        let e = err(r#""rope_scaling":{"rope_type":"longrope","factor":2.0}"#);
+        assert!(
+            e.contains("`longrope`")
+                && e.contains("default, linear, dynamic, llama3, yarn")
+                && !e.contains('\n'),
+            "{e}"
+        );
+        let e = err(r#""rope_parameters":{"rope_type":"su"}"#);
+        assert!(e.contains("`su`") && e.contains("supported"), "{e}");
+        let e = err(r#""rope_scaling":{"type":"linear"}"#);
+        assert!(e.contains("factor") && e.contains("linear"), "{e}");
+        let e = err(r#""rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0}"#);
+        assert!(e.contains("high_freq_factor"), "{e}");
+        let e = err(r#""rope_scaling":{"rope_type":"linear","factor":-1.0}"#);
+        assert!(e.contains("factor") && e.contains("-1"), "{e}");
+        let e = err(r#""rope_scaling":{"rope_type":"linear","factor":"2"}"#);
+        assert!(e.contains("factor") && e.contains("number"), "{e}");
+        let e = err(r#""partial_rotary_factor":0.5"#);
+        assert!(e.contains("partial_rotary_factor"), "{e}");
+        let e = err(r#""rope_parameters":{"full_attention":{"rope_type":"default"}}"#);
+        assert!(e.contains("full_attention"), "{e}");
+        let e = err(r#""rope_scaling":[1,2]"#);
+        assert!(e.contains("rope_scaling"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,7 @@
 #[path = "gguf_tokenizer.rs"]
 pub mod gguf_tokenizer;
 
+use super::config::{RopeScaling, RopeType};
 use super::weights::{Bytes, DType, ModelWeights, Tensor, WeightName};
 use super::{LlamaConfig, LoadError, Model, RopeLayout};
 use std::collections::HashMap;
@@ -985,26 +986,6 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
             )));
         }
     }
-    let scaling = g.get_str("llama.rope.scaling.type")?.unwrap_or("none");
-    let factor = g.get_f32("llama.rope.scaling.factor")?.unwrap_or(1.0);
-    if scaling != "none" && factor != 1.0 {
-        return Err(LoadError::Config(format!(
-            "RoPE scaling `{scaling}` (factor {factor}) is not supported (only plain RoPE)"
-        )));
-    }
-    if let Some(s) = g.get_f32("llama.rope.scale_linear")? {
-        if s != 1.0 {
-            return Err(LoadError::Config(format!(
-                "linear RoPE scaling (`llama.rope.scale_linear` = {s}) is not supported"
-            )));
-        }
-    }
-    if g.tensor("rope_freqs.weight").is_some() {
-        return Err(LoadError::Config(
-            "per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 style) are not supported"
-                .to_string(),
-        ));
-    }
     if let Some(t) = g.tensors.iter().find(|t| t.name.ends_with(".bias")) {
         return Err(LoadError::Config(format!(
             "bias tensors are not supported (found `{}`)",
@@ -1081,6 +1062,8 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
             }
         }
     }
+    let max_position_embeddings = g.get_usize("llama.context_length")?.unwrap_or(2048);
+    let (rope_theta, rope_scaling) = rope_from_gguf(g, "llama", max_position_embeddings)?;
     let cfg = LlamaConfig {
         hidden_size,
         intermediate_size: req("llama.feed_forward_length")?,
@@ -1089,9 +1072,10 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
         num_kv_heads,
         head_dim,
         vocab_size,
-        max_position_embeddings: g.get_usize("llama.context_length")?.unwrap_or(2048),
+        max_position_embeddings,
         rms_norm_eps,
-        rope_theta: g.get_f32("llama.rope.freq_base")?.unwrap_or(10000.0),
+        rope_theta,
+        rope_scaling,
         tie_word_embeddings: g.tensor(&WeightName::LmHead.gguf()).is_none(),
         rope_layout: RopeLayout::Adjacent,
         bos_token_id: g.get_u32("tokenizer.ggml.bos_token_id")?,
@@ -1099,6 +1083,112 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// RoPE settings from `{arch}.rope.*` metadata, mapped onto transformers'
+/// definitions (which `convert_hf_to_gguf.py` wrote them from): `freq_base`,
+/// `scaling.type` none/linear/yarn with `scaling.factor`,
+/// `scaling.original_context_length` and the `scaling.yarn_*` keys, or the
+/// older `rope.scale_linear`. Per-frequency factors (`rope_freqs.weight`)
+/// are tensor data: [`rope_freq_factors`] reads them.
+pub fn rope_from_gguf(
+    g: &GgufFile,
+    arch: &str,
+    max_position_embeddings: usize,
+) -> Result<(f32, RopeScaling), LoadError> {
+    let key = |k: &str| format!("{arch}.rope.{k}");
+    let bad = |m: String| LoadError::Config(m);
+    let theta = g.get_f32(&key("freq_base"))?.unwrap_or(10000.0);
+    let factor = g.get_f32(&key("scaling.factor"))?;
+    let mut r = RopeScaling::default();
+    let kind = g.get_str(&key("scaling.type"))?.unwrap_or("none");
+    match kind {
+        "none" => {}
+        "linear" => {
+            r.rope_type = RopeType::Linear;
+            r.factor = factor.ok_or_else(|| {
+                bad(format!(
+                    "metadata `{}` is missing (needed by linear RoPE scaling)",
+                    key("scaling.factor")
+                ))
+            })?;
+        }
+        "yarn" => {
+            r.rope_type = RopeType::Yarn;
+            r.original_max_position_embeddings = g
+                .get_usize(&key("scaling.original_context_length"))?
+                .unwrap_or(max_position_embeddings);
+            let f = match factor {
+                Some(f) => f as f64,
+                None => max_position_embeddings as f64 / r.original_max_position_embeddings as f64,
+            };
+            r.factor = f as f32;
+            r.attention_factor = match g.get_f32(&key("scaling.yarn_attn_factor"))? {
+                Some(a) => a,
+                None => crate::model::config::yarn_get_mscale(f, 1.0) as f32,
+            };
+            r.beta_fast = g.get_f32(&key("scaling.yarn_beta_fast"))?.unwrap_or(32.0);
+            r.beta_slow = g.get_f32(&key("scaling.yarn_beta_slow"))?.unwrap_or(1.0);
+            for (k, neutral) in [
+                ("scaling.yarn_ext_factor", None),
+                ("scaling.yarn_log_multiplier", Some(0.0)),
+                ("scaling.attn_factor", Some(1.0)),
+            ] {
+                if let Some(v) = g.get_f32(&key(k))? {
+                    if Some(v) != neutral {
+                        return Err(bad(format!(
+                            "metadata `{}` = {v} is not supported (sramlm applies YaRN as transformers defines it)",
+                            key(k)
+                        )));
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(bad(format!(
+                "RoPE scaling type `{other}` (`{}`) is not supported (supported: none, linear, yarn, and per-frequency factors in rope_freqs.weight)",
+                key("scaling.type")
+            )))
+        }
+    }
+    if let Some(s) = g.get_f32(&key("scale_linear"))? {
+        if s != 1.0 {
+            if r.rope_type != RopeType::Default {
+                return Err(bad(format!(
+                    "metadata `{}` = {s} and `{}` = {kind} both scale RoPE",
+                    key("scale_linear"),
+                    key("scaling.type")
+                )));
+            }
+            r.rope_type = RopeType::Linear;
+            r.factor = s;
+        }
+    }
+    Ok((theta, r))
+}
+
+/// `rope_freqs.weight` (llama.cpp's per-frequency divisors of RoPE's
+/// frequencies, written for Llama 3.1+ `llama3` scaling), or `None`.
+pub fn rope_freq_factors(g: &GgufFile, data: &[u8]) -> Result<Option<Vec<f32>>, LoadError> {
+    let Some(info) = g.tensor("rope_freqs.weight") else {
+        return Ok(None);
+    };
+    if info.ggml_type != GgmlType::F32 || info.dims.len() != 1 {
+        return Err(LoadError::Config(format!(
+            "`rope_freqs.weight` must be a 1-D F32 tensor, got {} {:?}",
+            info.ggml_type, info.dims
+        )));
+    }
+    let range = g.tensor_range(info);
+    let bytes = data.get(range).ok_or_else(|| {
+        format_err("tensor `rope_freqs.weight` extends beyond the end of the file")
+    })?;
+    Ok(Some(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    ))
 }
 
 /// The canonical tensor for `w`, its bytes a window of `map` (`Ok(None)` when absent).
@@ -1152,7 +1242,9 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
         other => other,
     };
     let g = GgufFile::parse(&map).map_err(with_path)?;
-    let config = config_from_gguf(&g).map_err(with_path)?;
+    let mut config = config_from_gguf(&g).map_err(with_path)?;
+    config.rope_scaling.freq_factors = rope_freq_factors(&g, &map).map_err(with_path)?;
+    config.validate().map_err(with_path)?;
     let tokenizer = gguf_tokenizer::from_gguf(&g)?;
     if tokenizer.vocab_size() > config.vocab_size {
         return Err(LoadError::Config(format!(
@@ -1459,5 +1551,139 @@ mod tests {
         }
         let e = GgufFile::parse(&b).unwrap_err().to_string();
         assert!(e.contains("nested"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod rope_tests {
+    use super::*;
+
+    fn file(kvs: &[(&str, GgufValue)], freqs: Option<&[f32]>) -> (GgufFile, Vec<u8>) {
+        let mut w = GgufWriter::new();
+        for (k, v) in kvs {
+            w = w.kv(k, v.clone());
+        }
+        if let Some(f) = freqs {
+            let bytes = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+            w = w.tensor("rope_freqs.weight", &[f.len()], GgmlType::F32.id(), bytes);
+        }
+        let bytes = w.to_bytes();
+        (GgufFile::parse(&bytes).unwrap(), bytes)
+    }
+    fn s(v: &str) -> GgufValue {
+        GgufValue::String(v.into())
+    }
+
+    #[test]
+    fn rope_keys() {
+        let (g, _) = file(&[("llama.rope.freq_base", GgufValue::F32(500000.0))], None);
+        let (theta, r) = rope_from_gguf(&g, "llama", 64).unwrap();
+        assert_eq!((theta, r), (500000.0, RopeScaling::default()));
+
+        let (g, _) = file(
+            &[
+                ("llama.rope.scaling.type", s("linear")),
+                ("llama.rope.scaling.factor", GgufValue::F32(4.0)),
+            ],
+            None,
+        );
+        let (theta, r) = rope_from_gguf(&g, "llama", 64).unwrap();
+        assert_eq!(
+            (theta, r.rope_type, r.factor),
+            (10000.0, RopeType::Linear, 4.0)
+        );
+
+        let (g, _) = file(&[("llama.rope.scale_linear", GgufValue::F32(2.0))], None);
+        let r = rope_from_gguf(&g, "llama", 64).unwrap().1;
+        assert_eq!((r.rope_type, r.factor), (RopeType::Linear, 2.0));
+
+        // yarn: transformers' defaults where the converter wrote nothing.
+        let (g, _) = file(
+            &[
+                ("llama.rope.scaling.type", s("yarn")),
+                ("llama.rope.scaling.factor", GgufValue::F32(4.0)),
+                (
+                    "llama.rope.scaling.original_context_length",
+                    GgufValue::U32(16),
+                ),
+            ],
+            None,
+        );
+        let r = rope_from_gguf(&g, "llama", 64).unwrap().1;
+        assert_eq!(
+            (
+                r.rope_type,
+                r.original_max_position_embeddings,
+                r.beta_fast,
+                r.beta_slow,
+                r.truncate
+            ),
+            (RopeType::Yarn, 16, 32.0, 1.0, true)
+        );
+        assert!((r.attention_factor - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+        let (g, _) = file(
+            &[
+                ("llama.rope.scaling.type", s("yarn")),
+                ("llama.rope.scaling.factor", GgufValue::F32(4.0)),
+                ("llama.rope.scaling.yarn_attn_factor", GgufValue::F32(0.7)),
+                ("llama.rope.scaling.yarn_beta_fast", GgufValue::F32(16.0)),
+                ("llama.rope.scaling.yarn_beta_slow", GgufValue::F32(2.0)),
+            ],
+            None,
+        );
+        let r = rope_from_gguf(&g, "llama", 64).unwrap().1;
+        assert_eq!(
+            (
+                r.attention_factor,
+                r.beta_fast,
+                r.beta_slow,
+                r.original_max_position_embeddings
+            ),
+            (0.7, 16.0, 2.0, 64)
+        );
+    }
+
+    #[test]
+    fn rope_key_errors() {
+        let err = |kvs: &[(&str, GgufValue)]| {
+            let (g, _) = file(kvs, None);
+            rope_from_gguf(&g, "llama", 64).unwrap_err().to_string()
+        };
+        let e = err(&[("llama.rope.scaling.type", s("longrope"))]);
+        assert!(e.contains("`longrope`") && e.contains("supported"), "{e}");
+        let e = err(&[("llama.rope.scaling.type", s("linear"))]);
+        assert!(e.contains("llama.rope.scaling.factor"), "{e}");
+        let e = err(&[
+            ("llama.rope.scaling.type", s("yarn")),
+            ("llama.rope.scaling.factor", GgufValue::F32(4.0)),
+            (
+                "llama.rope.scaling.yarn_log_multiplier",
+                GgufValue::F32(0.1),
+            ),
+        ]);
+        assert!(e.contains("yarn_log_multiplier"), "{e}");
+    }
+
+    #[test]
+    fn rope_freqs_tensor() {
+        let (g, bytes) = file(&[], Some(&[1.0, 2.0, 8.0]));
+        assert_eq!(
+            rope_freq_factors(&g, &bytes).unwrap(),
+            Some(vec![1.0, 2.0, 8.0])
+        );
+        let (g, bytes) = file(&[], None);
+        assert_eq!(rope_freq_factors(&g, &bytes).unwrap(), None);
+        // Checked against head_dim when the config is validated.
+        let r = RopeScaling {
+            freq_factors: Some(vec![1.0, 2.0, 8.0]),
+            ..Default::default()
+        };
+        let e = r.check(8).unwrap_err();
+        assert!(e.contains("rope_freqs.weight") && e.contains('4'), "{e}");
+        let r = RopeScaling {
+            freq_factors: Some(vec![1.0, 0.0]),
+            ..Default::default()
+        };
+        assert!(r.check(4).unwrap_err().contains("positive"));
     }
 }
