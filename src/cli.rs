@@ -269,6 +269,19 @@ pub fn run() -> Result<()> {
     }
 }
 
+/// Streams a piece of text to stdout. When stdout fails (a full disk, a
+/// closed descriptor), generation stops there with one line on stderr; a
+/// closed pipe ends the process through SIGPIPE first (see main.rs).
+fn emit(out: &mut impl Write, piece: &str) {
+    if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("\nerror: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// A spinner on stderr while something slow happens (only on a terminal).
 fn spinner(msg: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -527,8 +540,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         &s.opts,
         |piece| {
             if stream {
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
+                emit(&mut out, piece);
             }
         },
     )?;
@@ -705,10 +717,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
             &s.m.config,
             &ids,
             &s.opts,
-            |piece| {
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
-            },
+            |piece| emit(&mut out, piece),
         )?;
         println!();
         drop(out);
