@@ -315,6 +315,30 @@ fn read_prompt(p: Option<&str>) -> Result<String> {
     }
 }
 
+/// KV-cache length when --ctx is not given and the model's window is longer:
+/// the cache is allocated up front, so a model declaring 131,072 positions
+/// would otherwise take gigabytes to generate a few tokens.
+const DEFAULT_CTX: usize = 4096;
+
+/// VRAM mode keeps each layer's K and V cache (and the RoPE table) in one
+/// buffer of `ctx` rows: refuse a --ctx the adapter cannot hold, naming the
+/// flag and the largest value that fits, before anything is allocated.
+fn check_ctx_fits(cfg: &model::LlamaConfig, ctx: usize, gpu: &Gpu) -> Result<()> {
+    let row = 4u64 * (cfg.num_kv_heads * cfg.head_dim).max(cfg.head_dim).max(1) as u64;
+    let limit = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    let max_ctx = limit / row;
+    if ctx as u64 > max_ctx {
+        bail!(
+            "--ctx {ctx} is more than this adapter can hold: each layer's KV cache needs {} bytes per position in one buffer of at most {limit} bytes, so --ctx can be at most {max_ctx}",
+            row
+        );
+    }
+    Ok(())
+}
+
 /// A loaded model with its executor, ready to generate.
 struct Session {
     m: Model,
@@ -363,15 +387,21 @@ impl RunArgs {
             None
         };
         let m = load_model(self.model.as_ref())?;
-        let ctx = self.ctx.unwrap_or(m.config.max_position_embeddings);
-        if ctx > m.config.max_position_embeddings {
-            bail!(
-                "--ctx {ctx} is larger than the model's context window ({})",
-                m.config.max_position_embeddings
+        let window = m.config.max_position_embeddings;
+        let ctx = self.ctx.unwrap_or(window.min(DEFAULT_CTX));
+        if self.ctx.is_none() && window > DEFAULT_CTX {
+            eprintln!(
+                "note: KV cache sized for {DEFAULT_CTX} tokens (the model's window is {window}); use --ctx to ask for more"
             );
+        }
+        if ctx > window {
+            bail!("--ctx {ctx} is larger than the model's context window ({window})");
         }
         let gpu = Gpu::new(&self.gpu.options()?)?;
         eprintln!("adapter: {}", gpu.describe());
+        if spec.is_none() {
+            check_ctx_fits(&m.config, ctx, &gpu)?;
+        }
         let mut plan = None;
         let exec: Box<dyn Executor> = match &spec {
             None => {
@@ -545,6 +575,18 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         },
     )?;
     drop(out);
+    if !g.stats.stopped_at_eos
+        && g.ids.len() < s.opts.max_tokens
+        && g.prompt_ids.len() + g.ids.len() >= s.ctx
+    {
+        eprintln!(
+            "\nnote: stopped after {} tokens: the context window of {} tokens is full (prompt {} + generated {}); raise --ctx for more",
+            g.ids.len(),
+            s.ctx,
+            g.prompt_ids.len(),
+            g.ids.len()
+        );
+    }
     match a.format {
         Format::Text => {
             println!();
@@ -887,13 +929,38 @@ fn plan_for(
     opts.max_chips = max_chips;
     opts.context_len = ctx;
     opts.batch = batch;
-    opts.microbatch_tokens = microbatch;
-    Ok(place(
+    // (the executor runs at most `ctx` tokens per micro-batch)
+    opts.microbatch_tokens = microbatch.min(ctx);
+    place(
         &m.config,
         &TensorInfo::from_weights(&m.weights),
         spec,
         &opts,
-    )?)
+    )
+    .map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("activation scratch") {
+            anyhow::anyhow!(
+                "{msg}: the scratch holds the activations of --microbatch {} tokens; lower --microbatch",
+                opts.microbatch_tokens
+            )
+        } else {
+            e.into()
+        }
+    })
+}
+
+/// `plan --ctx`: the model's window by default, never more.
+fn plan_ctx(ctx: Option<usize>, cfg: &model::LlamaConfig) -> Result<usize> {
+    let window = cfg.max_position_embeddings;
+    match ctx {
+        Some(0) => bail!("--ctx must be at least 1"),
+        Some(c) if c > window => {
+            bail!("--ctx {c} is larger than the model's context window ({window})")
+        }
+        Some(c) => Ok(c),
+        None => Ok(window),
+    }
 }
 
 fn cmd_plan(a: PlanArgs) -> Result<()> {
@@ -907,6 +974,9 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
                 .with_context(|| format!("cannot read config {}", path.display()))?,
             None => load_model(a.model.as_ref())?.config,
         };
+        if a.ctx.is_some() {
+            plan_ctx(a.ctx, &cfg)?;
+        }
         let mut scenarios = sramlm::chip::llama2_70b_scenarios();
         for s in &mut scenarios {
             s.context_len = a.ctx;
@@ -940,13 +1010,13 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
             let tensors = TensorInfo::from_config(&cfg, fmt, norms)?;
             let mut opts = PlaceOptions::for_config(&cfg);
             opts.max_chips = a.chip.chips;
-            opts.context_len = a.ctx.unwrap_or(cfg.max_position_embeddings);
+            opts.context_len = plan_ctx(a.ctx, &cfg)?;
             opts.batch = a.batch;
             place(&cfg, &tensors, &spec, &opts)?
         }
         None => {
             let m = load_model(a.model.as_ref())?;
-            let ctx = a.ctx.unwrap_or(m.config.max_position_embeddings);
+            let ctx = plan_ctx(a.ctx, &m.config)?;
             plan_for(&m, &spec, a.chip.chips, ctx, a.batch, 1)?
         }
     };
