@@ -639,7 +639,15 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
     for (i, ids) in prompt_ids.iter().enumerate() {
         s.exec.select(i)?;
         match s.exec.step(ids, sramlm::exec::Readback::Argmax)? {
-            sramlm::exec::StepOutput::Token { id, .. } => last.push(id),
+            sramlm::exec::StepOutput::Token { id, .. } => {
+                if id == sramlm::kernels::argmax::NON_FINITE {
+                    bail!(
+                        "the model produced NaN or infinite logits at position {} of prompt {i}",
+                        ids.len() - 1
+                    );
+                }
+                last.push(id)
+            }
             _ => bail!("prefill returned no token"),
         }
     }
@@ -655,6 +663,14 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
         && max_pos + out[0].len() < s.ctx
     {
         last = s.exec.decode_batch(&last)?;
+        if let Some(i) =
+            (0..n).find(|&i| !done[i] && last[i] == sramlm::kernels::argmax::NON_FINITE)
+        {
+            bail!(
+                "the model produced NaN or infinite logits at position {} of prompt {i}",
+                prompt_ids[i].len() + out[i].len() - 1
+            );
+        }
         rounds += 1;
         for (i, &t) in last.iter().enumerate() {
             if !done[i] {
