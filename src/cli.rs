@@ -1105,6 +1105,21 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             other => bail!("unknown mode `{other}` in --modes (expected vram and/or sram)"),
         }
     }
+    {
+        let mut outputs: Vec<(&str, &std::path::Path)> = Vec::new();
+        if let Some(p) = &a.json {
+            outputs.push(("--json", p));
+        }
+        if let Some(p) = &a.svg {
+            outputs.push(("--svg", p));
+        }
+        let model_path = a.model.clone().unwrap_or_else(model::default_model_path);
+        let mut inputs = sramlm::bench::output::model_inputs(&model_path);
+        if std::path::Path::new(&a.chip.chip).is_file() {
+            inputs.push(PathBuf::from(&a.chip.chip));
+        }
+        sramlm::bench::output::check_outputs(&outputs, &inputs).map_err(anyhow::Error::msg)?;
+    }
     if a.batch > 1 && modes.contains(&Mode::Vram) {
         bail!(
             "--batch {} is not supported in VRAM mode, which decodes one sequence at a time: use --modes sram",
@@ -1266,8 +1281,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 })
             })
             .collect();
-        std::fs::write(path, serde_json::to_string_pretty(&records)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        sramlm::bench::output::write_atomic(
+            path,
+            serde_json::to_string_pretty(&records)?.as_bytes(),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &a.svg {
@@ -1314,7 +1332,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             &subtitle,
             &series,
         );
-        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        sramlm::bench::output::write_atomic(path, svg.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
