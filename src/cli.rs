@@ -456,6 +456,20 @@ impl RunArgs {
 }
 
 impl Session {
+    /// Tokenizes prompt text, refusing text far longer than the context can
+    /// hold before the (slow) tokenizer runs over it.
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let max = self.ctx.saturating_mul(1024).max(1 << 20);
+        if text.len() > max {
+            bail!(
+                "the prompt is {} bytes, far more than a context of {} tokens holds (at most {max} bytes are tokenized); raise --ctx or shorten it",
+                text.len(),
+                self.ctx
+            );
+        }
+        Ok(self.m.tokenizer.encode(text)?)
+    }
+
     fn check_prompt(&self, ids: &[u32]) -> Result<()> {
         if ids.len() > self.ctx {
             bail!(
@@ -557,7 +571,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     } else {
         prompt
     };
-    let prompt_ids = s.m.tokenizer.encode(&text)?;
+    let prompt_ids = s.encode(&text)?;
     s.check_prompt(&prompt_ids)?;
     let text_for_json = text.clone();
     let stream = a.format == Format::Text;
@@ -626,7 +640,7 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
     let mut s = a.run.session_for(n)?;
     let mut prompt_ids = Vec::new();
     for p in &a.prompt {
-        let ids = s.m.tokenizer.encode(p)?;
+        let ids = s.encode(p)?;
         if ids.is_empty() {
             bail!("prompt {p:?} encodes to no tokens and the model has no BOS");
         }
@@ -760,7 +774,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
             continue;
         }
         msgs.push(Message::new("user", user));
-        let ids = s.m.tokenizer.encode(&s.chat_text(&msgs)?)?;
+        let ids = s.encode(&s.chat_text(&msgs)?)?;
         if ids.len() + 1 > s.ctx {
             bail!(
                 "the conversation has {} tokens but the context window is {} tokens",
