@@ -1,5 +1,7 @@
 // Greedy pick on the GPU: the index of the largest logit of row `row`
-// (first index on ties, like torch.argmax). Writes [id, bitcast(value)].
+// (first index on ties, like torch.argmax). Writes [id, bitcast(value)];
+// when any logit of the row is NaN or infinite, writes [0xffffffff, NaN]
+// instead (the host reports the non-finite logits; see kernels::NON_FINITE).
 
 struct Params {
     vocab: u32,
@@ -17,6 +19,13 @@ struct Params {
 const WG: u32 = 256u;
 var<workgroup> best_v: array<f32, 256>;
 var<workgroup> best_i: array<u32, 256>;
+var<workgroup> bad: array<u32, 256>;
+
+// 1 when v is NaN or ±Inf (exponent bits all set), by bits, so no float
+// optimisation can fold it away.
+fn non_finite(v: f32) -> u32 {
+    return select(0u, 1u, (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u);
+}
 
 // NaN sorts below everything.
 fn key(v: f32) -> f32 {
@@ -31,8 +40,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let base = (S.n_out_rows - 1u) * P.vocab;
     var bv = -3.4e38;
     var bi = 0xffffffffu;
+    var nf = 0u;
     for (var i = lid; i < P.vocab; i += WG) {
-        let v = key(L[base + i]);
+        let raw = L[base + i];
+        nf |= non_finite(raw);
+        let v = key(raw);
         if (v > bv || bi == 0xffffffffu) {
             bv = v;
             bi = i;
@@ -40,9 +52,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     best_v[lid] = bv;
     best_i[lid] = bi;
+    bad[lid] = nf;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
+            bad[lid] |= bad[lid + s];
             let ov = best_v[lid + s];
             let oi = best_i[lid + s];
             let mv = best_v[lid];
@@ -55,7 +69,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         workgroupBarrier();
     }
     if (lid == 0u) {
-        out[0] = best_i[0];
-        out[1] = bitcast<u32>(best_v[0]);
+        if (bad[0] != 0u) {
+            out[0] = 0xffffffffu;
+            out[1] = 0x7fc00000u;
+        } else {
+            out[0] = best_i[0];
+            out[1] = bitcast<u32>(best_v[0]);
+        }
     }
 }

@@ -2,6 +2,9 @@
 // first), so sampling needs only K (id, logit) pairs back on the CPU.
 // K passes of a workgroup-wide arg-max, each excluding what was already taken
 // under the total order (value desc, id asc).
+// When any logit of the row is NaN or infinite, the first pair is
+// [0xffffffff, NaN] (the host reports the non-finite logits; see
+// kernels::NON_FINITE).
 
 struct Params {
     vocab: u32,
@@ -19,6 +22,12 @@ struct Params {
 const WG: u32 = 256u;
 var<workgroup> best_v: array<f32, 256>;
 var<workgroup> best_i: array<u32, 256>;
+var<workgroup> bad: array<u32, 256>;
+
+// 1 when v is NaN or ±Inf (exponent bits all set), by bits.
+fn non_finite(v: f32) -> u32 {
+    return select(0u, 1u, (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u);
+}
 
 fn key(v: f32) -> f32 {
     if (v != v) {
@@ -35,6 +44,19 @@ fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
     let base = (S.n_out_rows - 1u) * P.vocab;
+    var nf = 0u;
+    for (var i = lid; i < P.vocab; i += WG) {
+        nf |= non_finite(L[base + i]);
+    }
+    bad[lid] = nf;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            bad[lid] |= bad[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let any_bad = bad[0];
     var prev_v = 3.4e38;
     var prev_i = 0xffffffffu; // nothing taken yet
     for (var r = 0u; r < P.k; r++) {
@@ -70,5 +92,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             out[2u * r + 1u] = bitcast<u32>(prev_v);
         }
         workgroupBarrier();
+    }
+    if (lid == 0u && any_bad != 0u) {
+        out[0] = 0xffffffffu;
+        out[1] = 0x7fc00000u;
     }
 }

@@ -38,6 +38,10 @@ pub fn render(
 ) -> Result<String, ChatError> {
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(false);
+    // Bounded rendering: a template with nested large loops would otherwise
+    // run (and grow its output) without end. Real templates use a few
+    // thousand steps per message; recursion is limited by minijinja itself.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_function(
         "raise_exception",
         |msg: String| -> Result<String, minijinja::Error> {
@@ -58,8 +62,35 @@ pub fn render(
         bos_token => bos_token,
         eos_token => eos_token,
     })
-    .map_err(|e| ChatError::Template(e.to_string()))
+    .and_then(|text| {
+        if text.len() > MAX_RENDERED_BYTES {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!(
+                    "the rendered chat is {} bytes, more than the {MAX_RENDERED_BYTES} allowed",
+                    text.len()
+                ),
+            ))
+        } else {
+            Ok(text)
+        }
+    })
+    .map_err(|e| {
+        if e.kind() == minijinja::ErrorKind::OutOfFuel {
+            ChatError::Template(format!(
+                "rendering took more than {TEMPLATE_FUEL} steps (the template loops without bound)"
+            ))
+        } else {
+            ChatError::Template(e.to_string())
+        }
+    })
 }
+
+/// Most minijinja instructions one chat-template rendering may run.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// Longest rendered chat, in bytes.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -269,6 +269,19 @@ pub fn run() -> Result<()> {
     }
 }
 
+/// Streams a piece of text to stdout. When stdout fails (a full disk, a
+/// closed descriptor), generation stops there with one line on stderr; a
+/// closed pipe ends the process through SIGPIPE first (see main.rs).
+fn emit(out: &mut impl Write, piece: &str) {
+    if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("\nerror: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// A spinner on stderr while something slow happens (only on a terminal).
 fn spinner(msg: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -300,6 +313,30 @@ fn read_prompt(p: Option<&str>) -> Result<String> {
         Some(s) => Ok(s.to_string()),
         None => Ok(String::new()),
     }
+}
+
+/// KV-cache length when --ctx is not given and the model's window is longer:
+/// the cache is allocated up front, so a model declaring 131,072 positions
+/// would otherwise take gigabytes to generate a few tokens.
+const DEFAULT_CTX: usize = 4096;
+
+/// VRAM mode keeps each layer's K and V cache (and the RoPE table) in one
+/// buffer of `ctx` rows: refuse a --ctx the adapter cannot hold, naming the
+/// flag and the largest value that fits, before anything is allocated.
+fn check_ctx_fits(cfg: &model::LlamaConfig, ctx: usize, gpu: &Gpu) -> Result<()> {
+    let row = 4u64 * (cfg.num_kv_heads * cfg.head_dim).max(cfg.head_dim).max(1) as u64;
+    let limit = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    let max_ctx = limit / row;
+    if ctx as u64 > max_ctx {
+        bail!(
+            "--ctx {ctx} is more than this adapter can hold: each layer's KV cache needs {} bytes per position in one buffer of at most {limit} bytes, so --ctx can be at most {max_ctx}",
+            row
+        );
+    }
+    Ok(())
 }
 
 /// A loaded model with its executor, ready to generate.
@@ -350,15 +387,21 @@ impl RunArgs {
             None
         };
         let m = load_model(self.model.as_ref())?;
-        let ctx = self.ctx.unwrap_or(m.config.max_position_embeddings);
-        if ctx > m.config.max_position_embeddings {
-            bail!(
-                "--ctx {ctx} is larger than the model's context window ({})",
-                m.config.max_position_embeddings
+        let window = m.config.max_position_embeddings;
+        let ctx = self.ctx.unwrap_or(window.min(DEFAULT_CTX));
+        if self.ctx.is_none() && window > DEFAULT_CTX {
+            eprintln!(
+                "note: KV cache sized for {DEFAULT_CTX} tokens (the model's window is {window}); use --ctx to ask for more"
             );
+        }
+        if ctx > window {
+            bail!("--ctx {ctx} is larger than the model's context window ({window})");
         }
         let gpu = Gpu::new(&self.gpu.options()?)?;
         eprintln!("adapter: {}", gpu.describe());
+        if spec.is_none() {
+            check_ctx_fits(&m.config, ctx, &gpu)?;
+        }
         let mut plan = None;
         let exec: Box<dyn Executor> = match &spec {
             None => {
@@ -413,6 +456,20 @@ impl RunArgs {
 }
 
 impl Session {
+    /// Tokenizes prompt text, refusing text far longer than the context can
+    /// hold before the (slow) tokenizer runs over it.
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let max = self.ctx.saturating_mul(1024).max(1 << 20);
+        if text.len() > max {
+            bail!(
+                "the prompt is {} bytes, far more than a context of {} tokens holds (at most {max} bytes are tokenized); raise --ctx or shorten it",
+                text.len(),
+                self.ctx
+            );
+        }
+        Ok(self.m.tokenizer.encode(text)?)
+    }
+
     fn check_prompt(&self, ids: &[u32]) -> Result<()> {
         if ids.len() > self.ctx {
             bail!(
@@ -514,7 +571,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     } else {
         prompt
     };
-    let prompt_ids = s.m.tokenizer.encode(&text)?;
+    let prompt_ids = s.encode(&text)?;
     s.check_prompt(&prompt_ids)?;
     let text_for_json = text.clone();
     let stream = a.format == Format::Text;
@@ -527,12 +584,23 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         &s.opts,
         |piece| {
             if stream {
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
+                emit(&mut out, piece);
             }
         },
     )?;
     drop(out);
+    if !g.stats.stopped_at_eos
+        && g.ids.len() < s.opts.max_tokens
+        && g.prompt_ids.len() + g.ids.len() >= s.ctx
+    {
+        eprintln!(
+            "\nnote: stopped after {} tokens: the context window of {} tokens is full (prompt {} + generated {}); raise --ctx for more",
+            g.ids.len(),
+            s.ctx,
+            g.prompt_ids.len(),
+            g.ids.len()
+        );
+    }
     match a.format {
         Format::Text => {
             println!();
@@ -572,7 +640,7 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
     let mut s = a.run.session_for(n)?;
     let mut prompt_ids = Vec::new();
     for p in &a.prompt {
-        let ids = s.m.tokenizer.encode(p)?;
+        let ids = s.encode(p)?;
         if ids.is_empty() {
             bail!("prompt {p:?} encodes to no tokens and the model has no BOS");
         }
@@ -585,7 +653,15 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
     for (i, ids) in prompt_ids.iter().enumerate() {
         s.exec.select(i)?;
         match s.exec.step(ids, sramlm::exec::Readback::Argmax)? {
-            sramlm::exec::StepOutput::Token { id, .. } => last.push(id),
+            sramlm::exec::StepOutput::Token { id, .. } => {
+                if id == sramlm::kernels::argmax::NON_FINITE {
+                    bail!(
+                        "the model produced NaN or infinite logits at position {} of prompt {i}",
+                        ids.len() - 1
+                    );
+                }
+                last.push(id)
+            }
             _ => bail!("prefill returned no token"),
         }
     }
@@ -601,6 +677,14 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
         && max_pos + out[0].len() < s.ctx
     {
         last = s.exec.decode_batch(&last)?;
+        if let Some(i) =
+            (0..n).find(|&i| !done[i] && last[i] == sramlm::kernels::argmax::NON_FINITE)
+        {
+            bail!(
+                "the model produced NaN or infinite logits at position {} of prompt {i}",
+                prompt_ids[i].len() + out[i].len() - 1
+            );
+        }
         rounds += 1;
         for (i, &t) in last.iter().enumerate() {
             if !done[i] {
@@ -690,7 +774,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
             continue;
         }
         msgs.push(Message::new("user", user));
-        let ids = s.m.tokenizer.encode(&s.chat_text(&msgs)?)?;
+        let ids = s.encode(&s.chat_text(&msgs)?)?;
         if ids.len() + 1 > s.ctx {
             bail!(
                 "the conversation has {} tokens but the context window is {} tokens",
@@ -705,10 +789,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
             &s.m.config,
             &ids,
             &s.opts,
-            |piece| {
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
-            },
+            |piece| emit(&mut out, piece),
         )?;
         println!();
         drop(out);
@@ -879,13 +960,38 @@ fn plan_for(
     opts.max_chips = max_chips;
     opts.context_len = ctx;
     opts.batch = batch;
-    opts.microbatch_tokens = microbatch;
-    Ok(place(
+    // (the executor runs at most `ctx` tokens per micro-batch)
+    opts.microbatch_tokens = microbatch.min(ctx);
+    place(
         &m.config,
         &TensorInfo::from_weights(&m.weights),
         spec,
         &opts,
-    )?)
+    )
+    .map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("activation scratch") {
+            anyhow::anyhow!(
+                "{msg}: the scratch holds the activations of --microbatch {} tokens; lower --microbatch",
+                opts.microbatch_tokens
+            )
+        } else {
+            e.into()
+        }
+    })
+}
+
+/// `plan --ctx`: the model's window by default, never more.
+fn plan_ctx(ctx: Option<usize>, cfg: &model::LlamaConfig) -> Result<usize> {
+    let window = cfg.max_position_embeddings;
+    match ctx {
+        Some(0) => bail!("--ctx must be at least 1"),
+        Some(c) if c > window => {
+            bail!("--ctx {c} is larger than the model's context window ({window})")
+        }
+        Some(c) => Ok(c),
+        None => Ok(window),
+    }
 }
 
 fn cmd_plan(a: PlanArgs) -> Result<()> {
@@ -899,6 +1005,9 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
                 .with_context(|| format!("cannot read config {}", path.display()))?,
             None => load_model(a.model.as_ref())?.config,
         };
+        if a.ctx.is_some() {
+            plan_ctx(a.ctx, &cfg)?;
+        }
         let mut scenarios = sramlm::chip::llama2_70b_scenarios();
         for s in &mut scenarios {
             s.context_len = a.ctx;
@@ -932,13 +1041,13 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
             let tensors = TensorInfo::from_config(&cfg, fmt, norms)?;
             let mut opts = PlaceOptions::for_config(&cfg);
             opts.max_chips = a.chip.chips;
-            opts.context_len = a.ctx.unwrap_or(cfg.max_position_embeddings);
+            opts.context_len = plan_ctx(a.ctx, &cfg)?;
             opts.batch = a.batch;
             place(&cfg, &tensors, &spec, &opts)?
         }
         None => {
             let m = load_model(a.model.as_ref())?;
-            let ctx = a.ctx.unwrap_or(m.config.max_position_embeddings);
+            let ctx = plan_ctx(a.ctx, &m.config)?;
             plan_for(&m, &spec, a.chip.chips, ctx, a.batch, 1)?
         }
     };
@@ -1010,6 +1119,21 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             "sram" => modes.push(Mode::Sram),
             other => bail!("unknown mode `{other}` in --modes (expected vram and/or sram)"),
         }
+    }
+    {
+        let mut outputs: Vec<(&str, &std::path::Path)> = Vec::new();
+        if let Some(p) = &a.json {
+            outputs.push(("--json", p));
+        }
+        if let Some(p) = &a.svg {
+            outputs.push(("--svg", p));
+        }
+        let model_path = a.model.clone().unwrap_or_else(model::default_model_path);
+        let mut inputs = sramlm::bench::output::model_inputs(&model_path);
+        if std::path::Path::new(&a.chip.chip).is_file() {
+            inputs.push(PathBuf::from(&a.chip.chip));
+        }
+        sramlm::bench::output::check_outputs(&outputs, &inputs).map_err(anyhow::Error::msg)?;
     }
     if a.batch > 1 && modes.contains(&Mode::Vram) {
         bail!(
@@ -1172,8 +1296,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 })
             })
             .collect();
-        std::fs::write(path, serde_json::to_string_pretty(&records)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        sramlm::bench::output::write_atomic(
+            path,
+            serde_json::to_string_pretty(&records)?.as_bytes(),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &a.svg {
@@ -1220,7 +1347,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             &subtitle,
             &series,
         );
-        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        sramlm::bench::output::write_atomic(path, svg.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

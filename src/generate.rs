@@ -58,6 +58,8 @@ pub enum GenerateError {
     EmptyPrompt,
     #[error("{0}")]
     Invalid(String),
+    #[error("the model produced NaN or infinite logits at position {pos} (its weights or activations overflowed); no token can be chosen from them")]
+    NonFinite { pos: usize },
 }
 
 /// Runs one generation. `on_text` receives decoded text as it is produced.
@@ -98,6 +100,11 @@ pub fn generate(
     let out = exec.step(prompt_ids, sampler.readback())?;
     stats.prefill_s = start.elapsed().as_secs_f64();
     stats.prefill_tok_s = prompt_ids.len() as f64 / stats.prefill_s.max(1e-9);
+    if crate::kernels::argmax::is_non_finite(&out) {
+        return Err(GenerateError::NonFinite {
+            pos: prompt_ids.len() - 1,
+        });
+    }
     let mut next = sampler.pick(&out).unwrap_or(0);
     stats.ttft_s = start.elapsed().as_secs_f64();
 
@@ -131,6 +138,12 @@ pub fn generate(
             exec.decode_greedy(next, opts.max_tokens - ids.len(), &mut |id| {
                 stats.decode_ms.push(t.elapsed().as_secs_f64() * 1e3);
                 t = Instant::now();
+                if id == crate::kernels::argmax::NON_FINITE {
+                    failed = Some(GenerateError::NonFinite {
+                        pos: prompt_ids.len() + ids.len() - 1,
+                    });
+                    return false;
+                }
                 ids.push(id);
                 if is_stop(id) {
                     stats.stopped_at_eos = true;
@@ -145,18 +158,23 @@ pub fn generate(
                         true
                     }
                     Err(e) => {
-                        failed = Some(e);
+                        failed = Some(e.into());
                         false
                     }
                 }
             })?;
             if let Some(e) = failed {
-                return Err(e.into());
+                return Err(e);
             }
             break;
         }
         let t = Instant::now();
         let out = exec.step(&[next], sampler.readback())?;
+        if crate::kernels::argmax::is_non_finite(&out) {
+            return Err(GenerateError::NonFinite {
+                pos: prompt_ids.len() + ids.len() - 1,
+            });
+        }
         next = sampler.pick(&out).unwrap_or(0);
         stats.decode_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }

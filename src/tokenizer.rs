@@ -48,6 +48,14 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, LoadError> {
+        // The tokenizers crate skips ids it does not know; a model whose
+        // vocabulary is larger than its tokenizer's would lose text silently.
+        if let Some(&id) = ids.iter().find(|&&i| self.inner.id_to_token(i).is_none()) {
+            return Err(LoadError::Tokenizer(format!(
+                "token id {id} is not in the tokenizer's vocabulary ({} tokens)",
+                self.vocab_size()
+            )));
+        }
         self.inner
             .decode(ids, true)
             .map_err(|e| LoadError::Tokenizer(format!("cannot decode ids: {e}")))

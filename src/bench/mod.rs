@@ -3,6 +3,7 @@
 //! only if its tokens match the other mode's and the reference's.
 
 pub mod calibrate;
+pub mod output;
 pub mod svg;
 
 use crate::chip::{self, ChipSpec, GpuSpec, Plan, Precision};

@@ -1398,6 +1398,61 @@ impl Compiler<'_> {
     }
 }
 
+/// Most chips one placement may span. The compiler keeps a record per chip,
+/// so a context or batch that needs more (`--ctx 1e9`) is refused up front
+/// with a message instead of running for hours.
+pub const MAX_PLACED_CHIPS: usize = 65_536;
+
+/// Most slice-sized pieces (weight tiles, KV cells) one placement may hold:
+/// the compiler's time grows with their number (Llama-2-70B at fp16 is about
+/// 8.4 million on a 16 KiB slice).
+pub const MAX_PLACED_PIECES: usize = 1 << 25;
+
+/// Checks, with checked arithmetic, that weights plus the KV cache fit
+/// [`MAX_PLACED_CHIPS`] chips before any placement work.
+fn check_size(
+    cfg: &LlamaConfig,
+    tensors: &[TensorInfo],
+    spec: &ChipSpec,
+    opts: &PlaceOptions,
+    kv_pos_bytes: usize,
+) -> Result<(), PlacementError> {
+    let too_big = || {
+        PlacementError::InvalidOptions(format!(
+            "the KV cache of {} positions × batch {} overflows the size arithmetic: lower --ctx or --batch",
+            opts.context_len, opts.batch
+        ))
+    };
+    let kv = cfg
+        .num_layers
+        .checked_mul(2)
+        .and_then(|x| x.checked_mul(opts.context_len))
+        .and_then(|x| x.checked_mul(cfg.num_kv_heads))
+        .and_then(|x| x.checked_mul(kv_pos_bytes))
+        .ok_or_else(too_big)?;
+    let weights = tensors
+        .iter()
+        .try_fold(0usize, |a, t| a.checked_add(t.bytes))
+        .ok_or_else(too_big)?;
+    let need = kv.checked_add(weights).ok_or_else(too_big)?;
+    let min_chips = need.div_ceil(spec.sram_bytes.max(1));
+    let slice = spec.slice_bytes.max(1);
+    let pieces = (weights / slice).saturating_add(kv / slice.div_ceil(2));
+    if pieces > MAX_PLACED_PIECES {
+        return Err(PlacementError::InvalidOptions(format!(
+            "weights ({weights} bytes) and the KV cache of {} positions × batch {} ({kv} bytes) make about {pieces} slice-sized pieces; sramlm places at most {MAX_PLACED_PIECES}: lower --ctx or --batch",
+            opts.context_len, opts.batch
+        )));
+    }
+    if min_chips > MAX_PLACED_CHIPS {
+        return Err(PlacementError::InvalidOptions(format!(
+            "weights ({weights} bytes) and the KV cache of {} positions × batch {} ({kv} bytes) need at least {min_chips} chips of {} bytes; sramlm places at most {MAX_PLACED_CHIPS}: lower --ctx or --batch",
+            opts.context_len, opts.batch, spec.sram_bytes
+        )));
+    }
+    Ok(())
+}
+
 /// Places `tensors` (the weights of the model `cfg`), its KV cache and the
 /// activation scratch onto chips of `spec`. See the module docs.
 pub fn place(
@@ -1513,6 +1568,7 @@ pub fn place(
         .checked_mul(opts.kv_dtype_bytes)
         .and_then(|x| x.checked_mul(opts.batch))
         .ok_or_else(|| PlacementError::InvalidOptions("KV cache size overflows".into()))?;
+    check_size(cfg, &ordered, spec, opts, kv_pos_bytes)?;
     for l in 0..cfg.num_layers {
         for t in LayerTensor::ALL {
             let kind = OpKind::from_layer_tensor(t);

@@ -151,6 +151,13 @@ impl ChipSpec {
 
     /// Reads a custom spec from a JSON file (see `models/chips/*.json`).
     pub fn load(path: &Path) -> Result<Self, PlacementError> {
+        // (a FIFO or device would block or never end)
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(PlacementError::Io {
+                path: path.display().to_string(),
+                msg: "not a regular file (a directory, FIFO or device); give a JSON file".into(),
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|e| PlacementError::Io {
             path: path.display().to_string(),
             msg: e.to_string(),

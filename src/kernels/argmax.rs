@@ -10,6 +10,25 @@ pub struct Params {
     pub _pad: [u32; 3],
 }
 
+/// The id the arg-max and top-k kernels return (with a NaN value) when any
+/// logit of the row is NaN or infinite: the model's numbers broke down, and
+/// no token may be chosen from them.
+pub const NON_FINITE: u32 = u32::MAX;
+
+/// Whether a step's read-back shows non-finite logits (the kernels' flag, or
+/// a NaN/Inf in the last row of full logits).
+pub fn is_non_finite(out: &crate::exec::StepOutput) -> bool {
+    use crate::exec::StepOutput;
+    match out {
+        StepOutput::Token { id, .. } => *id == NON_FINITE,
+        StepOutput::Candidates(c) => c.first().is_some_and(|p| p.0 == NON_FINITE),
+        StepOutput::Logits { rows, data } => {
+            let vocab = data.len() / (*rows).max(1);
+            data[data.len() - vocab..].iter().any(|v| !v.is_finite())
+        }
+    }
+}
+
 /// Arg-max of the last logit row (`Step::n_out_rows - 1`); writes `[id, bits]` to `out`.
 pub fn build(
     gpu: &Gpu,
@@ -59,7 +78,7 @@ mod tests {
         let mut rows = seeded(2 * vocab, 9);
         rows[vocab + 700] = 5.0;
         rows[vocab + 901] = 5.0; // tie: the lower index wins
-        rows[vocab + 5] = f32::NAN;
+        rows[5] = f32::NAN; // in a row that is not looked at
         let lb = gpu.upload("l", bytemuck::cast_slice(&rows)).unwrap();
         let ob = gpu.storage_buffer("o", 8).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
@@ -81,5 +100,23 @@ mod tests {
         assert_eq!(out[0] as usize, 700);
         assert_eq!(cpu(&rows[vocab..]), 700);
         assert_eq!(f32::from_bits(out[1]), 5.0);
+    }
+
+    #[test]
+    fn argmax_flags_non_finite_logits() {
+        let Some(gpu) = gpu() else { return };
+        let vocab = 1003;
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut row = seeded(vocab, 3);
+            row[777] = bad;
+            let lb = gpu.upload("l", bytemuck::cast_slice(&row)).unwrap();
+            let ob = gpu.storage_buffer("o", 8).unwrap();
+            let step_buf = gpu.uniform("step", &Step::default());
+            let op = build(&gpu, &step_buf, vocab, &lb, &ob).unwrap();
+            run(&gpu, &step_buf, Step::tokens(1, 0), &[&op]);
+            let out: Vec<u32> = bytemuck::cast_slice(&gpu.read_storage(&ob, 8).unwrap()).to_vec();
+            assert_eq!(out[0], NON_FINITE, "{bad}");
+            assert!(f32::from_bits(out[1]).is_nan());
+        }
     }
 }

@@ -77,4 +77,22 @@ mod tests {
             assert_eq!(f32::from_bits(p[1]), v[p[0] as usize]);
         }
     }
+
+    #[test]
+    fn topk_flags_non_finite_logits() {
+        let Some(gpu) = gpu() else { return };
+        let vocab = 777;
+        let mut v = seeded(vocab, 5);
+        v[300] = f32::NAN;
+        let lb = gpu.upload("l", bytemuck::cast_slice(&v)).unwrap();
+        let k = 8;
+        let ob = gpu.storage_buffer("o", (k * 8) as u64).unwrap();
+        let step_buf = gpu.uniform("step", &Step::default());
+        let op = build(&gpu, &step_buf, vocab, k, &lb, &ob).unwrap();
+        run(&gpu, &step_buf, Step::tokens(1, 0), &[&op]);
+        let out: Vec<u32> =
+            bytemuck::cast_slice(&gpu.read_storage(&ob, (k * 8) as u64).unwrap()).to_vec();
+        assert_eq!(out[0], super::super::argmax::NON_FINITE);
+        assert!(f32::from_bits(out[1]).is_nan());
+    }
 }

@@ -497,6 +497,7 @@ impl LlamaConfig {
 
     /// Parses a Hugging Face `config.json` (Llama family only).
     pub fn from_hf_json(path: &Path) -> Result<Self, LoadError> {
+        super::safetensors::check_regular_file(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| LoadError::io(path, e))?;
         Self::from_hf_str(&text, path)
     }
@@ -602,14 +603,23 @@ impl LlamaConfig {
             Some(serde_json::Value::Array(a)) => a
                 .iter()
                 .map(|x| {
-                    x.as_u64().map(|x| x as u32).ok_or_else(|| {
-                        LoadError::Config(format!("eos_token_id entries must be integers, got {x}"))
-                    })
+                    x.as_u64()
+                        .and_then(|x| u32::try_from(x).ok())
+                        .ok_or_else(|| {
+                            LoadError::Config(format!(
+                                "eos_token_id entries must be integers below 2^32, got {x}"
+                            ))
+                        })
                 })
                 .collect::<Result<_, _>>()?,
-            Some(v) => vec![v.as_u64().ok_or_else(|| {
-                LoadError::Config(format!("eos_token_id must be an integer, got {v}"))
-            })? as u32],
+            Some(v) => vec![v
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| {
+                    LoadError::Config(format!(
+                        "eos_token_id must be an integer below 2^32, got {v}"
+                    ))
+                })?],
         };
         let max_position_embeddings = opt_usize("max_position_embeddings")?.unwrap_or(2048);
         let (rope_theta, rope_scaling) = RopeScaling::from_hf(obj, max_position_embeddings)
@@ -631,7 +641,13 @@ impl LlamaConfig {
                 .and_then(|b| b.as_bool())
                 .unwrap_or(false),
             rope_layout: RopeLayout::Halves,
-            bos_token_id: opt_usize("bos_token_id")?.map(|x| x as u32),
+            bos_token_id: opt_usize("bos_token_id")?
+                .map(|x| {
+                    u32::try_from(x).map_err(|_| {
+                        LoadError::Config(format!("bos_token_id must be below 2^32, got {x}"))
+                    })
+                })
+                .transpose()?,
             eos_token_ids,
         };
         cfg.validate().map_err(|e| match e {

@@ -763,6 +763,15 @@ impl GgufFile {
         let mut tensor_index = HashMap::with_capacity(t_cap);
         for i in 0..n_tensors as usize {
             let name = r.string(&|| format!("name of tensor {i}"))?;
+            if i == 0
+                && ["general.", "tokenizer.", "llama.", "split."]
+                    .iter()
+                    .any(|p| name.starts_with(p))
+            {
+                return Err(format_err(format!(
+                    "the metadata is truncated or malformed at entry {n_kv}: the header declares {n_kv} metadata entries, but `{name}` (a metadata key) follows them where the tensor directory should start"
+                )));
+            }
             let n_dims = r.u32(&|| format!("dimension count of tensor `{name}`"))?;
             if n_dims > MAX_DIMS {
                 return Err(format_err(format!(
@@ -1231,6 +1240,7 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
     if !path.exists() {
         return Err(LoadError::NotFound(path.to_path_buf()));
     }
+    super::safetensors::check_regular_file(path)?;
     let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
     // SAFETY: the mapping is read-only; sramlm never writes model files, and
     // the usual caveat (another process truncating the file) is accepted by
@@ -1259,6 +1269,17 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
         &|w: WeightName| w.gguf(),
     )
     .map_err(with_path)?;
+    let used: std::collections::HashSet<String> = WeightName::all(&config)
+        .into_iter()
+        .map(|w| w.gguf())
+        .collect();
+    let unused: Vec<String> = g
+        .tensors
+        .iter()
+        .filter(|t| !used.contains(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    super::safetensors::refuse_unused(&unused, &config)?;
     let chat_template = g
         .get_str("tokenizer.chat_template")
         .map_err(with_path)?

@@ -77,6 +77,8 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
     }
     if path.is_dir() {
         safetensors::load_folder(path)
+    } else if let Err(e) = safetensors::check_regular_file(path) {
+        Err(e)
     } else if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))

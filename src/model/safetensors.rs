@@ -22,6 +22,7 @@ impl SafetensorsFiles {
         if single.exists() {
             files.push(single);
         } else if index.exists() {
+            check_regular_file(&index)?;
             let text = std::fs::read_to_string(&index).map_err(|e| LoadError::io(&index, e))?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 LoadError::Format(format!("{} is not valid JSON: {e}", index.display()))
@@ -50,8 +51,17 @@ impl SafetensorsFiles {
             return Err(LoadError::MissingFile(single));
         }
         let mut tensors = HashMap::new();
+        let mut from: HashMap<String, std::path::PathBuf> = HashMap::new();
         for f in files {
             for (name, t) in Self::open_file(&f)? {
+                if let Some(first) = from.get(&name) {
+                    return Err(LoadError::Format(format!(
+                        "tensor `{name}` appears in both {} and {}",
+                        first.display(),
+                        f.display()
+                    )));
+                }
+                from.insert(name.clone(), f.clone());
                 tensors.insert(name, t);
             }
         }
@@ -63,6 +73,7 @@ impl SafetensorsFiles {
         if !path.exists() {
             return Err(LoadError::MissingFile(path.to_path_buf()));
         }
+        check_regular_file(path)?;
         let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
         // SAFETY: the mapping is read-only; sramlm never writes model files, and
         // the usual caveat (another process truncating the file) is accepted by
@@ -106,6 +117,57 @@ impl SafetensorsFiles {
     pub fn take(&mut self, name: &str) -> Option<Tensor> {
         self.tensors.remove(name)
     }
+
+    /// Names of the tensors not taken yet, sorted.
+    pub fn remaining(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tensors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// Refuses anything but a regular file (a directory, a FIFO, a device) before
+/// it is opened: opening a FIFO blocks forever, mapping a directory fails with
+/// an unrelated message.
+pub fn check_regular_file(path: &Path) -> Result<(), LoadError> {
+    let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
+    let what = if meta.is_dir() {
+        "is a directory, not a file"
+    } else if !meta.is_file() {
+        "is not a regular file (a FIFO, socket or device); give a file"
+    } else {
+        return Ok(());
+    };
+    Err(LoadError::io(path, std::io::Error::other(what)))
+}
+
+/// Tensors a file holds that the loader ignores on purpose: rotary tables
+/// (recomputed from the config) and an lm_head equal to the tied embedding.
+fn ignorable(name: &str, tied: bool) -> bool {
+    name.ends_with("rotary_emb.inv_freq")
+        || name == "rope_freqs.weight"
+        || (tied && (name == "lm_head.weight" || name == "output.weight"))
+}
+
+/// Refuses a file whose tensors the config does not use (a config naming
+/// fewer layers than the file holds would otherwise silently drop the rest).
+pub fn refuse_unused(unused: &[String], cfg: &LlamaConfig) -> Result<(), LoadError> {
+    let bad: Vec<&String> = unused
+        .iter()
+        .filter(|n| !ignorable(n, cfg.tie_word_embeddings))
+        .collect();
+    if let Some(first) = bad.first() {
+        return Err(LoadError::Config(format!(
+            "tensor `{first}`{} in the weights is not used by the config ({} layers): the config does not describe this file",
+            if bad.len() > 1 {
+                format!(" (and {} more)", bad.len() - 1)
+            } else {
+                String::new()
+            },
+            cfg.num_layers
+        )));
+    }
+    Ok(())
 }
 
 /// Loads a Hugging Face Llama folder.
@@ -122,6 +184,7 @@ pub fn load_folder(dir: &Path) -> Result<Model, LoadError> {
     if !tok_path.exists() {
         return Err(LoadError::MissingFile(tok_path));
     }
+    check_regular_file(&tok_path)?;
     let tokenizer = Tokenizer::from_file(&tok_path)?;
     let mut files = SafetensorsFiles::open_folder(dir)?;
     let weights = ModelWeights::assemble(
@@ -129,6 +192,7 @@ pub fn load_folder(dir: &Path) -> Result<Model, LoadError> {
         |w: WeightName| Ok(files.take(&w.hf())),
         &|w: WeightName| w.hf(),
     )?;
+    refuse_unused(&files.remaining(), &config)?;
     if tokenizer.vocab_size() > config.vocab_size {
         return Err(LoadError::Config(format!(
             "tokenizer has {} tokens but the model's vocab_size is {}",
@@ -136,8 +200,23 @@ pub fn load_folder(dir: &Path) -> Result<Model, LoadError> {
             config.vocab_size
         )));
     }
-    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        .ok()
+    for (what, id) in config
+        .bos_token_id
+        .iter()
+        .map(|&i| ("bos_token_id", i))
+        .chain(config.eos_token_ids.iter().map(|&i| ("eos_token_id", i)))
+    {
+        if tokenizer.id_to_token(id).is_none() {
+            return Err(LoadError::Config(format!(
+                "{what} {id} is not in tokenizer.json ({} tokens)",
+                tokenizer.vocab_size()
+            )));
+        }
+    }
+    let tc_path = dir.join("tokenizer_config.json");
+    let chat_template = (tc_path.is_file())
+        .then(|| std::fs::read_to_string(&tc_path).ok())
+        .flatten()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| {
             v.get("chat_template")
