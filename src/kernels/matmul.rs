@@ -319,6 +319,7 @@ mod tests {
                     }
                 }
             }
+            _ => out = random_blocks(dtype, n * k, seed),
         }
         out
     }
