@@ -585,7 +585,10 @@ fn unsupported_tensor_type_is_named() {
         }
         other => panic!("expected UnsupportedDType, got {other}"),
     }
-    assert_contains(&e.to_string(), &["IQ4_XS (type 23)", "blk.0.ffn_down.weight"]);
+    assert_contains(
+        &e.to_string(),
+        &["IQ4_XS (type 23)", "blk.0.ffn_down.weight"],
+    );
 
     // A type id GGML does not know at all fails at parse time, still named.
     let bytes = GgufWriter::new()
