@@ -119,7 +119,7 @@ struct PlanArgs {
     /// Plan from a Hugging Face config.json alone (no weights), e.g. models/configs/llama-2-70b.json
     #[arg(long)]
     config: Option<PathBuf>,
-    /// With --config: weight encoding to assume for the matrices (f32, f16, bf16, q8_0, q4_0, q4_1, int8)
+    /// With --config: weight encoding to assume for the matrices (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, int8)
     #[arg(long, default_value = "f16")]
     weights: String,
     /// KV-cache positions per sequence [default: the model's context window]
@@ -1029,7 +1029,7 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
                 .with_context(|| format!("cannot read config {}", path.display()))?;
             let fmt = sramlm::chip::WeightFormat::from_name(&a.weights).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "unknown --weights `{}` (expected f32, f16, bf16, q8_0, q4_0, q4_1 or int8)",
+                    "unknown --weights `{}` (expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k or int8)",
                     a.weights
                 )
             })?;

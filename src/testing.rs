@@ -326,3 +326,54 @@ pub fn check_reference_parity(
     }
     worst
 }
+
+/// `n` values (a multiple of the block length) of random weights in `dtype`'s
+/// file encoding: random quant bits, sane f16 scales (and mins) placed where
+/// ggml's block layout has them. Deterministic in `seed`.
+pub fn random_blocks(dtype: crate::model::DType, n: usize, seed: u64) -> Vec<u8> {
+    use crate::model::DType;
+    let vals = seeded(n, seed);
+    let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
+    match dtype {
+        DType::F32 => return bytemuck::cast_slice::<f32, u8>(&vals).to_vec(),
+        DType::F16 => return vals.iter().flat_map(|&v| f16(v)).collect(),
+        DType::BF16 => {
+            return vals
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect()
+        }
+        _ => {}
+    }
+    let nb = n / dtype.block_len();
+    let bb = dtype.block_bytes();
+    let mut out: Vec<u8> = seeded(nb * bb, seed ^ 0xb10c)
+        .iter()
+        .map(|v| ((v + 1.0) * 127.99) as u8)
+        .collect();
+    let u = seeded(2 * nb, seed ^ 0x5ca1e);
+    // (offset of d, offset of the min / dmin if any, scale range)
+    let (d_at, m_at, d_max) = match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => (0, None, 0.05),
+        DType::Q4_1 | DType::Q5_1 => (0, Some(2), 0.05),
+        DType::Q2_K => (80, Some(82), 0.02),
+        DType::Q3_K => (108, None, 0.005),
+        DType::Q4_K | DType::Q5_K => (0, Some(2), 0.005),
+        DType::Q6_K => (208, None, 0.002),
+        DType::F32 | DType::F16 | DType::BF16 => unreachable!(),
+    };
+    for (b, blk) in out.chunks_exact_mut(bb).enumerate() {
+        let d = d_max * (0.2 + 0.8 * u[2 * b].abs());
+        blk[d_at..d_at + 2].copy_from_slice(&f16(d));
+        if let Some(m) = m_at {
+            // Q4_1/Q5_1: an offset of either sign; K-quants: a positive dmin.
+            let v = if dtype.block_len() == 32 {
+                0.3 * u[2 * b + 1]
+            } else {
+                d_max * u[2 * b + 1].abs()
+            };
+            blk[m..m + 2].copy_from_slice(&f16(v));
+        }
+    }
+    out
+}

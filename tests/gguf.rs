@@ -575,17 +575,20 @@ fn other_architecture_is_named() {
 #[test]
 fn unsupported_tensor_type_is_named() {
     let (kv, mut t) = tiny_parts();
-    // Q5_K: 256 values per 176-byte block; ffn_down rows are 256 long.
-    set_tensor(&mut t, "blk.0.ffn_down.weight", 13, vec![0u8; HIDDEN * 176]);
+    // IQ4_XS: 256 values per 136-byte block; ffn_down rows are 256 long.
+    set_tensor(&mut t, "blk.0.ffn_down.weight", 23, vec![0u8; HIDDEN * 136]);
     let e = load_bytes(&write(&kv, &t)).err().unwrap();
     match &e {
         LoadError::UnsupportedDType { tensor, dtype } => {
             assert_eq!(tensor, "blk.0.ffn_down.weight");
-            assert_eq!(dtype, "Q5_K (type 13)");
+            assert_eq!(dtype, "IQ4_XS (type 23)");
         }
         other => panic!("expected UnsupportedDType, got {other}"),
     }
-    assert_contains(&e.to_string(), &["Q5_K (type 13)", "blk.0.ffn_down.weight"]);
+    assert_contains(
+        &e.to_string(),
+        &["IQ4_XS (type 23)", "blk.0.ffn_down.weight"],
+    );
 
     // A type id GGML does not know at all fails at parse time, still named.
     let bytes = GgufWriter::new()

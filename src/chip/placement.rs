@@ -68,6 +68,7 @@ use std::collections::BTreeSet;
 /// Encodings the placement compiler counts bytes for: sramlm's loadable
 /// [`DType`]s plus `Int8`, plain 1 byte per value (per-row scales, ~2 bytes
 /// per row, are not counted) for studying hardware that stores int8 weights.
+#[allow(non_camel_case_types)] // ggml's names (Q4_K, …)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WeightFormat {
     F32,
@@ -77,6 +78,13 @@ pub enum WeightFormat {
     Q4_0,
     Q4_1,
     Int8,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
 }
 
 impl From<DType> for WeightFormat {
@@ -88,12 +96,19 @@ impl From<DType> for WeightFormat {
             DType::Q8_0 => WeightFormat::Q8_0,
             DType::Q4_0 => WeightFormat::Q4_0,
             DType::Q4_1 => WeightFormat::Q4_1,
+            DType::Q5_0 => WeightFormat::Q5_0,
+            DType::Q5_1 => WeightFormat::Q5_1,
+            DType::Q2_K => WeightFormat::Q2_K,
+            DType::Q3_K => WeightFormat::Q3_K,
+            DType::Q4_K => WeightFormat::Q4_K,
+            DType::Q5_K => WeightFormat::Q5_K,
+            DType::Q6_K => WeightFormat::Q6_K,
         }
     }
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 7] = [
+    pub const ALL: [WeightFormat; 14] = [
         WeightFormat::F32,
         WeightFormat::F16,
         WeightFormat::BF16,
@@ -101,24 +116,22 @@ impl WeightFormat {
         WeightFormat::Q4_0,
         WeightFormat::Q4_1,
         WeightFormat::Int8,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
+        WeightFormat::Q2_K,
+        WeightFormat::Q3_K,
+        WeightFormat::Q4_K,
+        WeightFormat::Q5_K,
+        WeightFormat::Q6_K,
     ];
-    /// Values per block (a tile's columns are a multiple of this).
+    /// Values per block (a tile's columns are a multiple of this): the
+    /// loadable types' own block length (256 for the K-quant super-blocks).
     pub fn block_len(self) -> usize {
-        match self {
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => 32,
-            _ => 1,
-        }
+        self.dtype().map_or(1, DType::block_len)
     }
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
-        match self {
-            WeightFormat::F32 => 4,
-            WeightFormat::F16 | WeightFormat::BF16 => 2,
-            WeightFormat::Q8_0 => 34,
-            WeightFormat::Q4_0 => 18,
-            WeightFormat::Q4_1 => 20,
-            WeightFormat::Int8 => 1,
-        }
+        self.dtype().map_or(1, DType::block_bytes)
     }
     /// Bytes of `n` consecutive values of one row (`None` unless `n` is a
     /// multiple of the block length).
@@ -137,6 +150,13 @@ impl WeightFormat {
             WeightFormat::Q4_0 => "Q4_0",
             WeightFormat::Q4_1 => "Q4_1",
             WeightFormat::Int8 => "INT8",
+            WeightFormat::Q5_0 => "Q5_0",
+            WeightFormat::Q5_1 => "Q5_1",
+            WeightFormat::Q2_K => "Q2_K",
+            WeightFormat::Q3_K => "Q3_K",
+            WeightFormat::Q4_K => "Q4_K",
+            WeightFormat::Q5_K => "Q5_K",
+            WeightFormat::Q6_K => "Q6_K",
         }
     }
     pub fn from_name(s: &str) -> Option<Self> {
@@ -153,6 +173,13 @@ impl WeightFormat {
             WeightFormat::Q8_0 => DType::Q8_0,
             WeightFormat::Q4_0 => DType::Q4_0,
             WeightFormat::Q4_1 => DType::Q4_1,
+            WeightFormat::Q5_0 => DType::Q5_0,
+            WeightFormat::Q5_1 => DType::Q5_1,
+            WeightFormat::Q2_K => DType::Q2_K,
+            WeightFormat::Q3_K => DType::Q3_K,
+            WeightFormat::Q4_K => DType::Q4_K,
+            WeightFormat::Q5_K => DType::Q5_K,
+            WeightFormat::Q6_K => DType::Q6_K,
             WeightFormat::Int8 => return None,
         })
     }

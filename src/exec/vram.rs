@@ -140,6 +140,8 @@ impl VramExecutor {
             layout: cfg.rope_layout,
         };
         let mut mats = Vec::new();
+        // Gate and up outputs, for layers whose gate/up weights cannot stack.
+        let mut glu_scratch: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
         // RMSNorm of the residual x into xn as a dispatch of its own, on the
         // steps `when` holds (prefill); decode products normalise x inside
         // (see matmul::Norm).
@@ -165,18 +167,44 @@ impl VramExecutor {
             let ffn_norm = norm(&gpu, name(LayerTensor::FfnNorm), &lw.ffn_norm)?;
             // Q/K/V stacked into one weight (one dispatch for all three), and
             // gate/up stacked (one dispatch that also applies SiLU·mul). Same
-            // bytes as the file, in one buffer each.
-            let wqkv = GpuWeight::upload(
-                &gpu,
-                &format!("layers.{i}.wqkv"),
-                &stack(&[&lw.wq, &lw.wk, &lw.wv]),
-            )?;
+            // bytes as the file, in one buffer each. Only weights of one
+            // encoding stack (Q4_K_M files keep attn_v in Q6_K): a mixed set
+            // runs as separate products (`mixed_qkv`, `mixed_gu`).
+            let same = |ts: &[&Tensor]| ts.iter().all(|t| t.dtype == ts[0].dtype);
+            let mixed_qkv = (!same(&[&lw.wq, &lw.wk, &lw.wv]))
+                .then(|| -> Result<_, ExecError> {
+                    Ok([
+                        upload(name(LayerTensor::Q), &lw.wq)?,
+                        upload(name(LayerTensor::K), &lw.wk)?,
+                        upload(name(LayerTensor::V), &lw.wv)?,
+                    ])
+                })
+                .transpose()?;
+            let mixed_gu = (!same(&[&lw.w_gate, &lw.w_up]))
+                .then(|| -> Result<_, ExecError> {
+                    Ok([
+                        upload(name(LayerTensor::Gate), &lw.w_gate)?,
+                        upload(name(LayerTensor::Up), &lw.w_up)?,
+                    ])
+                })
+                .transpose()?;
+            let wqkv = match mixed_qkv {
+                Some(_) => None,
+                None => Some(GpuWeight::upload(
+                    &gpu,
+                    &format!("layers.{i}.wqkv"),
+                    &stack(&[&lw.wq, &lw.wk, &lw.wv]),
+                )?),
+            };
             let wo = upload(name(LayerTensor::O), &lw.wo)?;
-            let wgu = GpuWeight::upload(
-                &gpu,
-                &format!("layers.{i}.w_gate_up"),
-                &stack(&[&lw.w_gate, &lw.w_up]),
-            )?;
+            let wgu = match mixed_gu {
+                Some(_) => None,
+                None => Some(GpuWeight::upload(
+                    &gpu,
+                    &format!("layers.{i}.w_gate_up"),
+                    &stack(&[&lw.w_gate, &lw.w_up]),
+                )?),
+            };
             let wd = upload(name(LayerTensor::Down), &lw.w_down)?;
             let l = format!("layers.{i}");
             let mm = |n: &str, wt: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, acc: bool| {
@@ -197,25 +225,49 @@ impl VramExecutor {
                 s.n_tokens > 1
             })?);
             // q, k, v = xn @ Wq.T, xn @ Wk.T, xn @ Wv.T           [T, H*hd], [T, Hkv*hd] x2
-            body.extend(matmul::build_fused(
-                &gpu,
-                &step_buf,
-                &format!("{l}.wqkv"),
-                &wqkv,
-                &act.xn,
-                &[&act.q, &act.k, &act.v],
-                false,
-                matmul::Rows::Tokens,
-                matmul::Fuse::Split3 {
-                    q_rows: qd,
-                    k_rows: kvd,
-                },
-                Some(matmul::Norm {
-                    x: &act.x,
-                    weight: &attn_norm,
-                    eps: cfg.rms_norm_eps,
-                }),
-            )?);
+            let attn_nm = Some(matmul::Norm {
+                x: &act.x,
+                weight: &attn_norm,
+                eps: cfg.rms_norm_eps,
+            });
+            match (&wqkv, &mixed_qkv) {
+                (Some(wqkv), _) => body.extend(matmul::build_fused(
+                    &gpu,
+                    &step_buf,
+                    &format!("{l}.wqkv"),
+                    wqkv,
+                    &act.xn,
+                    &[&act.q, &act.k, &act.v],
+                    false,
+                    matmul::Rows::Tokens,
+                    matmul::Fuse::Split3 {
+                        q_rows: qd,
+                        k_rows: kvd,
+                    },
+                    attn_nm,
+                )?),
+                (None, Some(parts)) => {
+                    for (wt, (n, y)) in
+                        parts
+                            .iter()
+                            .zip([("wq", &act.q), ("wk", &act.k), ("wv", &act.v)])
+                    {
+                        body.extend(matmul::build_fused(
+                            &gpu,
+                            &step_buf,
+                            &format!("{l}.{n}"),
+                            wt,
+                            &act.xn,
+                            &[y],
+                            false,
+                            matmul::Rows::Tokens,
+                            matmul::Fuse::None,
+                            attn_nm,
+                        )?);
+                    }
+                }
+                (None, None) => unreachable!("q/k/v weights are stacked or separate"),
+            }
             // q, k = rope(q, k, pos); k_cache[pos], v_cache[pos] = k, v
             // (decode steps: inside the attention kernel below)
             body.push(
@@ -270,26 +322,65 @@ impl VramExecutor {
                 s.n_tokens > 1
             })?);
             // h = silu(xn @ Wg.T) * (xn @ Wu.T)                   [T, I]
-            body.extend(matmul::build_fused(
-                &gpu,
-                &step_buf,
-                &format!("{l}.w_gate_up"),
-                &wgu,
-                &act.xn,
-                &[&act.h],
-                false,
-                matmul::Rows::Tokens,
-                matmul::Fuse::Glu,
-                Some(matmul::Norm {
-                    x: &act.x,
-                    weight: &ffn_norm,
-                    eps: cfg.rms_norm_eps,
-                }),
-            )?);
+            let ffn_nm = Some(matmul::Norm {
+                x: &act.x,
+                weight: &ffn_norm,
+                eps: cfg.rms_norm_eps,
+            });
+            match (&wgu, &mixed_gu) {
+                (Some(wgu), _) => body.extend(matmul::build_fused(
+                    &gpu,
+                    &step_buf,
+                    &format!("{l}.w_gate_up"),
+                    wgu,
+                    &act.xn,
+                    &[&act.h],
+                    false,
+                    matmul::Rows::Tokens,
+                    matmul::Fuse::Glu,
+                    ffn_nm,
+                )?),
+                (None, Some([wg, wu])) => {
+                    // Gate and up into scratch rows, then silu(g) * u.
+                    if glu_scratch.is_none() {
+                        glu_scratch = Some((
+                            buf("glu.gate", f(chunk * inter))?,
+                            buf("glu.up", f(chunk * inter))?,
+                        ));
+                    }
+                    let (g, u) = glu_scratch.as_ref().expect("allocated above");
+                    for (wt, n, y) in [(wg, "w_gate", g), (wu, "w_up", u)] {
+                        body.extend(matmul::build_fused(
+                            &gpu,
+                            &step_buf,
+                            &format!("{l}.{n}"),
+                            wt,
+                            &act.xn,
+                            &[y],
+                            false,
+                            matmul::Rows::Tokens,
+                            matmul::Fuse::None,
+                            ffn_nm,
+                        )?);
+                    }
+                    body.push(crate::kernels::silu_mul::build(
+                        &gpu,
+                        &step_buf,
+                        &format!("{l}.silu_mul"),
+                        inter,
+                        g,
+                        u,
+                        &act.h,
+                    )?);
+                }
+                (None, None) => unreachable!("gate/up weights are stacked or separate"),
+            }
             // x += h @ Wd.T                                       [T, D]
             body.extend(mm("w_down", &wd, &act.h, &act.x, true)?);
             keep.extend([k_cache, v_cache, attn_norm, ffn_norm]);
-            mats.extend([wqkv, wo, wgu, wd]);
+            mats.extend(wqkv.into_iter().chain(mixed_qkv.into_iter().flatten()));
+            mats.extend(wgu.into_iter().chain(mixed_gu.into_iter().flatten()));
+            mats.extend([wo, wd]);
         }
         // xn = rms_norm(x) * final_norm
         let final_norm = norm(&gpu, WeightName::FinalNorm, &w.final_norm)?;
@@ -319,6 +410,7 @@ impl VramExecutor {
         .into();
         let argmax = argmax::build(&gpu, &step_buf, vocab, &act.logits, &act.result)?;
         keep.push(final_norm);
+        keep.extend(glu_scratch.into_iter().flat_map(|(g, u)| [g, u]));
         let readback_size = f(2 * topk::MAX_K);
         let readback = gpu.readback_buffer("readback", readback_size);
         let greedy_slots = [

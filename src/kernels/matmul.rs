@@ -328,6 +328,7 @@ mod tests {
                     }
                 }
             }
+            _ => out = random_blocks(dtype, n * k, seed),
         }
         out
     }

@@ -187,6 +187,13 @@ pub fn weight_define(dtype: DType) -> &'static str {
         DType::Q8_0 => "W_Q8_0",
         DType::Q4_0 => "W_Q4_0",
         DType::Q4_1 => "W_Q4_1",
+        DType::Q5_0 => "W_Q5_0",
+        DType::Q5_1 => "W_Q5_1",
+        DType::Q2_K => "W_Q2_K",
+        DType::Q3_K => "W_Q3_K",
+        DType::Q4_K => "W_Q4_K",
+        DType::Q5_K => "W_Q5_K",
+        DType::Q6_K => "W_Q6_K",
     }
 }
 
@@ -202,14 +209,7 @@ pub fn ceil_div(a: u32, b: u32) -> u32 {
 /// naga test (each must parse, validate and fit 16 KiB of workgroup memory).
 pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
     use crate::gpu::{Shader, ShaderVariant};
-    let dtypes = [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-    ];
+    let dtypes = DType::ALL;
     let mut v = Vec::new();
     for dt in dtypes {
         v.push((
@@ -282,14 +282,7 @@ pub fn sram_variants(
     hidden: usize,
 ) -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
     use crate::gpu::Shader;
-    let dtypes = [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-    ];
+    let dtypes = DType::ALL;
     let mut v = Vec::new();
     for dt in dtypes {
         for acc in [false, true] {

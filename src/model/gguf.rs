@@ -100,7 +100,14 @@ impl GgmlType {
     pub const F16: GgmlType = GgmlType(1);
     pub const Q4_0: GgmlType = GgmlType(2);
     pub const Q4_1: GgmlType = GgmlType(3);
+    pub const Q5_0: GgmlType = GgmlType(6);
+    pub const Q5_1: GgmlType = GgmlType(7);
     pub const Q8_0: GgmlType = GgmlType(8);
+    pub const Q2_K: GgmlType = GgmlType(10);
+    pub const Q3_K: GgmlType = GgmlType(11);
+    pub const Q4_K: GgmlType = GgmlType(12);
+    pub const Q5_K: GgmlType = GgmlType(13);
+    pub const Q6_K: GgmlType = GgmlType(14);
     pub const BF16: GgmlType = GgmlType(30);
 
     /// The type with this id, if it is a known GGML type.
@@ -117,6 +124,13 @@ impl GgmlType {
             DType::Q8_0 => GgmlType::Q8_0,
             DType::Q4_0 => GgmlType::Q4_0,
             DType::Q4_1 => GgmlType::Q4_1,
+            DType::Q5_0 => GgmlType::Q5_0,
+            DType::Q5_1 => GgmlType::Q5_1,
+            DType::Q2_K => GgmlType::Q2_K,
+            DType::Q3_K => GgmlType::Q3_K,
+            DType::Q4_K => GgmlType::Q4_K,
+            DType::Q5_K => GgmlType::Q5_K,
+            DType::Q6_K => GgmlType::Q6_K,
         }
     }
 
@@ -149,7 +163,14 @@ impl GgmlType {
             1 => Some(DType::F16),
             2 => Some(DType::Q4_0),
             3 => Some(DType::Q4_1),
+            6 => Some(DType::Q5_0),
+            7 => Some(DType::Q5_1),
             8 => Some(DType::Q8_0),
+            10 => Some(DType::Q2_K),
+            11 => Some(DType::Q3_K),
+            12 => Some(DType::Q4_K),
+            13 => Some(DType::Q5_K),
+            14 => Some(DType::Q6_K),
             30 => Some(DType::BF16),
             _ => None,
         }
@@ -1541,14 +1562,7 @@ mod tests {
         assert_eq!(GgmlType::from_id(13).unwrap().to_string(), "Q5_K (type 13)");
         assert!(GgmlType::from_id(4).is_none());
         assert_eq!(GgmlType::from_id(3).unwrap().dtype(), Some(DType::Q4_1));
-        for d in [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-        ] {
+        for d in DType::ALL {
             let t = GgmlType::from_dtype(d);
             assert_eq!(t.dtype(), Some(d));
             assert_eq!(t.block_len() as usize, d.block_len());

@@ -10,8 +10,10 @@ use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;
 
-/// Element encodings sramlm can read. Quantized types are GGML blocks of 32
-/// values along a row (the input dimension).
+/// Element encodings sramlm can read. Quantized types are GGML blocks along a
+/// row (the input dimension): 32 values, or 256 for the K-quant super-blocks.
+/// Layouts exactly as ggml's `ggml-common.h` (see [`dequantize`]).
+#[allow(non_camel_case_types)] // ggml's names (Q4_K, …)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum DType {
     F32,
@@ -23,6 +25,20 @@ pub enum DType {
     Q4_0,
     /// 32 values: f16 scale `d`, f16 min `m`, 16 bytes of 4-bit q. w = d·q + m.
     Q4_1,
+    /// 32 values (22 bytes): f16 `d`, u32 `qh` (5th bits), 16 bytes of nibbles. w = d·(q − 16).
+    Q5_0,
+    /// 32 values (24 bytes): f16 `d`, f16 `m`, u32 `qh`, 16 bytes of nibbles. w = d·q + m.
+    Q5_1,
+    /// 256 values (84 bytes): 16 × (4-bit scale, 4-bit min), 64 bytes of 2-bit q, f16 `d`, `dmin`.
+    Q2_K,
+    /// 256 values (110 bytes): 32 bytes hmask, 64 bytes of 2-bit q, 12 bytes of 6-bit scales, f16 `d`.
+    Q3_K,
+    /// 256 values (144 bytes): f16 `d`, `dmin`, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles.
+    Q4_K,
+    /// 256 values (176 bytes): Q4_K's header, 32 bytes of 5th bits, 128 bytes of nibbles.
+    Q5_K,
+    /// 256 values (210 bytes): 128 bytes low nibbles, 64 bytes high 2 bits, 16 × i8 scales, f16 `d`.
+    Q6_K,
 }
 
 impl DType {
@@ -30,7 +46,8 @@ impl DType {
     pub fn block_len(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => 32,
+            DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => 256,
         }
     }
     /// Bytes per block.
@@ -41,8 +58,31 @@ impl DType {
             DType::Q8_0 => 34,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
+            DType::Q5_0 => 22,
+            DType::Q5_1 => 24,
+            DType::Q2_K => 84,
+            DType::Q3_K => 110,
+            DType::Q4_K => 144,
+            DType::Q5_K => 176,
+            DType::Q6_K => 210,
         }
     }
+    /// Every encoding, plain floats first.
+    pub const ALL: [DType; 13] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
     pub fn is_quantized(self) -> bool {
         self.block_len() > 1
     }
@@ -61,6 +101,13 @@ impl DType {
             DType::Q8_0 => "Q8_0",
             DType::Q4_0 => "Q4_0",
             DType::Q4_1 => "Q4_1",
+            DType::Q5_0 => "Q5_0",
+            DType::Q5_1 => "Q5_1",
+            DType::Q2_K => "Q2_K",
+            DType::Q3_K => "Q3_K",
+            DType::Q4_K => "Q4_K",
+            DType::Q5_K => "Q5_K",
+            DType::Q6_K => "Q6_K",
         }
     }
 }
@@ -170,8 +217,162 @@ pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Vec<f32> {
                 out.extend(qs.iter().map(|&q| d.mul_add((q >> 4) as f32, m)));
             }
         }
+        _ => {
+            let bb = dtype.block_bytes();
+            let nb = n / dtype.block_len();
+            for blk in bytes.chunks_exact(bb).take(nb) {
+                dequantize_block(dtype, blk, &mut out);
+            }
+        }
     }
     out
+}
+
+/// One block of the Q5 and K-quant types, transcribed from ggml-quants.c's
+/// `dequantize_row_*` (same loops, same order of arithmetic in f32).
+fn dequantize_block(dtype: DType, b: &[u8], y: &mut Vec<f32>) {
+    let f16 = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+    let u32at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let start = y.len();
+    match dtype {
+        DType::Q5_0 | DType::Q5_1 => {
+            let (d, m, qh, qs) = if dtype == DType::Q5_0 {
+                (f16(0), None, u32at(2), &b[6..22])
+            } else {
+                (f16(0), Some(f16(2)), u32at(4), &b[8..24])
+            };
+            y.resize(start + 32, 0.0);
+            for j in 0..16 {
+                let xh0 = ((qh >> j) << 4) & 0x10;
+                let xh1 = (qh >> (j + 12)) & 0x10;
+                let x0 = (qs[j] as u32 & 0x0f) | xh0;
+                let x1 = (qs[j] as u32 >> 4) | xh1;
+                let (v0, v1) = match m {
+                    None => ((x0 as i32 - 16) as f32 * d, (x1 as i32 - 16) as f32 * d),
+                    Some(m) => (x0 as f32 * d + m, x1 as f32 * d + m),
+                };
+                y[start + j] = v0;
+                y[start + j + 16] = v1;
+            }
+        }
+        DType::Q2_K => {
+            let scales = &b[0..16];
+            let qs = &b[16..80];
+            let (d, dmin) = (f16(80), f16(82));
+            let mut is = 0;
+            for n in 0..2 {
+                let q = &qs[32 * n..32 * n + 32];
+                for shift in [0, 2, 4, 6] {
+                    for half in 0..2 {
+                        let sc = scales[is];
+                        is += 1;
+                        let dl = d * (sc & 0x0f) as f32;
+                        let ml = dmin * (sc >> 4) as f32;
+                        for l in 0..16 {
+                            let qv = (q[16 * half + l] >> shift) & 3;
+                            y.push(dl * qv as f32 - ml);
+                        }
+                    }
+                }
+            }
+        }
+        DType::Q3_K => {
+            let hm = &b[0..32];
+            let qs = &b[32..96];
+            let d = f16(108);
+            // The 16 6-bit scales, unpacked as ggml does (kmask1/kmask2).
+            let mut aux = [u32at(96), u32at(100), u32at(104), 0];
+            let tmp = aux[2];
+            let (k1, k2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+            aux[2] = ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4);
+            aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
+            aux[0] = (aux[0] & k2) | ((tmp & k1) << 4);
+            aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
+            let scales: Vec<i8> = aux
+                .iter()
+                .flat_map(|a| a.to_le_bytes())
+                .map(|x| x as i8)
+                .collect();
+            let mut is = 0;
+            let mut m = 1u8;
+            for n in 0..2 {
+                let q = &qs[32 * n..32 * n + 32];
+                for shift in [0, 2, 4, 6] {
+                    for half in 0..2 {
+                        let dl = d * (scales[is] as i32 - 32) as f32;
+                        is += 1;
+                        for l in 16 * half..16 * half + 16 {
+                            let lo = ((q[l] >> shift) & 3) as i32;
+                            let hi = if hm[l] & m != 0 { 0 } else { 4 };
+                            y.push(dl * (lo - hi) as f32);
+                        }
+                    }
+                    m <<= 1;
+                }
+            }
+        }
+        DType::Q4_K | DType::Q5_K => {
+            let (d, dmin) = (f16(0), f16(2));
+            let scales = &b[4..16];
+            let (qh, ql) = if dtype == DType::Q5_K {
+                (Some(&b[16..48]), &b[48..176])
+            } else {
+                (None, &b[16..144])
+            };
+            for j in 0..4 {
+                let q = &ql[32 * j..32 * j + 32];
+                for half in 0..2 {
+                    let (sc, m) = scale_min_k4(2 * j + half, scales);
+                    let d1 = d * sc as f32;
+                    let m1 = dmin * m as f32;
+                    for l in 0..32 {
+                        let mut v = if half == 0 { q[l] & 0x0f } else { q[l] >> 4 } as u32;
+                        if let Some(qh) = qh {
+                            if qh[l] & (1 << (2 * j + half)) != 0 {
+                                v += 16;
+                            }
+                        }
+                        y.push(d1 * v as f32 - m1);
+                    }
+                }
+            }
+        }
+        DType::Q6_K => {
+            let d = f16(208);
+            for n in 0..2 {
+                let ql = &b[64 * n..64 * n + 64];
+                let qh = &b[128 + 32 * n..128 + 32 * n + 32];
+                let sc = &b[192 + 8 * n..192 + 8 * n + 8];
+                let base = y.len();
+                y.resize(base + 128, 0.0);
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    let s = |i: usize| d * (sc[i] as i8) as f32;
+                    y[base + l] = s(is) * q1 as f32;
+                    y[base + l + 32] = s(is + 2) * q2 as f32;
+                    y[base + l + 64] = s(is + 4) * q3 as f32;
+                    y[base + l + 96] = s(is + 6) * q4 as f32;
+                }
+            }
+        }
+        _ => unreachable!("{dtype} has its own loop in dequantize"),
+    }
+}
+
+/// ggml's `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min (Q4_K, Q5_K).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
 }
 
 /// The per-layer tensors of a Llama decoder block.
