@@ -281,7 +281,10 @@ fn spinner(msg: &str) -> indicatif::ProgressBar {
 }
 
 fn load_model(path: Option<&PathBuf>) -> Result<Model> {
-    let path = path.cloned().unwrap_or_else(model::default_model_path);
+    let Some(path) = path else {
+        // The default model is compiled in: no file to find.
+        return model::load_embedded().context("cannot load the embedded model");
+    };
     let pb = spinner(&format!("loading {}", path.display()));
     let m = model::load(&path).with_context(|| format!("cannot load model {}", path.display()))?;
     pb.finish_and_clear();

@@ -659,3 +659,65 @@ fn several_prompts_decode_together_in_sram_mode() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--mode sram"), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------- embedded model
+
+/// The default model is compiled in: a copy of the binary run from a
+/// directory with no models/ folder (and HOME elsewhere) still generates the
+/// reference text.
+#[test]
+fn embedded_model_works_away_from_the_source_tree() {
+    if !have_gpu() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sramlm-embedded-{}", std::process::id()));
+    let home = dir.join("home");
+    let run = dir.join("run");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let bin = run.join("sramlm");
+    std::fs::copy(env!("CARGO_BIN_EXE_sramlm"), &bin).unwrap();
+    let args = [
+        "generate",
+        "--format",
+        "json",
+        "-n",
+        "32",
+        "--temperature",
+        "0",
+        PROMPT,
+    ];
+    let o = Command::new(&bin)
+        .args(args)
+        .current_dir(&run)
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    check_ok(&args, &o);
+    let v = json_out(&args, &o);
+    assert_eq!(ids_of(&v, "prompt_ids"), PROMPT_IDS);
+    assert_eq!(ids_of(&v, "ids"), reference_greedy(PROMPT));
+}
+
+#[test]
+fn embedded_model_equals_the_folder() {
+    let e = sramlm::model::load_embedded().unwrap();
+    let f = sramlm::model::load(&crate_dir().join("models/stories260K")).unwrap();
+    assert_eq!(e.name, "stories260K");
+    assert_eq!(e.config.vocab_size, f.config.vocab_size);
+    assert_eq!(e.config.num_layers, f.config.num_layers);
+    for w in sramlm::model::WeightName::all(&f.config) {
+        let (a, b) = (e.weights.get(w), f.weights.get(w));
+        assert_eq!(a.is_some(), b.is_some(), "{w:?}");
+        if let (Some(a), Some(b)) = (a, b) {
+            assert_eq!(a.shape, b.shape, "{w:?}");
+            assert_eq!(a.bytes.as_slice(), b.bytes.as_slice(), "{w:?}");
+        }
+    }
+    assert_eq!(
+        e.tokenizer.encode(PROMPT).unwrap(),
+        f.tokenizer.encode(PROMPT).unwrap()
+    );
+}

@@ -81,6 +81,8 @@ pub enum Bytes {
         len: usize,
     },
     Owned(Arc<Vec<u8>>),
+    /// Bytes compiled into the binary (the embedded default model).
+    Static(&'static [u8]),
 }
 
 impl Bytes {
@@ -88,6 +90,7 @@ impl Bytes {
         match self {
             Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
             Bytes::Owned(v) => v,
+            Bytes::Static(b) => b,
         }
     }
 }
