@@ -351,3 +351,120 @@ pub fn generate_after(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{ExecCounters, StepOutput};
+
+    /// An executor that "picks" scripted ids (no GPU).
+    struct Script {
+        ids: Vec<u32>,
+        pos: usize,
+        picks: usize,
+        counters: ExecCounters,
+    }
+
+    impl Executor for Script {
+        fn mode(&self) -> &'static str {
+            "script"
+        }
+        fn context_len(&self) -> usize {
+            1000
+        }
+        fn position(&self) -> usize {
+            self.pos
+        }
+        fn reset(&mut self) {
+            self.pos = 0;
+            self.picks = 0;
+        }
+        fn step(&mut self, ids: &[u32], _rb: Readback) -> Result<StepOutput, ExecError> {
+            self.pos += ids.len();
+            let id = self.ids[self.picks.min(self.ids.len() - 1)];
+            self.picks += 1;
+            Ok(StepOutput::Token { id, logit: 0.0 })
+        }
+        fn counters(&self) -> &ExecCounters {
+            &self.counters
+        }
+        fn weight_bytes(&self) -> u64 {
+            0
+        }
+        fn kv_bytes(&self) -> u64 {
+            0
+        }
+    }
+
+    fn run(script: &[&str], opts: &GenerateOptions) -> (String, Generation) {
+        let m = crate::model::load_embedded().unwrap();
+        let ids: Vec<u32> = script
+            .iter()
+            .map(|t| m.tokenizer.token_to_id(t).unwrap())
+            .collect();
+        let mut e = Script {
+            ids,
+            pos: 0,
+            picks: 0,
+            counters: ExecCounters::default(),
+        };
+        let mut streamed = String::new();
+        let g = generate(&mut e, &m.tokenizer, &m.config, &[1], opts, |p| {
+            streamed.push_str(p)
+        })
+        .unwrap();
+        (streamed, g)
+    }
+
+    fn greedy(n: usize) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: n,
+            sampling: SamplingOptions {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            ignore_eos: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_character_cut_by_the_budget_is_not_printed() {
+        // "€" is E2 82 AC: the budget ends after its second byte.
+        let script = ["▁a", "<0xE2>", "<0x82>", "<0xAC>"];
+        let (streamed, g) = run(&script, &greedy(3));
+        assert_eq!(g.text, "a");
+        assert_eq!(streamed, "a");
+        let (streamed, g) = run(&script, &greedy(4));
+        assert_eq!(g.text, "a€");
+        assert_eq!(streamed, "a€");
+    }
+
+    #[test]
+    fn stop_strings_end_generation_and_are_not_printed() {
+        let script = ["▁a", "▁the", "▁a", "▁the"];
+        let mut o = greedy(4);
+        o.stop_strings = vec!["e a".into()];
+        let (streamed, g) = run(&script, &o);
+        assert_eq!(g.text, "a th");
+        assert_eq!(streamed, "a th");
+        assert!(g.stats.stopped_at_string);
+        assert_eq!(g.ids.len(), 3, "stops at the token that completed it");
+        // A prefix held back is released at the end when nothing matched.
+        o.stop_strings = vec!["e z".into()];
+        let (streamed, g) = run(&script, &o);
+        assert_eq!(g.text, "a the a the");
+        assert_eq!(streamed, g.text);
+        assert!(!g.stats.stopped_at_string);
+    }
+
+    #[test]
+    fn cancel_stops_after_the_current_token() {
+        let mut o = greedy(10);
+        let c = Arc::new(AtomicBool::new(true));
+        o.cancel = Some(c);
+        let (_, g) = run(&["▁a", "▁the"], &o);
+        assert_eq!(g.ids.len(), 1);
+        assert!(g.stats.cancelled);
+    }
+}
