@@ -3,7 +3,21 @@
 # Mesa 25 lavapipe (Vulkan on the CPU) and llvmpipe (GL/EGL) from bookworm-backports.
 # Debian 12's own Mesa 22.3.6 lavapipe silently cuts shader loops after 65,535
 # iterations, which turns kernels wrong without an error, so backports are required.
+#
+# Run it as root (`bash .ci/install-deps.sh`, e.g. in a container) or as a
+# user with sudo (it re-runs itself through sudo).
 set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    exec sudo -E bash "$0" "$@"
+  fi
+  echo "install-deps.sh: needs root: run it as root, or install sudo" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps.sh: this script is for Debian 12 (apt-get not found); install Mesa's lavapipe (Vulkan) with your package manager" >&2
+  exit 1
+fi
 export DEBIAN_FRONTEND=noninteractive
 if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
   # Same mirror as the machine's existing bookworm entry.

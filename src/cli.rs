@@ -31,19 +31,70 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate a continuation of PROMPT (or of standard input with `-`).
+    #[command(after_help = "Examples:
+  sramlm generate \"Once upon a time\"                  # embedded stories260K, streamed
+  sramlm generate -n 32 --temp 0 --format json \"Once upon a time\"   # greedy, one JSON object
+  sramlm generate -f prompt.txt --repeat-penalty 1.1 --min-p 0.05
+  echo \"Lily and Ben\" | sramlm generate -
+  sramlm generate --stop \".\" \"Tom had a dog\"            # stop at the first full stop
+  sramlm generate -m models/SmolLM2-135M-Instruct.Q4_1.gguf --chat -p \"Capital of France?\"
+  sramlm generate --chip mini-64k --temp 0 \"Once upon a time\" \"Tom had a dog\"   # SRAM mode, 2 sequences")]
     Generate(GenerateArgs),
     /// Multi-turn chat with the model's chat template: one user turn per line
     /// of standard input (interactive on a terminal).
+    #[command(
+        after_help = "On a terminal: arrow keys and history edit the line, Ctrl-C stops a reply
+(and at the prompt quits), Ctrl-D quits. Commands: /reset, /system TEXT, /help.
+The KV cache is kept across turns: only the new turn is read.
+
+Examples:
+  sramlm chat -m models/SmolLM2-135M-Instruct.Q4_1.gguf
+  sramlm chat -m models/SmolLM2-135M-Instruct.Q4_1.gguf --system \"You are concise.\" --repeat-penalty 1.1
+  printf 'Hi\\nAnd Germany?\\n' | sramlm chat -m models/SmolLM2-135M-Instruct.Q4_1.gguf --temp 0"
+    )]
     Chat(ChatArgs),
     /// Show every GPU adapter, the limits and features sramlm uses, which one
     /// would be picked, and (with -m) a model summary.
+    #[command(after_help = "Examples:
+  sramlm info                          # adapters; * marks the one sramlm picks
+  sramlm info --backend gl             # what the GL backend offers
+  sramlm info -m models/SmolLM2-135M-Instruct.Q4_1.gguf --format json")]
     Info(InfoArgs),
     /// Place a model onto emulated SRAM-only chips: which chip holds which
     /// layers and weight blocks, SRAM used, link traffic per token.
+    #[command(after_help = "Examples:
+  sramlm plan --chip mini-64k                  # the embedded model on 64 KiB chips
+  sramlm plan --chip mini-64k --wide           # every weight block of every chip
+  sramlm plan -m models/SmolLM2-135M-Instruct.Q4_1.gguf --chip mini-4m --ctx 256 --format json
+  sramlm plan --config models/configs/llama-2-70b.json --chip groq-v1 --study
+  sramlm chips                                 # the chip presets and spec files")]
     Plan(PlanArgs),
     /// Benchmark VRAM and SRAM mode side by side (measured and modeled), with
     /// every mode's output checked against the other's and the reference.
+    #[command(after_help = "Examples:
+  sramlm bench                                         # embedded model, both modes, groq-v1
+  sramlm bench --modes vram,sram --chip mini-64k --json out.json --svg out.svg
+  sramlm bench --modes sram --chip mini-64k --batch 4  # 4 sequences pipelined
+  sramlm bench --wide                                  # every column")]
     Bench(BenchArgs),
+    /// List the chip presets and the spec files in models/chips/ (SRAM per
+    /// chip, slice = one workgroup's budget, bandwidths, clock).
+    #[command(after_help = "Examples:
+  sramlm chips
+  sramlm chips --format json
+  sramlm generate --chip models/chips/sram-1g.json \"Once upon a time\"")]
+    Chips(ChipsArgs),
+}
+
+#[derive(Args, Debug)]
+struct ChipsArgs {
+    /// Also list the JSON spec files in this folder [default: models/chips
+    /// here and in the source tree sramlm was built from]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -79,6 +130,9 @@ struct BenchArgs {
     /// Write a latency chart (measured next to modeled) to FILE
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Every column of the table (wider than 100 columns)
+    #[arg(long)]
+    wide: bool,
     #[command(flatten)]
     chip: ChipArgs,
     #[command(flatten)]
@@ -87,9 +141,10 @@ struct BenchArgs {
 
 #[derive(Args, Debug, Clone)]
 struct ChipArgs {
-    /// Chip to emulate: a preset (groq-v1, mini-64k, mini-4m) or a JSON spec file
-    #[arg(long, default_value = "groq-v1")]
-    chip: String,
+    /// Chip to emulate: a preset (groq-v1, mini-64k, mini-4m) or a JSON spec
+    /// file (`sramlm chips` lists them); implies --mode sram [default: groq-v1]
+    #[arg(long)]
+    chip: Option<String>,
     /// Most chips the placement may use (error if the model needs more)
     #[arg(long)]
     chips: Option<usize>,
@@ -99,8 +154,12 @@ struct ChipArgs {
 }
 
 impl ChipArgs {
+    /// Whether any chip option was given.
+    fn given(&self) -> bool {
+        self.chip.is_some() || self.chips.is_some() || self.slice.is_some()
+    }
     fn spec(&self) -> Result<ChipSpec> {
-        let mut spec = ChipSpec::resolve(&self.chip)?;
+        let mut spec = ChipSpec::resolve(self.chip.as_deref().unwrap_or("groq-v1"))?;
         if let Some(s) = self.slice {
             spec = spec.with_slice_bytes(s)?;
         }
@@ -135,6 +194,9 @@ struct PlanArgs {
     /// Q8_0 and fp16 weights (fp16 KV cache, full context), e.g. for Llama-2-70B
     #[arg(long)]
     study: bool,
+    /// Every weight block of every chip (lines wider than 100 columns)
+    #[arg(long)]
+    wide: bool,
     #[command(flatten)]
     chip: ChipArgs,
 }
@@ -183,10 +245,15 @@ struct RunArgs {
     #[arg(short, long)]
     model: Option<PathBuf>,
     /// Most tokens to generate
-    #[arg(short = 'n', long, default_value_t = 256)]
+    #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 256)]
     max_tokens: usize,
     /// Sampling temperature; 0 = greedy (arg-max on the GPU)
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        visible_alias = "temp",
+        default_value_t = 0.8,
+        allow_negative_numbers = true
+    )]
     temperature: f32,
     /// Sample among the K most likely tokens (reduced on the GPU, K ≤ 64); 0 = whole vocabulary
     #[arg(long, default_value_t = 40)]
@@ -195,16 +262,36 @@ struct RunArgs {
     #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     top_p: f32,
     /// Random seed (same seed, same output)
-    #[arg(long, default_value_t = 0)]
+    #[arg(short = 's', long, default_value_t = 0)]
     seed: u64,
+    /// Min-p: drop tokens less likely than P × the most likely one (0 = off)
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    min_p: f32,
+    /// Repetition penalty (llama.cpp): logits of ids seen in the last
+    /// --repeat-last-n tokens divided by it when positive, multiplied when
+    /// negative; applied on the GPU before the pick (1 = off)
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    repeat_penalty: f32,
+    /// Tokens (prompt included) the penalties look back over; 0 = off
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Presence penalty (OpenAI): subtracted once from each seen id's logit
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Frequency penalty (OpenAI): subtracted per occurrence of an id
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Stop before this text (not printed); repeat for several
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
     /// Keep going past the end-of-sequence token
     #[arg(long)]
     ignore_eos: bool,
-    /// Execution mode
-    #[arg(long, value_enum, default_value_t = Mode::Vram)]
-    mode: Mode,
+    /// Execution mode [default: vram; sram when --chip is given]
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
     /// KV-cache length in tokens [default: the model's context window]
-    #[arg(long)]
+    #[arg(short = 'c', long, visible_alias = "ctx-size")]
     ctx: Option<usize>,
     /// Most prompt tokens per batched prefill pass (VRAM mode)
     #[arg(long, default_value_t = sramlm::exec::vram::DEFAULT_CHUNK)]
@@ -224,11 +311,25 @@ struct GenerateArgs {
     /// Several prompts (SRAM mode) are decoded together, greedily, as a batch
     /// of sequences pipelined through the chips.
     prompt: Vec<String>,
+    /// The prompt (same as the positional PROMPT)
+    #[arg(
+        short = 'p',
+        long = "prompt",
+        value_name = "PROMPT",
+        conflicts_with = "file"
+    )]
+    prompt_flag: Option<String>,
+    /// Read the prompt from FILE
+    #[arg(short = 'f', long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Interactive: the same as `sramlm chat` (with --system)
+    #[arg(short = 'i', long, conflicts_with_all = ["chat", "format"])]
+    interactive: bool,
     /// Format the prompt as one user turn with the model's chat template
     #[arg(long)]
     chat: bool,
-    /// With --chat: a system message
-    #[arg(long, requires = "chat")]
+    /// With --chat or -i: a system message
+    #[arg(long)]
     system: Option<String>,
     /// Output: streamed text, or one JSON object at the end
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -258,9 +359,33 @@ struct InfoArgs {
     gpu: GpuArgs,
 }
 
+/// llama.cpp's GPU-offload flags take a value and mean nothing here (every
+/// layer is always on the GPU): dropped with a note, instead of `-ngl`
+/// parsing as `-n gl`.
+fn drop_offload_flags(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let flag = ["-ngl", "--n-gpu-layers", "--gpu-layers"]
+            .into_iter()
+            .find(|f| a == *f || a.starts_with(&format!("{f}=")));
+        match flag {
+            Some(f) => {
+                if a == f {
+                    it.next();
+                }
+                eprintln!("note: {f} ignored: sramlm always keeps every layer on the GPU");
+            }
+            None => out.push(a),
+        }
+    }
+    out
+}
+
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(drop_offload_flags(std::env::args().collect()));
     match cli.cmd {
+        Command::Chips(a) => cmd_chips(a),
         Command::Generate(a) => cmd_generate(a),
         Command::Chat(a) => cmd_chat(a),
         Command::Info(a) => cmd_info(a),
@@ -294,7 +419,10 @@ fn spinner(msg: &str) -> indicatif::ProgressBar {
 }
 
 fn load_model(path: Option<&PathBuf>) -> Result<Model> {
-    let path = path.cloned().unwrap_or_else(model::default_model_path);
+    let Some(path) = path else {
+        // The default model is compiled in: no file to find.
+        return model::load_embedded().context("cannot load the embedded model");
+    };
     let pb = spinner(&format!("loading {}", path.display()));
     let m = model::load(&path).with_context(|| format!("cannot load model {}", path.display()))?;
     pb.finish_and_clear();
@@ -368,9 +496,29 @@ impl RunArgs {
             top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            min_p: self.min_p,
         };
+        if self.stop.iter().any(|s| s.is_empty()) {
+            bail!("--stop needs a non-empty text");
+        }
+        if self.mode == Some(Mode::Vram) && self.chip.given() {
+            bail!("--chip, --chips and --slice describe SRAM mode: drop them or use --mode sram");
+        }
         sampling.validate().map_err(anyhow::Error::msg)?;
         Ok(sampling)
+    }
+
+    /// The mode: as given, else SRAM when a chip option is given.
+    fn mode(&self) -> Mode {
+        match self.mode {
+            Some(m) => m,
+            None if self.chip.given() => Mode::Sram,
+            None => Mode::Vram,
+        }
     }
 
     /// Loads the model, opens the GPU and builds the executor of the mode.
@@ -381,7 +529,10 @@ impl RunArgs {
     /// As `session`, with KV caches for `batch` sequences (SRAM mode).
     fn session_for(&self, batch: usize) -> Result<Session> {
         let sampling = self.check()?;
-        let spec = if self.mode == Mode::Sram {
+        if self.mode.is_none() && self.chip.given() {
+            eprintln!("note: --chip implies --mode sram (emulated SRAM-only chips)");
+        }
+        let spec = if self.mode() == Mode::Sram {
             Some(self.chip.spec()?)
         } else {
             None
@@ -443,6 +594,8 @@ impl RunArgs {
             sampling,
             ignore_eos: self.ignore_eos,
             stop_ids: vec![],
+            stop_strings: self.stop.clone(),
+            cancel: None,
         };
         Ok(Session {
             m,
@@ -483,22 +636,7 @@ impl Session {
 
     /// Chat prompt text for `messages` (with the assistant turn opened).
     fn chat_text(&self, messages: &[Message]) -> Result<String> {
-        let tmpl = self
-            .m
-            .chat_template
-            .as_deref()
-            .ok_or(ChatError::NoTemplate)?;
-        let tok = |id: Option<u32>| {
-            id.and_then(|i| self.m.tokenizer.id_to_token(i))
-                .unwrap_or_default()
-        };
-        Ok(chat::render(
-            tmpl,
-            messages,
-            true,
-            &tok(self.m.config.bos_token_id),
-            &tok(self.m.config.eos_token_ids.first().copied()),
-        )?)
+        Ok(render_chat(&self.m, messages)?)
     }
 
     /// End-of-turn tokens a chat stops at, besides EOS.
@@ -553,12 +691,59 @@ impl Session {
     }
 }
 
-fn cmd_generate(a: GenerateArgs) -> Result<()> {
+/// Chat prompt text for `messages` with the model's template (assistant turn opened).
+fn render_chat(m: &Model, messages: &[Message]) -> Result<String, ChatError> {
+    let tmpl = m.chat_template.as_deref().ok_or(ChatError::NoTemplate)?;
+    let tok = |id: Option<u32>| {
+        id.and_then(|i| m.tokenizer.id_to_token(i))
+            .unwrap_or_default()
+    };
+    chat::render(
+        tmpl,
+        messages,
+        true,
+        &tok(m.config.bos_token_id),
+        &tok(m.config.eos_token_ids.first().copied()),
+    )
+}
+
+fn cmd_generate(mut a: GenerateArgs) -> Result<()> {
     a.run.check()?;
+    if a.interactive {
+        if !a.prompt.is_empty() || a.prompt_flag.is_some() || a.file.is_some() {
+            bail!("-i (interactive chat) takes no prompt: type the turns");
+        }
+        return cmd_chat(ChatArgs {
+            system: a.system,
+            run: a.run,
+        });
+    }
+    if a.system.is_some() && !a.chat {
+        bail!("--system needs --chat (or -i)");
+    }
+    if let Some(p) = a.prompt_flag.take() {
+        if !a.prompt.is_empty() {
+            bail!("give the prompt once: as -p/--prompt or as PROMPT, not both");
+        }
+        a.prompt.push(p);
+    }
+    if let Some(f) = &a.file {
+        if !a.prompt.is_empty() {
+            bail!("give the prompt once: as -f FILE or as PROMPT, not both");
+        }
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the prompt file {}", f.display()))?;
+        a.prompt
+            .push(text.strip_suffix('\n').unwrap_or(&text).to_string());
+    }
     if a.prompt.len() > 1 {
         return cmd_generate_batch(a);
     }
-    let prompt = read_prompt(a.prompt.first().map(|s| s.as_str()))?;
+    let prompt = if a.file.is_some() {
+        a.prompt[0].clone()
+    } else {
+        read_prompt(a.prompt.first().map(|s| s.as_str()))?
+    };
     let mut s = a.run.session()?;
     let text = if a.chat {
         let mut msgs = Vec::new();
@@ -624,7 +809,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
 /// micro-batch of the chip pipeline, so chips work on different sequences in
 /// the same pipeline step.
 fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
-    if a.run.mode != Mode::Sram {
+    if a.run.mode() != Mode::Sram {
         bail!("several prompts are decoded together in SRAM mode only: add --mode sram (or pass one prompt)");
     }
     if a.chat {
@@ -694,9 +879,14 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
         }
     }
     let decode_s = t1.elapsed().as_secs_f64();
+    // (without a character the token budget cut in half)
     let texts: Vec<String> = out
         .iter()
-        .map(|ids| s.m.tokenizer.decode(ids))
+        .map(|ids| {
+            s.m.tokenizer
+                .decode(ids)
+                .map(|t| t.trim_end_matches('\u{FFFD}').to_string())
+        })
         .collect::<Result<_, _>>()?;
     let tokens: usize = out.iter().map(|o| o.len()).sum();
     let stats = serde_json::json!({
@@ -712,9 +902,9 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
     });
     match a.format {
         Format::Text => {
-            for i in 0..n {
-                let all: Vec<u32> = prompt_ids[i].iter().chain(&out[i]).copied().collect();
-                println!("[{i}] {}", s.m.tokenizer.decode(&all)?);
+            // The continuation only, as with one prompt.
+            for (i, t) in texts.iter().enumerate() {
+                println!("[{i}] {t}");
             }
             eprintln!(
                 "[sram] batch {n}: {rounds} decode rounds, {:.1} tok/s over all sequences | chips {}",
@@ -735,6 +925,55 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// One line of chat input.
+enum Input {
+    Line(String),
+    /// Ctrl-C at the prompt, Ctrl-D, or the end of piped input.
+    Quit,
+}
+
+/// Where chat lines come from: a line editor with history on a terminal,
+/// plain lines otherwise.
+enum ChatInput {
+    Editor(Box<rustyline::DefaultEditor>),
+    Lines(std::io::StdinLock<'static>),
+}
+
+impl ChatInput {
+    fn read(&mut self) -> Result<Input> {
+        match self {
+            ChatInput::Editor(ed) => match ed.readline("> ") {
+                Ok(line) => {
+                    if !line.trim().is_empty() {
+                        let _ = ed.add_history_entry(line.as_str());
+                    }
+                    Ok(Input::Line(line))
+                }
+                Err(rustyline::error::ReadlineError::Interrupted)
+                | Err(rustyline::error::ReadlineError::Eof) => {
+                    // Leave the shell prompt on a line of its own.
+                    eprintln!();
+                    Ok(Input::Quit)
+                }
+                Err(e) => Err(anyhow::anyhow!("reading the terminal: {e}")),
+            },
+            ChatInput::Lines(stdin) => {
+                let mut line = String::new();
+                if stdin
+                    .read_line(&mut line)
+                    .context("reading standard input")?
+                    == 0
+                {
+                    return Ok(Input::Quit);
+                }
+                Ok(Input::Line(line.trim_end_matches(['\n', '\r']).to_string()))
+            }
+        }
+    }
+}
+
+const CHAT_HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system message), /help; Ctrl-C stops a reply, Ctrl-D (or Ctrl-C at the prompt) quits";
+
 fn cmd_chat(a: ChatArgs) -> Result<()> {
     a.run.check()?;
     let mut s = a.run.session()?;
@@ -743,61 +982,199 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
     }
     s.opts.stop_ids = s.turn_stops();
     let interactive = std::io::stdin().is_terminal();
-    let mut msgs = Vec::new();
-    if let Some(sys) = &a.system {
-        msgs.push(Message::new("system", sys));
-    }
+    let mut input = if interactive {
+        let ed = rustyline::DefaultEditor::new()
+            .map_err(|e| anyhow::anyhow!("cannot open the line editor: {e}"))?;
+        ChatInput::Editor(Box::new(ed))
+    } else {
+        ChatInput::Lines(std::io::stdin().lock())
+    };
+    // Ctrl-C while a reply streams stops that reply (the terminal is in
+    // normal mode then; at the prompt the line editor reads Ctrl-C itself).
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if interactive {
+        let c = cancel.clone();
+        ctrlc::set_handler(move || c.store(true, std::sync::atomic::Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+        s.opts.cancel = Some(cancel.clone());
         eprintln!(
-            "chatting with {} — one message per line, Ctrl-D to quit",
+            "chatting with {} — one message per line; /help for commands, Ctrl-D to quit",
             s.m.name
         );
     }
-    let stdin = std::io::stdin();
-    let mut line = String::new();
+    let mut conv = chat::Conversation::new(a.system.clone());
     loop {
-        if interactive {
-            eprint!("> ");
-            let _ = std::io::stderr().flush();
-        }
-        line.clear();
-        if stdin
-            .lock()
-            .read_line(&mut line)
-            .context("reading standard input")?
-            == 0
-        {
-            break;
-        }
-        let user = line.trim_end_matches(['\n', '\r']);
-        if user.trim().is_empty() {
+        let line = match input.read()? {
+            Input::Line(l) => l,
+            Input::Quit => break,
+        };
+        let user = line.trim();
+        if user.is_empty() {
             continue;
         }
-        msgs.push(Message::new("user", user));
-        let ids = s.encode(&s.chat_text(&msgs)?)?;
-        if ids.len() + 1 > s.ctx {
-            bail!(
-                "the conversation has {} tokens but the context window is {} tokens",
-                ids.len(),
-                s.ctx
-            );
+        if let Some(cmd) = user.strip_prefix('/') {
+            let (name, arg) = cmd.split_once(' ').unwrap_or((cmd, ""));
+            match name {
+                "reset" => {
+                    conv.reset();
+                    eprintln!("(conversation cleared)");
+                }
+                "system" if !arg.trim().is_empty() => {
+                    conv.system = Some(arg.trim().to_string());
+                    eprintln!("(system message set)");
+                }
+                "system" => {
+                    conv.system = None;
+                    eprintln!("(system message removed: the template's default applies)");
+                }
+                "help" | "?" => eprintln!("{CHAT_HELP}"),
+                _ => eprintln!("unknown command /{name}; {CHAT_HELP}"),
+            }
+            continue;
         }
+        cancel.store(false, std::sync::atomic::Ordering::SeqCst);
+        let m = &s.m;
+        let render = |msgs: &[Message]| render_chat(m, msgs);
         let mut out = std::io::stdout().lock();
-        let g = generate(
+        let r = conv.turn(
             s.exec.as_mut(),
             &s.m.tokenizer,
             &s.m.config,
-            &ids,
+            &render,
+            user,
             &s.opts,
             |piece| emit(&mut out, piece),
-        )?;
+        );
         println!();
         drop(out);
-        if interactive {
-            s.print_stats(&g.stats);
+        match r {
+            Ok(t) => {
+                if t.trimmed_turns > 0 {
+                    eprintln!(
+                        "(the conversation outgrew the {}-token context: the oldest {} message(s) were dropped)",
+                        s.ctx, t.trimmed_turns
+                    );
+                }
+                if t.generation.stats.cancelled {
+                    eprintln!("(reply stopped)");
+                }
+                if interactive {
+                    s.print_stats(&t.generation.stats);
+                }
+            }
+            Err(e @ chat::TurnError::TooLong { .. }) if interactive => eprintln!("{e}"),
+            Err(e) => return Err(e.into()),
         }
-        msgs.push(Message::new("assistant", g.text.trim()));
     }
+    Ok(())
+}
+
+fn cmd_chips(a: ChipsArgs) -> Result<()> {
+    let mut rows: Vec<(String, ChipSpec)> = ChipSpec::presets()
+        .into_iter()
+        .map(|s| ("preset".to_string(), s))
+        .collect();
+    let dirs = match &a.dir {
+        Some(d) => {
+            if !d.is_dir() {
+                bail!("{} is not a folder", d.display());
+            }
+            vec![d.clone()]
+        }
+        None => {
+            let mut v = vec![PathBuf::from("models/chips")];
+            let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/chips");
+            if built.canonicalize().ok() != v[0].canonicalize().ok() {
+                v.push(built);
+            }
+            v
+        }
+    };
+    let mut problems = Vec::new();
+    for d in dirs {
+        let Ok(list) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = list
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        for f in files {
+            match ChipSpec::load(&f) {
+                Ok(spec) => rows.push((f.display().to_string(), spec)),
+                Err(e) => problems.push(format!("{}: {e}", f.display())),
+            }
+        }
+    }
+    if a.format == Format::Json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(src, s)| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["source"] = serde_json::json!(src);
+                v["slices_per_chip"] = serde_json::json!(s.slices_per_chip());
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"chips": list, "errors": problems}))?
+        );
+        return Ok(());
+    }
+    let rate = |v: f64, unit: &str| {
+        let (d, p) = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
+            .into_iter()
+            .find(|(d, _)| v >= *d)
+            .unwrap_or((1.0, ""));
+        format!("{:.3}", v / d)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + " "
+            + p
+            + unit
+    };
+    println!(
+        "{:<22} {:>10} {:>9} {:>7} {:>9} {:>11} {:>5} {:>10}",
+        "chip", "SRAM", "slice", "slices", "SRAM B/s", "FP16 FLOP/s", "links", "link B/s"
+    );
+    for (src, c) in &rows {
+        let name = if src == "preset" {
+            c.name.clone()
+        } else {
+            format!("{} *", c.name)
+        };
+        println!(
+            "{:<22} {:>10} {:>9} {:>7} {:>9} {:>11} {:>5} {:>10}",
+            name,
+            human_bytes(c.sram_bytes as u64),
+            human_bytes(c.slice_bytes as u64),
+            c.slices_per_chip(),
+            rate(c.sram_bandwidth, ""),
+            rate(c.compute_flops_fp16, ""),
+            c.links,
+            rate(c.link_bandwidth, ""),
+        );
+    }
+    let files: Vec<&String> = rows
+        .iter()
+        .map(|r| &r.0)
+        .filter(|s| *s != "preset")
+        .collect();
+    if !files.is_empty() {
+        println!("* spec files (use the path with --chip):");
+        for f in files {
+            println!("    {f}");
+        }
+    }
+    for p in &problems {
+        eprintln!("skipped {p}");
+    }
+    println!(
+        "slice = one GPU workgroup's shared-memory budget; rates are per chip (links: per link)"
+    );
     Ok(())
 }
 
@@ -1052,7 +1429,8 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
         }
     };
     match a.format {
-        Format::Text => print!("{}", plan_table(&plan)),
+        Format::Text if a.wide => print!("{}", plan_table(&plan)),
+        Format::Text => print!("{}", sramlm::chip::plan_table_fit(&plan, 100)),
         Format::Json => println!("{}", plan_json(&plan)),
     }
     Ok(())
@@ -1140,6 +1518,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             "--batch {} is not supported in VRAM mode, which decodes one sequence at a time: use --modes sram",
             a.batch
         );
+    }
+    if a.chip.given() && !modes.contains(&Mode::Sram) {
+        bail!("--chip, --chips and --slice describe SRAM mode: add sram to --modes");
     }
     let spec = if modes.contains(&Mode::Sram) {
         Some(a.chip.spec()?)
@@ -1264,7 +1645,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     for (r, plan) in results.iter_mut().zip(&plans) {
         sramlm::bench::add_models(r, plan.as_ref(), spec.as_ref(), measured_gpu.as_ref(), &m);
     }
-    print!("{}", sramlm::bench::table(&results));
+    if a.wide {
+        print!("{}", sramlm::bench::table(&results));
+    } else {
+        print!("{}", sramlm::bench::table_narrow(&results));
+    }
     match &ref_cont {
         Some(r) => println!(
             "reference: {} — first {} tokens compared",

@@ -313,6 +313,7 @@ pub fn check_reference_parity(
             },
             ignore_eos: true,
             stop_ids: vec![],
+            ..Default::default()
         };
         let g =
             crate::generate::generate(exec, &m.tokenizer, &m.config, &p.input_ids, &opts, |_| {})

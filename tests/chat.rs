@@ -148,3 +148,116 @@ fn chat_without_a_template_is_a_clear_error() {
     assert!(e.contains("no chat template"), "{e}");
     assert!(!e.contains("panicked"), "{e}");
 }
+
+/// The second turn reads only what is new (the cache keeps the first), and
+/// its reply equals the one from reading the whole conversation afresh.
+#[test]
+fn chat_keeps_the_cache_and_replies_as_a_fresh_read_would() {
+    use sramlm::chat::{render, Conversation, Message};
+    use sramlm::exec::vram::{VramExecutor, VramOptions};
+    use sramlm::generate::{generate, GenerateOptions};
+    let Some(path) = model() else { return };
+    let Some(gpu) = sramlm::testing::gpu() else {
+        return;
+    };
+    let m = sramlm::model::load(&path).unwrap();
+    let mut e = VramExecutor::new(
+        gpu,
+        &m.config,
+        &m.weights,
+        &VramOptions {
+            context: Some(512),
+            chunk: sramlm::exec::vram::DEFAULT_CHUNK,
+        },
+    )
+    .unwrap();
+    let tmpl = m.chat_template.clone().unwrap();
+    let rend = |msgs: &[Message]| render(&tmpl, msgs, true, "", "");
+    let opts = GenerateOptions {
+        max_tokens: 24,
+        sampling: sramlm::sampling::SamplingOptions {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop_ids: vec![m.tokenizer.token_to_id("<|im_end|>").unwrap()],
+        ..Default::default()
+    };
+    let mut c = Conversation::new(Some("You are concise.".into()));
+    let t1 = c
+        .turn(
+            &mut e,
+            &m.tokenizer,
+            &m.config,
+            &rend,
+            "What is the capital of France?",
+            &opts,
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(t1.reused_tokens, 0);
+    assert!(
+        t1.generation.text.contains("Paris"),
+        "{}",
+        t1.generation.text
+    );
+    let t2 = c
+        .turn(
+            &mut e,
+            &m.tokenizer,
+            &m.config,
+            &rend,
+            "And of Germany?",
+            &opts,
+            |_| {},
+        )
+        .unwrap();
+    assert!(
+        t2.reused_tokens > t1.prompt_tokens,
+        "the first turn and its reply stay in the cache: {} reused of {}",
+        t2.reused_tokens,
+        t2.prompt_tokens
+    );
+    assert_eq!(
+        t2.generation.stats.prompt_tokens,
+        t2.prompt_tokens - t2.reused_tokens,
+        "only the new part is prefilled"
+    );
+    // The whole conversation read afresh gives the same reply.
+    let msgs: Vec<Message> = c.messages()[..c.messages().len() - 1].to_vec();
+    let ids = m.tokenizer.encode(&rend(&msgs).unwrap()).unwrap();
+    assert_eq!(ids.len(), t2.prompt_tokens);
+    let fresh = generate(&mut e, &m.tokenizer, &m.config, &ids, &opts, |_| {}).unwrap();
+    assert_eq!(fresh.ids, t2.generation.ids);
+    assert!(
+        t2.generation.text.contains("Berlin"),
+        "{}",
+        t2.generation.text
+    );
+}
+
+#[test]
+fn chat_trims_the_oldest_turns_when_the_context_is_full() {
+    let Some(m) = model() else { return };
+    let o = sramlm(
+        &[
+            "chat",
+            "-m",
+            m.to_str().unwrap(),
+            "--temp",
+            "0",
+            "-c",
+            "64",
+            "-n",
+            "24",
+        ],
+        "/help\nWhat is the capital of France?\nAnd of Germany?\nAnd of Italy?\n/reset\nHi\n",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("outgrew the 64-token context"), "{err}");
+    assert!(err.contains("/reset"), "/help lists the commands: {err}");
+    assert!(err.contains("conversation cleared"), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let replies: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(replies.len(), 4, "one reply per message: {out:?}");
+}

@@ -659,3 +659,238 @@ fn several_prompts_decode_together_in_sram_mode() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--mode sram"), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------- embedded model
+
+/// The default model is compiled in: a copy of the binary run from a
+/// directory with no models/ folder (and HOME elsewhere) still generates the
+/// reference text.
+#[test]
+fn embedded_model_works_away_from_the_source_tree() {
+    if !have_gpu() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sramlm-embedded-{}", std::process::id()));
+    let home = dir.join("home");
+    let run = dir.join("run");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let bin = run.join("sramlm");
+    std::fs::copy(env!("CARGO_BIN_EXE_sramlm"), &bin).unwrap();
+    let args = [
+        "generate",
+        "--format",
+        "json",
+        "-n",
+        "32",
+        "--temperature",
+        "0",
+        PROMPT,
+    ];
+    let o = Command::new(&bin)
+        .args(args)
+        .current_dir(&run)
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    check_ok(&args, &o);
+    let v = json_out(&args, &o);
+    assert_eq!(ids_of(&v, "prompt_ids"), PROMPT_IDS);
+    assert_eq!(ids_of(&v, "ids"), reference_greedy(PROMPT));
+}
+
+#[test]
+fn embedded_model_equals_the_folder() {
+    let e = sramlm::model::load_embedded().unwrap();
+    let f = sramlm::model::load(&crate_dir().join("models/stories260K")).unwrap();
+    assert_eq!(e.name, "stories260K");
+    assert_eq!(e.config.vocab_size, f.config.vocab_size);
+    assert_eq!(e.config.num_layers, f.config.num_layers);
+    for w in sramlm::model::WeightName::all(&f.config) {
+        let (a, b) = (e.weights.get(w), f.weights.get(w));
+        assert_eq!(a.is_some(), b.is_some(), "{w:?}");
+        if let (Some(a), Some(b)) = (a, b) {
+            assert_eq!(a.shape, b.shape, "{w:?}");
+            assert_eq!(a.bytes.as_slice(), b.bytes.as_slice(), "{w:?}");
+        }
+    }
+    assert_eq!(
+        e.tokenizer.encode(PROMPT).unwrap(),
+        f.tokenizer.encode(PROMPT).unwrap()
+    );
+}
+
+// ---------------------------------------------------------------- flags people type
+
+fn run_fail(args: &[&str]) -> String {
+    let o = sramlm_cmd(args).output().unwrap();
+    assert!(!o.status.success(), "expected failure\n{}", show(args, &o));
+    let e = stderr(&o);
+    assert!(!e.contains("panicked"), "{e}");
+    e
+}
+
+/// llama.cpp's spellings give the same ids as sramlm's own.
+#[test]
+fn llama_cpp_style_flags_mean_the_same() {
+    if !have_gpu() {
+        return;
+    }
+    let own = gen_json(&["-n", "12", "--temperature", "0", "--ctx", "64", PROMPT]);
+    let dir = std::env::temp_dir().join(format!("sramlm-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prompt.txt");
+    std::fs::write(&file, format!("{PROMPT}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    for args in [
+        vec!["-n", "12", "--temp", "0", "-c", "64", "-p", PROMPT],
+        vec![
+            "--n-predict",
+            "12",
+            "--temp",
+            "0",
+            "--ctx-size",
+            "64",
+            "--prompt",
+            PROMPT,
+        ],
+        vec!["-n", "12", "--temp", "0", "-c", "64", "-f", file],
+        // -ngl is accepted (with a note) instead of parsing as `-n gl`.
+        vec!["-ngl", "99", "-n", "12", "--temp", "0", "-c", "64", PROMPT],
+        // Penalties at their neutral values change nothing.
+        vec![
+            "-n",
+            "12",
+            "--temp",
+            "0",
+            "-c",
+            "64",
+            "--repeat-penalty",
+            "1",
+            "--min-p",
+            "0",
+            PROMPT,
+        ],
+    ] {
+        let v = gen_json(&args);
+        assert_eq!(v["ids"], own["ids"], "{args:?}");
+        assert_eq!(ids_of(&v, "prompt_ids"), PROMPT_IDS, "{args:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = run_ok(&["generate", "-ngl", "99", "-n", "2", PROMPT]);
+    assert!(stderr(&o).contains("-ngl ignored"), "{}", stderr(&o));
+    let e = run_fail(&["generate", "-p", PROMPT, PROMPT]);
+    assert!(e.contains("give the prompt once"), "{e}");
+    let e = run_fail(&["generate", "-f", "/nonexistent/prompt.txt"]);
+    assert!(e.contains("cannot read the prompt file"), "{e}");
+    let e = run_fail(&["generate", "--repeat-penalty", "0", PROMPT]);
+    assert!(e.contains("--repeat-penalty"), "{e}");
+}
+
+#[test]
+fn chip_implies_sram_mode_and_vram_with_a_chip_is_refused() {
+    if !have_gpu() {
+        return;
+    }
+    let o = run_ok(&[
+        "generate", "--chip", "mini-64k", "-n", "4", "--temp", "0", "--format", "json", PROMPT,
+    ]);
+    assert!(stderr(&o).contains("implies --mode sram"), "{}", stderr(&o));
+    let v = json_out(&[], &o);
+    assert_eq!(v["stats"]["mode"], "sram");
+    assert_eq!(ids_of(&v, "ids"), reference_greedy(PROMPT)[..4]);
+    let e = run_fail(&["generate", "--mode", "vram", "--chip", "mini-64k", PROMPT]);
+    assert!(e.contains("--mode sram"), "{e}");
+}
+
+#[test]
+fn chips_lists_presets_and_spec_files() {
+    let o = run_ok(&["chips"]);
+    let out = stdout(&o);
+    for name in [
+        "groq-v1",
+        "mini-64k",
+        "mini-4m",
+        "sram-1g",
+        "models/chips/sram-1g.json",
+    ] {
+        assert!(out.contains(name), "{name} missing\n{out}");
+    }
+    assert!(
+        out.contains("64.0 KiB") && out.contains("16.0 KiB"),
+        "{out}"
+    );
+    let o = run_ok(&["chips", "--format", "json"]);
+    let v = json_out(&["chips"], &o);
+    let chips = v["chips"].as_array().unwrap();
+    let mini = chips.iter().find(|c| c["name"] == "mini-64k").unwrap();
+    assert_eq!(mini["sram_bytes"], 65536);
+    assert_eq!(mini["slices_per_chip"], 4);
+    for l in out.lines() {
+        assert!(l.chars().count() <= 100, "{l}");
+    }
+}
+
+#[test]
+fn every_subcommand_help_has_examples_and_plan_fits_100_columns() {
+    for sub in ["generate", "chat", "info", "plan", "bench", "chips"] {
+        let o = run_ok(&[sub, "--help"]);
+        let out = stdout(&o);
+        assert!(out.contains("Examples:"), "{sub} --help\n{out}");
+        assert!(
+            out.contains(&format!("sramlm {sub}")),
+            "{sub} --help\n{out}"
+        );
+    }
+    let o = run_ok(&["generate", "--help"]);
+    for flag in [
+        "--temp",
+        "--ctx-size",
+        "-p, --prompt",
+        "-f, --file",
+        "--repeat-penalty",
+        "--presence-penalty",
+        "--frequency-penalty",
+        "--min-p",
+        "--stop",
+        "-i, --interactive",
+    ] {
+        assert!(stdout(&o).contains(flag), "{flag}\n{}", stdout(&o));
+    }
+    let o = run_ok(&["plan", "--chip", "mini-64k"]);
+    let out = stdout(&o);
+    for l in out.lines() {
+        assert!(l.chars().count() <= 100, "{l}");
+    }
+    let wide = stdout(&run_ok(&["plan", "--chip", "mini-64k", "--wide"]));
+    assert!(wide.lines().any(|l| l.chars().count() > 100));
+}
+
+#[test]
+fn one_and_several_prompts_print_the_continuation_only() {
+    if !have_gpu() {
+        return;
+    }
+    let one = stdout(&run_ok(&[
+        "generate", "--chip", "mini-64k", "-n", "6", "--temp", "0", PROMPT,
+    ]));
+    let two = stdout(&run_ok(&[
+        "generate",
+        "--chip",
+        "mini-64k",
+        "-n",
+        "6",
+        "--temp",
+        "0",
+        PROMPT,
+        "Tom had a dog",
+    ]));
+    let first = two.lines().next().unwrap();
+    assert_eq!(first, format!("[0] {}", one.trim_end()), "{two}");
+    assert!(
+        !one.contains(PROMPT) && !first.contains(PROMPT),
+        "{one}\n{two}"
+    );
+}

@@ -85,6 +85,7 @@ fn check(exec: &mut dyn Executor, m: &Model, r: &Reference, what: &str) {
             },
             ignore_eos: true,
             stop_ids: vec![],
+            ..Default::default()
         };
         let g = generate(exec, &m.tokenizer, &m.config, &ids, &opts, |_| {}).unwrap();
         for (i, (a, b)) in g.ids.iter().zip(&p.greedy.new_ids).enumerate() {

@@ -374,6 +374,80 @@ pub fn add_models(
 }
 
 /// The table printed on stdout.
+/// [`table`] in at most 100 columns: speed, latency and dispatch columns and
+/// a short verdict per run; the byte counts and modeled figures follow as
+/// wrapped lines (`sramlm bench --wide`: every column).
+pub fn table_narrow(results: &[ModeResult]) -> String {
+    use crate::chip::report::{cut, wrap};
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<30} {:>9} {:>8} {:>9} {:>8} {:>8} {:>5}  output",
+        "model · mode", "prefill", "TTFT", "decode", "p50", "p99", "disp"
+    );
+    let _ = writeln!(
+        o,
+        "{:<30} {:>9} {:>8} {:>9} {:>8} {:>8} {:>5}",
+        "", "tok/s", "ms", "tok/s", "ms/tok", "ms/tok", "/tok"
+    );
+    for r in results {
+        let mut name = match (&r.chip, r.chips_used) {
+            (Some(c), Some(n)) => format!("{} · {} {}×{}", r.model, r.mode, c, n),
+            _ => format!("{} · {}", r.model, r.mode),
+        };
+        if r.batch > 1 {
+            name.push_str(&format!(" batch {}", r.batch));
+        }
+        let speed = |v: f64| {
+            if r.valid {
+                format!("{v:.1}")
+            } else {
+                "INVALID".into()
+            }
+        };
+        let verdict = match (r.valid, r.matches_reference) {
+            (false, _) => "MISMATCH",
+            (true, Some(true)) => "= reference",
+            (true, _) => "= other modes",
+        };
+        let _ = writeln!(
+            o,
+            "{:<30} {:>9} {:>8.1} {:>9} {:>8.2} {:>8.2} {:>5}  {}",
+            cut(&name, 30),
+            speed(r.prefill_tok_s),
+            r.ttft_ms,
+            speed(r.decode_tok_s),
+            r.ms_per_token_p50,
+            r.ms_per_token_p99,
+            r.dispatches_per_token,
+            verdict
+        );
+    }
+    for r in results {
+        let line = format!(
+            "{} · {}: GPU memory read {} B/token (counted), link traffic {}",
+            r.model,
+            r.mode,
+            r.gpu_memory_bytes_read_per_token_counted,
+            r.link_bytes_per_token
+                .map_or("-".into(), |v| format!("{v} B/token"))
+        );
+        for l in wrap(&line, 100) {
+            let _ = writeln!(o, "{l}");
+        }
+    }
+    // The per-class and modeled lines of the wide table, wrapped.
+    let wide = table(results);
+    let skip = 2 + results.len();
+    for line in wide.lines().skip(skip) {
+        for l in wrap(line, 100) {
+            let _ = writeln!(o, "{l}");
+        }
+    }
+    o
+}
+
 pub fn table(results: &[ModeResult]) -> String {
     use std::fmt::Write;
     let mut o = String::new();

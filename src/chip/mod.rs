@@ -26,8 +26,8 @@ pub use placement::{
     TensorInfo, TensorSummary, Tile, TilePart, Totals, WeightFormat,
 };
 pub use report::{
-    chip_contents, fmt_bytes, fmt_seconds, llama2_70b_scenarios, plan_json, plan_table, study,
-    study_table, Scenario, StudyRow, StudyVariant,
+    chip_contents, fmt_bytes, fmt_seconds, llama2_70b_scenarios, plan_json, plan_table,
+    plan_table_fit, study, study_table, Scenario, StudyRow, StudyVariant,
 };
 pub use spec::{ChipSpec, DEFAULT_SLICE_BYTES, PRESET_NAMES};
 

@@ -258,6 +258,71 @@ pub fn plan_table(plan: &Plan) -> String {
     out
 }
 
+/// [`plan_table`] fitted to `width` columns: long lines are wrapped at
+/// " ; " / ", " boundaries where they can be, and each chip's "holds"
+/// column is cut with "…" (the full list: `plan_table`, `sramlm plan --wide`).
+pub fn plan_table_fit(plan: &Plan, width: usize) -> String {
+    let full = plan_table(plan);
+    let mut out = String::new();
+    // The chip rows: every line between the header line and the blank line
+    // after the rows, header included.
+    let mut in_rows = false;
+    for line in full.lines() {
+        if line.trim_start().starts_with("chip ") && line.contains("holds") {
+            in_rows = true;
+        } else if line.is_empty() {
+            in_rows = false;
+        }
+        if in_rows {
+            out.push_str(&cut(line, width));
+            out.push('\n');
+        } else {
+            for l in wrap(line, width) {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// `s` cut to `width` characters, "…" marking the cut.
+pub(crate) fn cut(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+/// `s` wrapped to `width` at spaces after separators (`;`, `,`, `—`),
+/// continuation lines indented by two spaces.
+pub(crate) fn wrap(s: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut rest = s.to_string();
+    let mut indent = "";
+    while indent.len() + rest.chars().count() > width {
+        let limit = width - indent.len();
+        let byte_limit = rest
+            .char_indices()
+            .nth(limit)
+            .map_or(rest.len(), |(i, _)| i);
+        let head = &rest[..byte_limit];
+        let at = ["; ", ", ", " — ", " "].iter().find_map(|sep| {
+            head.rfind(sep)
+                .map(|i| i + sep.len())
+                .filter(|&i| i > limit / 3)
+        });
+        let Some(at) = at else { break };
+        lines.push(format!("{indent}{}", rest[..at].trim_end()));
+        rest = rest[at..].to_string();
+        indent = "  ";
+    }
+    lines.push(format!("{indent}{rest}"));
+    lines
+}
+
 /// The plan as pretty JSON (stable snake_case field names).
 pub fn plan_json(plan: &Plan) -> String {
     serde_json::to_string_pretty(plan).expect("a plan always serializes")
@@ -507,5 +572,51 @@ mod tests {
         assert!(table.contains("totals:"), "{table}");
         let back: Plan = serde_json::from_str(&plan_json(&plan)).unwrap();
         assert_eq!(back, plan);
+    }
+
+    #[test]
+    fn fitted_plan_table_is_at_most_100_columns() {
+        // A config whose plan has lines wider than 100 columns.
+        let c = LlamaConfig {
+            hidden_size: 64,
+            intermediate_size: 172,
+            num_layers: 2,
+            num_heads: 8,
+            num_kv_heads: 4,
+            head_dim: 8,
+            vocab_size: 512,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            tie_word_embeddings: true,
+            rope_layout: RopeLayout::Halves,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        };
+        let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
+        let spec = ChipSpec::preset("mini-64k").unwrap();
+        let plan = place(&c, &t, &spec, &PlaceOptions::for_config(&c)).unwrap();
+        let wide = plan_table(&plan);
+        assert!(wide.lines().any(|l| l.chars().count() > 100), "{wide}");
+        let fit = plan_table_fit(&plan, 100);
+        for l in fit.lines() {
+            assert!(l.chars().count() <= 100, "{l:?}\n{fit}");
+        }
+        // Same chip rows, same totals; the cut rows are marked.
+        let rows = |t: &str| {
+            t.lines()
+                .filter(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|w| w.parse::<usize>().is_ok())
+                })
+                .count()
+        };
+        assert!(rows(&wide) > 1);
+        assert_eq!(rows(&fit), rows(&wide));
+        assert!(fit.contains('…'), "{fit}");
+        assert!(fit.contains("totals:") && fit.contains("links:"), "{fit}");
+        assert_eq!(wrap("a, b", 100), vec!["a, b"]);
+        assert_eq!(cut("abcdef", 4), "abc…");
     }
 }

@@ -180,6 +180,28 @@ pub trait Executor {
     ) -> Result<Vec<u32>, ExecError> {
         decode_greedy_blocking(self, first, n, on_token)
     }
+    /// Keeps the first `pos` tokens of the current sequence's KV cache and
+    /// forgets the rest (later steps overwrite them), so a conversation can
+    /// continue from a common prefix. False: the mode cannot (then only
+    /// `pos` 0 works, through `reset`).
+    fn truncate(&mut self, pos: usize) -> bool {
+        if pos == 0 {
+            self.reset();
+            true
+        } else {
+            false
+        }
+    }
+    /// Sets the sampling penalties the following steps apply on the GPU to
+    /// the last logit row before argmax / top-k / the logit readback
+    /// (`kernels::penalty`; an empty list switches them off). False: the
+    /// mode cannot, and the caller applies them on the CPU to a full row.
+    fn set_penalties(
+        &mut self,
+        _list: &[crate::kernels::penalty::Entry],
+    ) -> Result<bool, ExecError> {
+        Ok(false)
+    }
     /// Mode-specific stats for the JSON output.
     fn extra_stats(&self) -> serde_json::Value {
         serde_json::Value::Null

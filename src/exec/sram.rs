@@ -1365,6 +1365,10 @@ impl Executor for SramExecutor {
         self.pos.iter_mut().for_each(|p| *p = 0);
         self.seq = 0;
     }
+    fn truncate(&mut self, pos: usize) -> bool {
+        self.pos[self.seq] = self.pos[self.seq].min(pos);
+        true
+    }
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
         let seq = self.seq;
         super::check_step(ids, self.pos[seq], self.ctx, self.cfg.vocab_size)?;

@@ -73,6 +73,8 @@ pub struct VramExecutor {
     head: Vec<KernelOp>,
     argmax: KernelOp,
     topk: Option<(usize, KernelOp)>,
+    /// Sampling penalties before argmax / top-k (built on first use).
+    penalty: Option<crate::kernels::penalty::PenaltyOp>,
     readback: wgpu::Buffer,
     readback_size: u64,
     /// Greedy pipelining: two 8-byte readback slots, one per step in flight.
@@ -429,6 +431,7 @@ impl VramExecutor {
             head,
             argmax,
             topk: None,
+            penalty: None,
             readback,
             readback_size,
             greedy_slots,
@@ -477,6 +480,12 @@ impl VramExecutor {
             let mut ops: Vec<&KernelOp> = self.body.iter().collect();
             if n_out_rows > 0 {
                 ops.extend(self.head.iter());
+            }
+            if matches!(
+                rb,
+                Some(Readback::Argmax | Readback::TopK(_) | Readback::LastLogits)
+            ) {
+                ops.extend(self.penalty.as_ref().and_then(|p| p.op()));
             }
             match rb {
                 Some(Readback::Argmax) => ops.push(&self.argmax),
@@ -653,6 +662,35 @@ impl Executor for VramExecutor {
             }
         }
         Ok(StepOutput::Logits { rows, data: all })
+    }
+    fn truncate(&mut self, pos: usize) -> bool {
+        self.pos = self.pos.min(pos);
+        true
+    }
+    fn set_penalties(
+        &mut self,
+        list: &[crate::kernels::penalty::Entry],
+    ) -> Result<bool, ExecError> {
+        if list.is_empty() && self.penalty.is_none() {
+            return Ok(true);
+        }
+        let fits = self
+            .penalty
+            .as_ref()
+            .is_some_and(|p| p.capacity() >= list.len());
+        if !fits {
+            self.penalty = Some(crate::kernels::penalty::PenaltyOp::new(
+                &self.gpu,
+                &self.step_buf,
+                self.cfg.vocab_size,
+                &self.act.logits,
+                list.len().next_power_of_two(),
+            )?);
+        }
+        if let Some(p) = self.penalty.as_mut() {
+            p.set(&self.gpu, list);
+        }
+        Ok(true)
     }
     fn counters(&self) -> &ExecCounters {
         &self.counters

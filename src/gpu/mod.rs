@@ -209,7 +209,14 @@ pub fn list_adapters(opts: &GpuOptions) -> Vec<wgpu::Adapter> {
 /// The adapter sramlm would pick for these options.
 pub fn pick_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter, GpuError> {
     let all = list_adapters(opts);
-    let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+    // "llvmpipe (Vulkan)": the same device shows once per backend.
+    let names: Vec<String> = all
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?})", i.name, i.backend)
+        })
+        .collect();
     let found = match &opts.adapter {
         Some(want) => {
             let w = want.to_lowercase();

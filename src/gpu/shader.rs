@@ -39,6 +39,7 @@ shaders! {
     SramMatmul => "sram_matmul",
     LinkCopy => "link_copy",
     Copy => "copy",
+    Penalty => "penalty",
 }
 
 /// Entry point, defines (`NAME` or `NAME=VALUE`) and override constants.

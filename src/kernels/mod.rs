@@ -9,6 +9,7 @@ pub mod copy;
 pub mod embed;
 pub mod link_copy;
 pub mod matmul;
+pub mod penalty;
 pub mod rmsnorm;
 pub mod rope;
 pub mod silu_mul;

@@ -112,3 +112,34 @@ pub fn default_model_path() -> PathBuf {
         in_crate
     }
 }
+
+/// The default model compiled into the binary (`models/stories260K`: weights,
+/// config, tokenizer), so an installed `sramlm` generates from any directory.
+pub mod embedded {
+    /// Aligns the embedded weights like a memory-mapped file would be.
+    #[repr(C, align(64))]
+    struct Aligned<T: ?Sized>(T);
+
+    static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!(
+        "../../models/stories260K/model.safetensors"
+    ));
+
+    /// The files of `models/stories260K`, as compiled in.
+    pub const FOLDER: super::safetensors::StaticFolder = super::safetensors::StaticFolder {
+        name: "stories260K",
+        config_json: include_str!("../../models/stories260K/config.json"),
+        tokenizer_json: include_bytes!("../../models/stories260K/tokenizer.json"),
+        tokenizer_config_json: Some(include_str!(
+            "../../models/stories260K/tokenizer_config.json"
+        )),
+        safetensors: &WEIGHTS.0,
+    };
+
+    /// What the embedded model reports as its path.
+    pub const PATH: &str = "(embedded) stories260K";
+}
+
+/// Loads the embedded default model (no file is read).
+pub fn load_embedded() -> Result<Model, LoadError> {
+    safetensors::load_static(&embedded::FOLDER, Path::new(embedded::PATH))
+}

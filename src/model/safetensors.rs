@@ -80,9 +80,36 @@ impl SafetensorsFiles {
         // every mmap-based loader.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
         let map = Arc::new(map);
-        let st = safetensors::SafeTensors::deserialize(&map)
-            .map_err(|e| LoadError::Format(format!("{}: {e}", path.display())))?;
-        let base = map.as_ptr() as usize;
+        Self::parse(&map, &path.display().to_string(), |start, len| {
+            Bytes::Mapped {
+                map: map.clone(),
+                start,
+                len,
+            }
+        })
+    }
+
+    /// Lists the tensors of a safetensors image held in memory for the whole
+    /// run (the embedded default model); bytes are not copied.
+    pub fn open_static(
+        buf: &'static [u8],
+        label: &str,
+    ) -> Result<Vec<(String, Tensor)>, LoadError> {
+        Self::parse(buf, label, |start, len| {
+            Bytes::Static(&buf[start..start + len])
+        })
+    }
+
+    /// One safetensors image: its tensors, each as `bytes(start, len)` of
+    /// the image.
+    fn parse(
+        buf: &[u8],
+        label: &str,
+        bytes: impl Fn(usize, usize) -> Bytes,
+    ) -> Result<Vec<(String, Tensor)>, LoadError> {
+        let st = safetensors::SafeTensors::deserialize(buf)
+            .map_err(|e| LoadError::Format(format!("{label}: {e}")))?;
+        let base = buf.as_ptr() as usize;
         let mut out = Vec::new();
         for (name, view) in st.tensors() {
             let dtype = match view.dtype() {
@@ -103,11 +130,7 @@ impl SafetensorsFiles {
                 Tensor {
                     dtype,
                     shape: view.shape().to_vec(),
-                    bytes: Bytes::Mapped {
-                        map: map.clone(),
-                        start,
-                        len: data.len(),
-                    },
+                    bytes: bytes(start, data.len()),
                 },
             ));
         }
@@ -186,7 +209,67 @@ pub fn load_folder(dir: &Path) -> Result<Model, LoadError> {
     }
     check_regular_file(&tok_path)?;
     let tokenizer = Tokenizer::from_file(&tok_path)?;
-    let mut files = SafetensorsFiles::open_folder(dir)?;
+    let files = SafetensorsFiles::open_folder(dir)?;
+    let tc_path = dir.join("tokenizer_config.json");
+    let tokenizer_config = tc_path
+        .is_file()
+        .then(|| std::fs::read_to_string(&tc_path).ok())
+        .flatten();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    assemble(
+        name,
+        dir,
+        config,
+        tokenizer,
+        files,
+        tokenizer_config.as_deref(),
+    )
+}
+
+/// A folder's files held in memory for the whole run (the embedded default
+/// model): same checks and result as [`load_folder`].
+pub struct StaticFolder {
+    pub name: &'static str,
+    pub config_json: &'static str,
+    pub tokenizer_json: &'static [u8],
+    pub tokenizer_config_json: Option<&'static str>,
+    pub safetensors: &'static [u8],
+}
+
+/// Loads a [`StaticFolder`]; `path` is what the model reports as its origin.
+pub fn load_static(f: &StaticFolder, path: &Path) -> Result<Model, LoadError> {
+    let config = LlamaConfig::from_hf_str(f.config_json, &path.join("config.json"))?;
+    let tokenizer = Tokenizer::from_bytes(f.tokenizer_json)?;
+    let files = SafetensorsFiles {
+        tensors: SafetensorsFiles::open_static(
+            f.safetensors,
+            &path.join("model.safetensors").display().to_string(),
+        )?
+        .into_iter()
+        .collect(),
+    };
+    assemble(
+        f.name.to_string(),
+        path,
+        config,
+        tokenizer,
+        files,
+        f.tokenizer_config_json,
+    )
+}
+
+/// The model from a folder's parts, wherever they were read from.
+fn assemble(
+    name: String,
+    path: &Path,
+    config: LlamaConfig,
+    tokenizer: Tokenizer,
+    mut files: SafetensorsFiles,
+    tokenizer_config: Option<&str>,
+) -> Result<Model, LoadError> {
     let weights = ModelWeights::assemble(
         &config,
         |w: WeightName| Ok(files.take(&w.hf())),
@@ -213,23 +296,16 @@ pub fn load_folder(dir: &Path) -> Result<Model, LoadError> {
             )));
         }
     }
-    let tc_path = dir.join("tokenizer_config.json");
-    let chat_template = (tc_path.is_file())
-        .then(|| std::fs::read_to_string(&tc_path).ok())
-        .flatten()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    let chat_template = tokenizer_config
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
         .and_then(|v| {
             v.get("chat_template")
                 .and_then(|s| s.as_str())
                 .map(String::from)
         });
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
     Ok(Model {
         name,
-        path: dir.to_path_buf(),
+        path: path.to_path_buf(),
         format: "safetensors",
         config,
         weights,

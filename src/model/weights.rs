@@ -128,6 +128,8 @@ pub enum Bytes {
         len: usize,
     },
     Owned(Arc<Vec<u8>>),
+    /// Bytes compiled into the binary (the embedded default model).
+    Static(&'static [u8]),
 }
 
 impl Bytes {
@@ -135,6 +137,7 @@ impl Bytes {
         match self {
             Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
             Bytes::Owned(v) => v,
+            Bytes::Static(b) => b,
         }
     }
 }
