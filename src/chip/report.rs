@@ -588,6 +588,7 @@ mod tests {
             max_position_embeddings: 64,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_scaling: Default::default(),
             tie_word_embeddings: true,
             rope_layout: RopeLayout::Halves,
             bos_token_id: None,
