@@ -591,7 +591,7 @@ fn check_tiny(exec: &mut dyn Executor, m: &model::Model, prompts: &[RefPrompt], 
                 ..Default::default()
             },
             ignore_eos: true,
-            stop_ids: vec![],
+            ..Default::default()
         };
         let g = sramlm::generate::generate(exec, &m.tokenizer, &m.config, &p.ids, &opts, |_| {})
             .unwrap();
