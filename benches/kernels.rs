@@ -158,6 +158,7 @@ fn encode(dtype: DType, n: usize, k: usize) -> Vec<u8> {
                 }
             }
         }
+        _ => out = sramlm::testing::random_blocks(dtype, n * k, 17),
     }
     out
 }

@@ -655,3 +655,45 @@ fn tiny_kquant_model_sram_matches_reference() {
         check_tiny(&mut exec, &m, &prompts, &what);
     }
 }
+
+#[test]
+fn info_reports_weight_memory_per_type() {
+    let path = fixture_dir("quants").join("tiny-kquants.gguf");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sramlm"))
+        .arg("info")
+        .arg("-m")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let (m, _, v) = tiny();
+    for dt in NEW_TYPES {
+        let (mut n, mut bytes) = (0, 0);
+        for (name, ty) in v["tensor_types"].as_object().unwrap() {
+            if ty.as_str() == Some(dt.name()) {
+                n += 1;
+                bytes += v["tensor_bytes"][name].as_u64().unwrap();
+            }
+        }
+        let line = format!("    {dt}: {n} tensors, ");
+        let at = text
+            .find(&line)
+            .unwrap_or_else(|| panic!("no `{line}` line in:\n{text}"));
+        let shown = text[at + line.len()..].lines().next().unwrap();
+        let kib = bytes as f64 / 1024.0;
+        assert!(
+            shown.contains(&format!("{kib:.1} KiB")),
+            "{dt}: {shown} vs {bytes} bytes"
+        );
+    }
+    let want = format!("parameters: {} |", params(&m));
+    assert!(text.contains(&want), "no `{want}` in:\n{text}");
+}
+
+fn params(m: &model::Model) -> usize {
+    model::WeightName::all(&m.config)
+        .into_iter()
+        .map(|w| m.weights.get(w).unwrap().numel())
+        .sum()
+}
