@@ -496,7 +496,7 @@ fn run_case(i: usize, c: &Case) -> usize {
     // Both matmul paths on every third case (each path compiles its own
     // pipelines: lavapipe's compile time is most of CI's), the adapter's
     // default path on the rest. The kernel tests cover both paths on tails.
-    let paths = if i % 3 == 0 {
+    let paths = if i.is_multiple_of(3) {
         gpu_paths()
     } else {
         vec![gpu0.clone()]
