@@ -253,6 +253,29 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
             }
         }
     }
+    // Rows whose width is not a multiple of 4 (float weights only).
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        v.push((Shader::Embed, embed::variant(dt, 575)));
+        for sg in [false, true] {
+            for (tt, acc, fuse, norm) in [
+                (1, false, matmul::Fuse::Glu, true),
+                (1, true, matmul::Fuse::None, false),
+                (matmul::TT_PREFILL, true, matmul::Fuse::None, false),
+                (
+                    matmul::TT_PREFILL,
+                    false,
+                    matmul::Fuse::Split3 {
+                        q_rows: 1,
+                        k_rows: 1,
+                    },
+                    false,
+                ),
+            ] {
+                let mv = matmul::variant_full(dt, tt, acc, sg, fuse, norm, 575, matmul::RPW);
+                v.push((Shader::Matmul, mv));
+            }
+        }
+    }
     for hd in [6, 8, 16, 18, 24, 32, 64, 128, 256] {
         v.push((Shader::Attention, attention::variant(hd)));
         v.push((Shader::Attention, attention::partial_variant(hd)));
@@ -292,6 +315,10 @@ pub fn sram_variants(
                 sram_matmul::variant(dt, slice_bytes, acc),
             ));
         }
+    }
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        let odd = sram_matmul::variant_k(dt, slice_bytes, true, hidden | 1);
+        v.push((Shader::SramMatmul, odd));
     }
     v.push((Shader::Rmsnorm, rmsnorm::sram_variant(hidden)));
     v
