@@ -411,7 +411,7 @@ fn load_model(path: Option<&PathBuf>) -> Result<Model> {
         return model::load_embedded().context("cannot load the embedded model");
     };
     let pb = spinner(&format!("loading {}", path.display()));
-    let m = model::load(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let m = model::load(path).with_context(|| format!("cannot load model {}", path.display()))?;
     pb.finish_and_clear();
     Ok(m)
 }
