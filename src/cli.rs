@@ -753,6 +753,13 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
     if a.run.temperature != 0.0 {
         eprintln!("note: several prompts are decoded greedily (as with --temperature 0)");
     }
+    if !a.run.stop.is_empty()
+        || a.run.repeat_penalty != 1.0
+        || a.run.presence_penalty != 0.0
+        || a.run.frequency_penalty != 0.0
+    {
+        bail!("--stop and the penalties apply to one prompt at a time: pass one prompt");
+    }
     let n = a.prompt.len();
     let mut s = a.run.session_for(n)?;
     let mut prompt_ids = Vec::new();
