@@ -424,7 +424,7 @@ fn load_model(path: Option<&PathBuf>) -> Result<Model> {
         return model::load_embedded().context("cannot load the embedded model");
     };
     let pb = spinner(&format!("loading {}", path.display()));
-    let m = model::load(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let m = model::load(path).with_context(|| format!("cannot load model {}", path.display()))?;
     pb.finish_and_clear();
     Ok(m)
 }
@@ -820,6 +820,13 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
     }
     if a.run.temperature != 0.0 {
         eprintln!("note: several prompts are decoded greedily (as with --temperature 0)");
+    }
+    if !a.run.stop.is_empty()
+        || a.run.repeat_penalty != 1.0
+        || a.run.presence_penalty != 0.0
+        || a.run.frequency_penalty != 0.0
+    {
+        bail!("--stop and the penalties apply to one prompt at a time: pass one prompt");
     }
     let n = a.prompt.len();
     let mut s = a.run.session_for(n)?;

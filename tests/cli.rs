@@ -894,3 +894,25 @@ fn one_and_several_prompts_print_the_continuation_only() {
         "{one}\n{two}"
     );
 }
+
+#[test]
+fn no_matching_adapter_names_each_backend() {
+    if !have_gpu() {
+        return;
+    }
+    let e = run_fail(&[
+        "generate",
+        "--adapter",
+        "no-such-adapter-xyz",
+        "-n",
+        "1",
+        PROMPT,
+    ]);
+    assert!(e.contains("available:"), "{e}");
+    assert!(
+        ["(Vulkan)", "(Gl)", "(Metal)", "(Dx12)"]
+            .iter()
+            .any(|b| e.contains(b)),
+        "{e}"
+    );
+}

@@ -225,3 +225,42 @@ fn min_p_one_is_greedy_and_stop_strings_cut_the_text() {
     assert!(o.status.success());
     assert_eq!(String::from_utf8(o.stdout).unwrap(), format!("{cut}\n"));
 }
+
+/// SRAM mode applies no penalties on the GPU: it reads the row back and
+/// penalises on the CPU. Same ids as VRAM mode's GPU penalties.
+#[test]
+fn sram_mode_penalties_on_the_cpu_give_the_same_ids() {
+    use sramlm::chip::{place, ChipSpec, PlaceOptions, TensorInfo};
+    use sramlm::exec::sram::{SramExecutor, SramOptions};
+    let Some((m, mut v)) = setup() else { return };
+    let gpu = sramlm::testing::gpu().unwrap();
+    let spec = ChipSpec::preset("groq-v1").unwrap();
+    let mut po = PlaceOptions::for_config(&m.config);
+    po.context_len = 256;
+    let plan = place(&m.config, &TensorInfo::from_weights(&m.weights), &spec, &po).unwrap();
+    let mut s = SramExecutor::new(
+        gpu,
+        &m.config,
+        &m.weights,
+        &plan,
+        &SramOptions {
+            batch: 1,
+            context: Some(256),
+            microbatch: 16,
+        },
+    )
+    .unwrap();
+    assert!(!s.set_penalties(&[]).unwrap());
+    let prompt = m.tokenizer.encode("Once upon a time").unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 24,
+        sampling: SamplingOptions {
+            temperature: 0.0,
+            ..penalised()
+        },
+        ..Default::default()
+    };
+    let a = generate(&mut v, &m.tokenizer, &m.config, &prompt, &opts, |_| {}).unwrap();
+    let b = generate(&mut s, &m.tokenizer, &m.config, &prompt, &opts, |_| {}).unwrap();
+    assert_eq!(a.ids, b.ids);
+}

@@ -536,3 +536,48 @@ pub fn table(results: &[ModeResult]) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrow_table_fits_100_columns_and_keeps_every_run() {
+        let r = ModeResult {
+            model: "SmolLM2-135M-Instruct.Q4_1".into(),
+            mode: "sram".into(),
+            chip: Some("mini-256k-32k-slices".into()),
+            chips_used: Some(412),
+            batch: 4,
+            valid: true,
+            matches_reference: Some(true),
+            prefill_tok_s: 12345.6,
+            decode_tok_s: 789.1,
+            gpu_memory_bytes_read_per_token_counted: 123_456_789,
+            link_bytes_per_token: Some(987_654),
+            modeled_ms_per_token: Some(0.1234),
+            modeled_what: Some("modeled SRAM-only cluster, f32 live sets over one link per hop, pipelined over every chip".into()),
+            ..Default::default()
+        };
+        let v = ModeResult {
+            mode: "vram".into(),
+            chip: None,
+            chips_used: None,
+            batch: 1,
+            ..r.clone()
+        };
+        let wide = table(&[r.clone(), v.clone()]);
+        assert!(wide.lines().any(|l| l.chars().count() > 100), "{wide}");
+        let narrow = table_narrow(&[r, v]);
+        for l in narrow.lines() {
+            assert!(l.chars().count() <= 100, "{l:?}\n{narrow}");
+        }
+        assert!(
+            narrow.contains("12345.6") && narrow.contains("789.1"),
+            "{narrow}"
+        );
+        assert!(narrow.contains("123456789 B/token"), "{narrow}");
+        assert!(narrow.contains("0.1234 ms/token"), "{narrow}");
+        assert_eq!(narrow.matches("= reference").count(), 2, "{narrow}");
+    }
+}

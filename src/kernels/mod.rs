@@ -290,6 +290,7 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
         Shader::SiluMul,
         Shader::Argmax,
         Shader::Topk,
+        Shader::Penalty,
         Shader::LinkCopy,
     ] {
         v.push((s, ShaderVariant::new("main")));
