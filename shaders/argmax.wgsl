@@ -1,5 +1,6 @@
 // Greedy pick on the GPU: the index of the largest logit of row `row`
-// (first index on ties, like torch.argmax). Writes [id, bitcast(value)].
+// (first index on ties, like torch.argmax). Writes [id, bitcast(value)]
+// (batched decode: one pair per row).
 
 struct Params {
     vocab: u32,
@@ -27,8 +28,15 @@ fn key(v: f32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32) {
-    let base = (S.n_out_rows - 1u) * P.vocab;
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    // Batched decode (S.per_row): workgroup r picks row r into out[2r..2r+2].
+    var row = S.n_out_rows - 1u;
+    var o = 0u;
+    if (S.per_row == 1u) {
+        row = wid.x;
+        o = 2u * wid.x;
+    }
+    let base = row * P.vocab;
     var bv = -3.4e38;
     var bi = 0xffffffffu;
     for (var i = lid; i < P.vocab; i += WG) {
@@ -55,7 +63,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         workgroupBarrier();
     }
     if (lid == 0u) {
-        out[0] = best_i[0];
-        out[1] = bitcast<u32>(best_v[0]);
+        out[o] = best_i[0];
+        out[o + 1u] = bitcast<u32>(best_v[0]);
     }
 }

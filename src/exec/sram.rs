@@ -1396,6 +1396,14 @@ impl Executor for SramExecutor {
     fn select(&mut self, seq: usize) -> Result<(), ExecError> {
         self.select_sequence(seq)
     }
+    fn sequences(&self) -> usize {
+        self.pos.len()
+    }
+    fn truncate(&mut self, pos: usize) -> Result<(), ExecError> {
+        super::check_truncate(pos, self.pos[self.seq])?;
+        self.pos[self.seq] = pos;
+        Ok(())
+    }
     fn decode_batch(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
         self.decode_all(tokens)
     }

@@ -10,7 +10,8 @@ pub struct Params {
     pub _pad: [u32; 3],
 }
 
-/// Arg-max of the last logit row (`Step::n_out_rows - 1`); writes `[id, bits]` to `out`.
+/// Arg-max of the last logit row (`Step::n_out_rows - 1`); writes `[id, bits]` to `out`
+/// (batched decode steps, [`Step::decode_rows`]: every row's pair, in row order).
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -32,7 +33,7 @@ pub fn build(
         KernelClass::Sample,
         pipe,
         &[&params, step, logits, out],
-        |_: &Step| [1, 1, 1],
+        |s: &Step| [if s.per_row() { s.n_out_rows } else { 1 }, 1, 1],
     ))
 }
 
