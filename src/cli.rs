@@ -44,6 +44,32 @@ enum Command {
     /// Benchmark VRAM and SRAM mode side by side (measured and modeled), with
     /// every mode's output checked against the other's and the reference.
     Bench(BenchArgs),
+    /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions,
+    /// /v1/models, /health): concurrent requests decoded together.
+    #[command(
+        after_help = "Examples:\n  sramlm serve -m models/SmolLM2-135M-Instruct.Q4_1.gguf           # http://127.0.0.1:8080\n  sramlm serve --port 0 --parallel 8 --ctx 1024                     # port 0: a free one, printed\n  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":32}'"
+    )]
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default: not reachable from other machines)
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (printed on stdout)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences decoded together (each has its own KV cache of --ctx tokens)
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Requests that may wait for a free sequence; more get HTTP 429
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// (--ctx defaults to the model's context window, at most 2048 here;
+    /// -n is the default max_tokens of a request)
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -63,10 +89,10 @@ struct BenchArgs {
     /// Timed runs per mode (after one warm-up run)
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Sequences decoded together, each a pipeline micro-batch (SRAM mode
-    /// only; VRAM mode decodes one sequence at a time)
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Sequences decoded together; several sizes (e.g. 1,4,16) give one row
+    /// each (VRAM: one matvec over all rows; SRAM: each a pipeline micro-batch)
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
     /// KV-cache length [default: prompt + generation, rounded up to 64]
     #[arg(long)]
     ctx: Option<usize>,
@@ -221,8 +247,8 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct GenerateArgs {
     /// Prompt text; `-` reads it from standard input. Empty: start from BOS.
-    /// Several prompts (SRAM mode) are decoded together, greedily, as a batch
-    /// of sequences pipelined through the chips.
+    /// Several prompts are decoded together, greedily, as a batch of
+    /// sequences (VRAM: one step for all; SRAM: pipelined through the chips).
     prompt: Vec<String>,
     /// Format the prompt as one user turn with the model's chat template
     #[arg(long)]
@@ -266,6 +292,7 @@ pub fn run() -> Result<()> {
         Command::Info(a) => cmd_info(a),
         Command::Plan(a) => cmd_plan(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::Serve(a) => cmd_serve(a),
     }
 }
 
@@ -341,7 +368,7 @@ impl RunArgs {
         self.session_for(1)
     }
 
-    /// As `session`, with KV caches for `batch` sequences (SRAM mode).
+    /// As `session`, with KV caches for `batch` sequences.
     fn session_for(&self, batch: usize) -> Result<Session> {
         let sampling = self.check()?;
         let spec = if self.mode == Mode::Sram {
@@ -363,7 +390,7 @@ impl RunArgs {
         let exec: Box<dyn Executor> = match &spec {
             None => {
                 let pb = spinner("building GPU pipelines and uploading weights");
-                let e = VramExecutor::new(
+                let e = VramExecutor::new_batched(
                     gpu.clone(),
                     &m.config,
                     &m.weights,
@@ -371,6 +398,7 @@ impl RunArgs {
                         context: Some(ctx),
                         chunk: self.chunk,
                     },
+                    batch,
                 )?;
                 pb.finish_and_clear();
                 Box::new(e)
@@ -552,13 +580,11 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Several prompts decoded together (SRAM mode): each sequence is one
-/// micro-batch of the chip pipeline, so chips work on different sequences in
-/// the same pipeline step.
+/// Several prompts decoded together: in VRAM mode one matvec over all
+/// sequences' rows per step; in SRAM mode each sequence is one micro-batch of
+/// the chip pipeline, so chips work on different sequences in the same
+/// pipeline step.
 fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
-    if a.run.mode != Mode::Sram {
-        bail!("several prompts are decoded together in SRAM mode only: add --mode sram (or pass one prompt)");
-    }
     if a.chat {
         bail!("--chat takes one prompt");
     }
@@ -616,7 +642,7 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let tokens: usize = out.iter().map(|o| o.len()).sum();
     let stats = serde_json::json!({
-        "mode": "sram",
+        "mode": s.exec.mode(),
         "batch": n,
         "prefill_s": prefill_s,
         "decode_rounds": rounds,
@@ -633,9 +659,13 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
                 println!("[{i}] {}", s.m.tokenizer.decode(&all)?);
             }
             eprintln!(
-                "[sram] batch {n}: {rounds} decode rounds, {:.1} tok/s over all sequences | chips {}",
+                "[{}] batch {n}: {rounds} decode rounds, {:.1} tok/s over all sequences{}",
+                s.exec.mode(),
                 stats["decode_tok_s_all_sequences"].as_f64().unwrap_or(0.0),
-                s.plan.as_ref().map_or(0, |p| p.totals.chips_used)
+                s.plan.as_ref().map_or(String::new(), |p| format!(
+                    " | chips {}",
+                    p.totals.chips_used
+                ))
             );
         }
         Format::Json => {
@@ -996,7 +1026,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.gen == 0 {
         bail!("--gen must be at least 1");
     }
-    if a.batch == 0 {
+    if a.batch.contains(&0) {
         bail!("--batch must be at least 1");
     }
     if a.prompt_len == Some(0) || a.microbatch == 0 {
@@ -1009,12 +1039,6 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             "sram" => modes.push(Mode::Sram),
             other => bail!("unknown mode `{other}` in --modes (expected vram and/or sram)"),
         }
-    }
-    if a.batch > 1 && modes.contains(&Mode::Vram) {
-        bail!(
-            "--batch {} is not supported in VRAM mode, which decodes one sequence at a time: use --modes sram",
-            a.batch
-        );
     }
     let spec = if modes.contains(&Mode::Sram) {
         Some(a.chip.spec()?)
@@ -1050,7 +1074,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     let gpu = Gpu::new(&a.gpu.options()?)?;
     eprintln!("adapter: {}", gpu.describe());
-    let total = (modes.len() * (a.repeat + 1) * a.gen.saturating_sub(1)) as u64;
+    let total = (modes.len() * a.batch.len() * (a.repeat + 1) * a.gen.saturating_sub(1)) as u64;
     // (with --batch, a step is one decode round of every sequence)
     let pb = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(total)
@@ -1078,11 +1102,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     };
     let mut results = Vec::new();
     let mut plans = Vec::new();
-    for mode in &modes {
+    for (mode, batch) in modes
+        .iter()
+        .flat_map(|md| a.batch.iter().map(move |&b| (md, b)))
+    {
         pb.set_message(format!("{} {:?}", m.name, mode));
         let (mut exec, plan): (Box<dyn Executor>, Option<Plan>) = match mode {
             Mode::Vram => (
-                Box::new(VramExecutor::new(
+                Box::new(VramExecutor::new_batched(
                     gpu.clone(),
                     &m.config,
                     &m.weights,
@@ -1090,6 +1117,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                         context: Some(ctx),
                         chunk: sramlm::exec::vram::DEFAULT_CHUNK,
                     },
+                    batch,
                 )?),
                 None,
             ),
@@ -1098,14 +1126,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("no chip spec"))?;
                 spec.check_slice_against_limit(gpu.limits.max_compute_workgroup_storage_size)?;
-                let plan = plan_for(&m, spec, a.chip.chips, ctx, a.batch, a.microbatch)?;
+                let plan = plan_for(&m, spec, a.chip.chips, ctx, batch, a.microbatch)?;
                 let e = SramExecutor::new(
                     gpu.clone(),
                     &m.config,
                     &m.weights,
                     &plan,
                     &SramOptions {
-                        batch: a.batch,
+                        batch,
                         context: Some(ctx),
                         microbatch: a.microbatch,
                     },
@@ -1114,14 +1142,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             }
         };
         let mut tick = |n: u64| pb.inc(n);
-        let mut r = if a.batch > 1 {
+        let mut r = if batch > 1 {
             sramlm::bench::bench_batch(
                 exec.as_mut(),
                 &m,
                 &prompt,
                 a.gen,
                 a.repeat,
-                a.batch,
+                batch,
                 &mut tick,
             )?
         } else {
@@ -1162,7 +1190,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     "driver": format!("{} {}", gpu.info.driver, gpu.info.driver_info),
                     "git_revision": rev,
                     "settings": {
-                        "prompt_tokens": prompt.len(), "gen": a.gen, "repeat": a.repeat, "batch": a.batch,
+                        "prompt_tokens": prompt.len(), "gen": a.gen, "repeat": a.repeat, "batch": r.batch,
                         "ctx": ctx, "microbatch": a.microbatch, "chip": spec.as_ref().map(|s| s.name.clone()),
                         "slice_bytes": spec.as_ref().map(|s| s.slice_bytes), "max_chips": a.chip.chips,
                         "feature_level": gpu.level,
@@ -1223,4 +1251,36 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    if a.parallel == 0 || a.parallel > sramlm::kernels::attention::MAX_ROWS {
+        bail!(
+            "--parallel must be between 1 and {}",
+            sramlm::kernels::attention::MAX_ROWS
+        );
+    }
+    if a.queue == 0 {
+        bail!("--queue must be at least 1");
+    }
+    if a.run.max_tokens == 0 {
+        bail!("-n/--max-tokens must be at least 1");
+    }
+    let mut run = a.run.clone();
+    if run.ctx.is_none() {
+        // One KV cache per sequence: keep the default modest.
+        let m = load_model(run.model.as_ref())?;
+        run.ctx = Some(m.config.max_position_embeddings.min(2048));
+    }
+    let parallel = a.parallel;
+    let opts = sramlm::serve::ServeOptions {
+        host: a.host,
+        port: a.port,
+        queue: a.queue,
+        default_max_tokens: run.max_tokens,
+    };
+    sramlm::serve::serve(opts, move || {
+        let s = run.session_for(parallel)?;
+        Ok((s.m, s.exec))
+    })
 }
