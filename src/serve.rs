@@ -246,38 +246,38 @@ struct Common {
     ignore_eos: bool,
 }
 
-fn parse_common(v: &Value) -> Result<Common, Response> {
-    let num = |k: &str| -> Result<Option<f64>, Response> {
+fn parse_common(v: &Value) -> Result<Common, String> {
+    let num = |k: &str| -> Result<Option<f64>, String> {
         match v.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(x) => x
                 .as_f64()
                 .map(Some)
-                .ok_or_else(|| bad(format!("`{k}` must be a number"))),
+                .ok_or_else(|| format!("`{k}` must be a number")),
         }
     };
-    let uint = |k: &str| -> Result<Option<u64>, Response> {
+    let uint = |k: &str| -> Result<Option<u64>, String> {
         match v.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(x) => x
                 .as_u64()
                 .map(Some)
-                .ok_or_else(|| bad(format!("`{k}` must be a non-negative integer"))),
+                .ok_or_else(|| format!("`{k}` must be a non-negative integer")),
         }
     };
     let max_tokens = match uint("max_tokens")?.or(uint("max_completion_tokens")?) {
-        Some(0) => return Err(bad("`max_tokens` must be at least 1")),
+        Some(0) => return Err("`max_tokens` must be at least 1".to_string()),
         m => m.map(|m| m as usize),
     };
     let temperature = num("temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(bad(format!(
+        return Err(format!(
             "`temperature` must be between 0 and 2, got {temperature}"
-        )));
+        ));
     }
     let top_p = num("top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(bad(format!("`top_p` must be in (0, 1], got {top_p}")));
+        return Err(format!("`top_p` must be in (0, 1], got {top_p}"));
     }
     let top_k = uint("top_k")?.unwrap_or(0) as usize;
     let seed = match v.get("seed") {
@@ -285,16 +285,16 @@ fn parse_common(v: &Value) -> Result<Common, Response> {
         Some(x) => x
             .as_i64()
             .map(|s| s as u64)
-            .ok_or_else(|| bad("`seed` must be an integer"))?,
+            .ok_or_else(|| "`seed` must be an integer".to_string())?,
     };
     if let Some(n) = uint("n")? {
         if n != 1 {
-            return Err(bad("only `n` = 1 is supported"));
+            return Err("only `n` = 1 is supported".to_string());
         }
     }
     for k in ["presence_penalty", "frequency_penalty"] {
         if num(k)?.is_some_and(|p| p != 0.0) {
-            return Err(bad(format!("`{k}` is not supported by this server")));
+            return Err(format!("`{k}` is not supported by this server"));
         }
     }
     let stop = match v.get("stop") {
@@ -304,16 +304,16 @@ fn parse_common(v: &Value) -> Result<Common, Response> {
             .iter()
             .map(|x| x.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| bad("`stop` must be a string or an array of strings"))?,
-        Some(_) => return Err(bad("`stop` must be a string or an array of strings")),
+            .ok_or_else(|| "`stop` must be a string or an array of strings".to_string())?,
+        Some(_) => return Err("`stop` must be a string or an array of strings".to_string()),
     };
     if stop.len() > 4 || stop.iter().any(|s| s.is_empty()) {
-        return Err(bad("`stop` takes at most 4 non-empty strings"));
+        return Err("`stop` takes at most 4 non-empty strings".to_string());
     }
     let stream = match v.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(bad("`stream` must be true or false")),
+        Some(_) => return Err("`stream` must be true or false".to_string()),
     };
     let include_usage = v
         .get("stream_options")
@@ -323,7 +323,7 @@ fn parse_common(v: &Value) -> Result<Common, Response> {
     let ignore_eos = match v.get("ignore_eos") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(bad("`ignore_eos` must be true or false")),
+        Some(_) => return Err("`ignore_eos` must be true or false".to_string()),
     };
     Ok(Common {
         ignore_eos,
@@ -340,11 +340,11 @@ fn parse_common(v: &Value) -> Result<Common, Response> {
     })
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, Response> {
+fn parse_body(body: &[u8]) -> Result<Value, String> {
     let v: Value = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
+        .map_err(|e| format!("the request body is not valid JSON: {e}"))?;
     if !v.is_object() {
-        return Err(bad("the request body must be a JSON object"));
+        return Err("the request body must be a JSON object".to_string());
     }
     Ok(v)
 }
@@ -352,7 +352,7 @@ fn parse_body(body: &[u8]) -> Result<Value, Response> {
 async fn completions(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let v = match parse_body(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let prompt = match v.get("prompt") {
         Some(Value::String(p)) => p.clone(),
@@ -366,7 +366,7 @@ async fn completions(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> R
     };
     let c = match parse_common(&v) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     run_request(s, Prompt::Text(prompt), c, false).await
 }
@@ -374,7 +374,7 @@ async fn completions(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> R
 async fn chat_completions(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let v = match parse_body(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let Some(Value::Array(msgs)) = v.get("messages") else {
         return bad("`messages` (an array) is required");
@@ -406,7 +406,7 @@ async fn chat_completions(State(s): State<Arc<Shared>>, body: axum::body::Bytes)
     }
     let c = match parse_common(&v) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     run_request(s, Prompt::Chat(messages), c, true).await
 }

@@ -76,7 +76,7 @@ fn continuous_batch_matches_solo(m: &Model, prompts: &[&str], n: usize) {
     let mut exec = VramExecutor::new_batched(gpu, &m.config, &m.weights, &opts(), 3).unwrap();
     assert_eq!(exec.sequences(), 3);
     let leave = 5;
-    let mut seqs = vec![
+    let mut seqs = [
         Seq {
             slot: 0,
             prompt: toks[0].clone(),
