@@ -28,3 +28,7 @@ if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.
 fi
 apt-get update -qq
 apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libegl-mesa0 libgl1-mesa-dri libgles2 libvulkan1 >/dev/null
+# tests/serve.rs: curl and the `openai` Python package as real clients of
+# `sramlm serve` (Debian's Python is externally managed: pip needs the flag).
+apt-get install -y -qq curl python3 python3-pip >/dev/null
+python3 -m pip install -q --break-system-packages openai

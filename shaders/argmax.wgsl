@@ -1,7 +1,8 @@
 // Greedy pick on the GPU: the index of the largest logit of row `row`
-// (first index on ties, like torch.argmax). Writes [id, bitcast(value)];
-// when any logit of the row is NaN or infinite, writes [0xffffffff, NaN]
-// instead (the host reports the non-finite logits; see kernels::NON_FINITE).
+// (first index on ties, like torch.argmax). Writes [id, bitcast(value)]
+// (batched decode: one pair per row); when any logit of the row is NaN or
+// infinite, writes [0xffffffff, NaN] instead (the host reports the non-finite
+// logits; see kernels::NON_FINITE).
 
 struct Params {
     vocab: u32,
@@ -36,8 +37,15 @@ fn key(v: f32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32) {
-    let base = (S.n_out_rows - 1u) * P.vocab;
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    // Batched decode (S.per_row): workgroup r picks row r into out[2r..2r+2].
+    var row = S.n_out_rows - 1u;
+    var o = 0u;
+    if (S.per_row == 1u) {
+        row = wid.x;
+        o = 2u * wid.x;
+    }
+    let base = row * P.vocab;
     var bv = -3.4e38;
     var bi = 0xffffffffu;
     var nf = 0u;
@@ -70,11 +78,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     if (lid == 0u) {
         if (bad[0] != 0u) {
-            out[0] = 0xffffffffu;
-            out[1] = 0x7fc00000u;
+            out[o] = 0xffffffffu;
+            out[o + 1u] = 0x7fc00000u;
         } else {
-            out[0] = best_i[0];
-            out[1] = bitcast<u32>(best_v[0]);
+            out[o] = best_i[0];
+            out[o + 1u] = bitcast<u32>(best_v[0]);
         }
     }
 }

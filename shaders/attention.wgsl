@@ -26,7 +26,9 @@
 // its KV head's new k (same arithmetic as rope.wgsl) into workgroup memory
 // and uses them for the current position; the first q head of each KV group
 // also stores k and v into the cache for later steps. Nobody reads the cache
-// at the current position, so no workgroup waits on another.
+// at the current position, so no workgroup waits on another. Batched decode
+// (S.per_row): T rows, each one token of its own sequence, with its position
+// and KV-cache base from the row table R.
 
 struct Params {
     n_heads: u32,
@@ -68,6 +70,8 @@ alias F4 = vec4<f32>;
 @group(0) @binding(6) var<storage, read> cos_sin: array<vec2<f32>>; // [ctx, hd/2]
 @group(0) @binding(7) var<storage, read> Kn: array<f32>;            // this step's k [Hkv*hd]
 @group(0) @binding(8) var<storage, read> Vn: array<F4>;            // this step's v [Hkv*hd]
+// Batched decode (S.per_row = 1): row t's (position, KV-cache base row, -, -).
+@group(0) @binding(9) var<uniform> R: array<vec4<u32>, {{MAX_ROWS}}>;
 #endif
 
 const WG: u32 = {{WG}}u;
@@ -212,7 +216,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (t >= S.n_tokens) {
         return;
     }
-    let pos = S.pos0 + t;
+    var pos = S.pos0 + t;
+    var kv_base = S.kv_base;
+#ifdef ROPE
+    if (S.per_row == 1u) {
+        // Batched decode: every row is one token of its own sequence.
+        pos = R[t].x;
+        kv_base = R[t].y;
+    }
+#endif
     let kvh = h / (P.n_heads / P.n_kv_heads);
     let kv_dim = P.n_kv_heads * HD;
     let qb = t * P.n_heads * HD + h * HD;
@@ -227,7 +239,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     if (h % (P.n_heads / P.n_kv_heads) == 0u) {
-        let c = (S.kv_base + pos) * kv_dim + kvh * HD;
+        let c = (kv_base + pos) * kv_dim + kvh * HD;
 #ifdef HDTAIL
         for (var e = lid; e < HD; e += WG) {
             Kc[c + e] = kcur[e / 4u][e % 4u];
@@ -259,7 +271,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let n = min(CHUNK, s_end - c0);
         var local_max = -3.0e38;
         for (var j = lid; j < n; j += WG) {
-            let kbj = (S.kv_base + c0 + j) * kv_dim + kvh * HD;
+            let kbj = (kv_base + c0 + j) * kv_dim + kvh * HD;
             var d = 0.0;
 #ifdef ROPE
             if (c0 + j == pos) {
@@ -290,7 +302,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         let chunk_sum = reduce_sum(local_sum, lid);
         l_run = l_run * corr + chunk_sum;
-        let vb = (S.kv_base + c0) * kv_dim + kvh * HD;
+        let vb = (kv_base + c0) * kv_dim + kvh * HD;
         let lane = lid % HD4;
         let grp = lid / HD4;
         var av = vec4<f32>(0.0);

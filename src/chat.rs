@@ -210,7 +210,7 @@ impl Conversation {
             .count()
             .min(ids.len() - 1)
             .min(exec.position());
-        if !exec.truncate(keep) {
+        if exec.truncate(keep).is_err() {
             exec.reset();
             keep = 0;
         }

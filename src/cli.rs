@@ -84,6 +84,32 @@ Examples:
   sramlm chips --format json
   sramlm generate --chip models/chips/sram-1g.json \"Once upon a time\"")]
     Chips(ChipsArgs),
+    /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions,
+    /// /v1/models, /health): concurrent requests decoded together.
+    #[command(
+        after_help = "Examples:\n  sramlm serve -m models/SmolLM2-135M-Instruct.Q4_1.gguf           # http://127.0.0.1:8080\n  sramlm serve --port 0 --parallel 8 --ctx 1024                     # port 0: a free one, printed\n  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":32}'"
+    )]
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default: not reachable from other machines)
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (printed on stdout)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences decoded together (each has its own KV cache of --ctx tokens)
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Requests that may wait for a free sequence; more get HTTP 429
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// (--ctx defaults to the model's context window, at most 2048 here;
+    /// -n is the default max_tokens of a request)
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -114,10 +140,10 @@ struct BenchArgs {
     /// Timed runs per mode (after one warm-up run)
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Sequences decoded together, each a pipeline micro-batch (SRAM mode
-    /// only; VRAM mode decodes one sequence at a time)
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Sequences decoded together; several sizes (e.g. 1,4,16) give one row
+    /// each (VRAM: one matvec over all rows; SRAM: each a pipeline micro-batch)
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
     /// KV-cache length [default: prompt + generation, rounded up to 64]
     #[arg(long)]
     ctx: Option<usize>,
@@ -308,8 +334,8 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct GenerateArgs {
     /// Prompt text; `-` reads it from standard input. Empty: start from BOS.
-    /// Several prompts (SRAM mode) are decoded together, greedily, as a batch
-    /// of sequences pipelined through the chips.
+    /// Several prompts are decoded together, greedily, as a batch of
+    /// sequences (VRAM: one step for all; SRAM: pipelined through the chips).
     prompt: Vec<String>,
     /// The prompt (same as the positional PROMPT)
     #[arg(
@@ -391,6 +417,7 @@ pub fn run() -> Result<()> {
         Command::Info(a) => cmd_info(a),
         Command::Plan(a) => cmd_plan(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::Serve(a) => cmd_serve(a),
     }
 }
 
@@ -526,7 +553,7 @@ impl RunArgs {
         self.session_for(1)
     }
 
-    /// As `session`, with KV caches for `batch` sequences (SRAM mode).
+    /// As `session`, with KV caches for `batch` sequences.
     fn session_for(&self, batch: usize) -> Result<Session> {
         let sampling = self.check()?;
         if self.mode.is_none() && self.chip.given() {
@@ -557,7 +584,7 @@ impl RunArgs {
         let exec: Box<dyn Executor> = match &spec {
             None => {
                 let pb = spinner("building GPU pipelines and uploading weights");
-                let e = VramExecutor::new(
+                let e = VramExecutor::new_batched(
                     gpu.clone(),
                     &m.config,
                     &m.weights,
@@ -565,6 +592,7 @@ impl RunArgs {
                         context: Some(ctx),
                         chunk: self.chunk,
                     },
+                    batch,
                 )?;
                 pb.finish_and_clear();
                 Box::new(e)
@@ -805,13 +833,11 @@ fn cmd_generate(mut a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Several prompts decoded together (SRAM mode): each sequence is one
-/// micro-batch of the chip pipeline, so chips work on different sequences in
-/// the same pipeline step.
+/// Several prompts decoded together: in VRAM mode one matvec over all
+/// sequences' rows per step; in SRAM mode each sequence is one micro-batch of
+/// the chip pipeline, so chips work on different sequences in the same
+/// pipeline step.
 fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
-    if a.run.mode() != Mode::Sram {
-        bail!("several prompts are decoded together in SRAM mode only: add --mode sram (or pass one prompt)");
-    }
     if a.chat {
         bail!("--chat takes one prompt");
     }
@@ -897,7 +923,7 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let tokens: usize = out.iter().map(|o| o.len()).sum();
     let stats = serde_json::json!({
-        "mode": "sram",
+        "mode": s.exec.mode(),
         "batch": n,
         "prefill_s": prefill_s,
         "decode_rounds": rounds,
@@ -914,9 +940,13 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
                 println!("[{i}] {t}");
             }
             eprintln!(
-                "[sram] batch {n}: {rounds} decode rounds, {:.1} tok/s over all sequences | chips {}",
+                "[{}] batch {n}: {rounds} decode rounds, {:.1} tok/s over all sequences{}",
+                s.exec.mode(),
                 stats["decode_tok_s_all_sequences"].as_f64().unwrap_or(0.0),
-                s.plan.as_ref().map_or(0, |p| p.totals.chips_used)
+                s.plan.as_ref().map_or(String::new(), |p| format!(
+                    " | chips {}",
+                    p.totals.chips_used
+                ))
             );
         }
         Format::Json => {
@@ -1491,7 +1521,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.gen == 0 {
         bail!("--gen must be at least 1");
     }
-    if a.batch == 0 {
+    if a.batch.contains(&0) {
         bail!("--batch must be at least 1");
     }
     if a.prompt_len == Some(0) || a.microbatch == 0 {
@@ -1521,12 +1551,6 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             }
         }
         sramlm::bench::output::check_outputs(&outputs, &inputs).map_err(anyhow::Error::msg)?;
-    }
-    if a.batch > 1 && modes.contains(&Mode::Vram) {
-        bail!(
-            "--batch {} is not supported in VRAM mode, which decodes one sequence at a time: use --modes sram",
-            a.batch
-        );
     }
     if a.chip.given() && !modes.contains(&Mode::Sram) {
         bail!("--chip, --chips and --slice describe SRAM mode: add sram to --modes");
@@ -1565,7 +1589,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     let gpu = Gpu::new(&a.gpu.options()?)?;
     eprintln!("adapter: {}", gpu.describe());
-    let total = (modes.len() * (a.repeat + 1) * a.gen.saturating_sub(1)) as u64;
+    let total = (modes.len() * a.batch.len() * (a.repeat + 1) * a.gen.saturating_sub(1)) as u64;
     // (with --batch, a step is one decode round of every sequence)
     let pb = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(total)
@@ -1593,11 +1617,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     };
     let mut results = Vec::new();
     let mut plans = Vec::new();
-    for mode in &modes {
+    for (mode, batch) in modes
+        .iter()
+        .flat_map(|md| a.batch.iter().map(move |&b| (md, b)))
+    {
         pb.set_message(format!("{} {:?}", m.name, mode));
         let (mut exec, plan): (Box<dyn Executor>, Option<Plan>) = match mode {
             Mode::Vram => (
-                Box::new(VramExecutor::new(
+                Box::new(VramExecutor::new_batched(
                     gpu.clone(),
                     &m.config,
                     &m.weights,
@@ -1605,6 +1632,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                         context: Some(ctx),
                         chunk: sramlm::exec::vram::DEFAULT_CHUNK,
                     },
+                    batch,
                 )?),
                 None,
             ),
@@ -1613,14 +1641,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("no chip spec"))?;
                 spec.check_slice_against_limit(gpu.limits.max_compute_workgroup_storage_size)?;
-                let plan = plan_for(&m, spec, a.chip.chips, ctx, a.batch, a.microbatch)?;
+                let plan = plan_for(&m, spec, a.chip.chips, ctx, batch, a.microbatch)?;
                 let e = SramExecutor::new(
                     gpu.clone(),
                     &m.config,
                     &m.weights,
                     &plan,
                     &SramOptions {
-                        batch: a.batch,
+                        batch,
                         context: Some(ctx),
                         microbatch: a.microbatch,
                     },
@@ -1629,14 +1657,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             }
         };
         let mut tick = |n: u64| pb.inc(n);
-        let mut r = if a.batch > 1 {
+        let mut r = if batch > 1 {
             sramlm::bench::bench_batch(
                 exec.as_mut(),
                 &m,
                 &prompt,
                 a.gen,
                 a.repeat,
-                a.batch,
+                batch,
                 &mut tick,
             )?
         } else {
@@ -1681,7 +1709,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     "driver": format!("{} {}", gpu.info.driver, gpu.info.driver_info),
                     "git_revision": rev,
                     "settings": {
-                        "prompt_tokens": prompt.len(), "gen": a.gen, "repeat": a.repeat, "batch": a.batch,
+                        "prompt_tokens": prompt.len(), "gen": a.gen, "repeat": a.repeat, "batch": r.batch,
                         "ctx": ctx, "microbatch": a.microbatch, "chip": spec.as_ref().map(|s| s.name.clone()),
                         "slice_bytes": spec.as_ref().map(|s| s.slice_bytes), "max_chips": a.chip.chips,
                         "feature_level": gpu.level,
@@ -1746,4 +1774,36 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    if a.parallel == 0 || a.parallel > sramlm::kernels::attention::MAX_ROWS {
+        bail!(
+            "--parallel must be between 1 and {}",
+            sramlm::kernels::attention::MAX_ROWS
+        );
+    }
+    if a.queue == 0 {
+        bail!("--queue must be at least 1");
+    }
+    if a.run.max_tokens == 0 {
+        bail!("-n/--max-tokens must be at least 1");
+    }
+    let mut run = a.run.clone();
+    if run.ctx.is_none() {
+        // One KV cache per sequence: keep the default modest.
+        let m = load_model(run.model.as_ref())?;
+        run.ctx = Some(m.config.max_position_embeddings.min(2048));
+    }
+    let parallel = a.parallel;
+    let opts = sramlm::serve::ServeOptions {
+        host: a.host,
+        port: a.port,
+        queue: a.queue,
+        default_max_tokens: run.max_tokens,
+    };
+    sramlm::serve::serve(opts, move || {
+        let s = run.session_for(parallel)?;
+        Ok((s.m, s.exec))
+    })
 }

@@ -11,5 +11,6 @@ pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod sampling;
+pub mod serve;
 pub mod testing;
 pub mod tokenizer;

@@ -6,7 +6,7 @@ struct Step {
     out_row0: u32,
     n_out_rows: u32,
     kv_base: u32, // first KV-cache row of this sequence (sequence × context)
-    _s0: u32,
+    per_row: u32, // 1: batched decode, row t is one token of its own sequence (attention's row table)
     _s1: u32,
     _s2: u32,
 }

@@ -167,8 +167,8 @@ pub fn bench_mode(
     Ok(r)
 }
 
-/// Benchmarks `batch` copies of `prompt` decoded together (a mode with
-/// several resident sequences: SRAM). Each round decodes one token of every
+/// Benchmarks `batch` copies of `prompt` decoded together (several resident
+/// sequences: VRAM mode's batched step, SRAM mode's pipeline). Each round decodes one token of every
 /// sequence; every sequence must produce the same ids.
 pub fn bench_batch(
     exec: &mut dyn Executor,

@@ -120,6 +120,30 @@ pub(crate) fn check_step(
     Ok(())
 }
 
+/// The check of [`Executor::truncate`]: a sequence can only be cut shorter.
+pub(crate) fn check_truncate(pos: usize, current: usize) -> Result<(), ExecError> {
+    if pos > current {
+        return Err(ExecError::Invalid(format!(
+            "cannot keep {pos} tokens of a sequence that holds {current}"
+        )));
+    }
+    Ok(())
+}
+
+/// The `k` best (id, logit) pairs of a logit row, best first (ties: lower id
+/// first; NaN dropped), as the top-k kernel returns them.
+pub fn top_k_of(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut c: Vec<(u32, f32)> = row
+        .iter()
+        .enumerate()
+        .filter(|p| !p.1.is_nan())
+        .map(|(i, &v)| (i as u32, v))
+        .collect();
+    c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    c.truncate(k.max(1));
+    c
+}
+
 /// One mode's engine for one model.
 pub trait Executor {
     /// `"vram"` or `"sram"`.
@@ -158,6 +182,49 @@ pub trait Executor {
             )))
         }
     }
+    /// Sequences with a KV cache of their own ([`Executor::select`] picks one).
+    fn sequences(&self) -> usize {
+        1
+    }
+    /// Keeps the first `pos` tokens of the selected sequence's cache (0:
+    /// forgets the sequence; later steps overwrite what was past `pos`).
+    fn truncate(&mut self, pos: usize) -> Result<(), ExecError> {
+        check_truncate(pos, self.position())?;
+        if pos == self.position() {
+            return Ok(());
+        }
+        if pos == 0 && self.sequences() == 1 {
+            self.reset();
+            return Ok(());
+        }
+        Err(ExecError::Invalid(format!(
+            "{} mode cannot cut a sequence to {pos} tokens",
+            self.mode()
+        )))
+    }
+    /// One decode step for several resident sequences (continuous batching:
+    /// any subset, in any order): `rows[i] = (sequence, token)` appends the
+    /// token to that sequence and returns what `rb` asks for about it, one
+    /// output per row. Distinct sequences only. The default runs one step per
+    /// row (and leaves the last row's sequence selected); VRAM mode runs all
+    /// rows in the same dispatches.
+    fn decode_rows(
+        &mut self,
+        rows: &[(usize, u32)],
+        rb: Readback,
+    ) -> Result<Vec<StepOutput>, ExecError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, &(seq, tok)) in rows.iter().enumerate() {
+            if rows[..i].iter().any(|r| r.0 == seq) {
+                return Err(ExecError::Invalid(format!(
+                    "sequence {seq} appears twice in a batched step"
+                )));
+            }
+            self.select(seq)?;
+            out.push(self.step(&[tok], rb)?);
+        }
+        Ok(out)
+    }
     /// One greedy step for every resident sequence at once (`tokens[s]` is
     /// sequence s's last token); modes without batching refuse.
     fn decode_batch(&mut self, _tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
@@ -179,18 +246,6 @@ pub trait Executor {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>, ExecError> {
         decode_greedy_blocking(self, first, n, on_token)
-    }
-    /// Keeps the first `pos` tokens of the current sequence's KV cache and
-    /// forgets the rest (later steps overwrite them), so a conversation can
-    /// continue from a common prefix. False: the mode cannot (then only
-    /// `pos` 0 works, through `reset`).
-    fn truncate(&mut self, pos: usize) -> bool {
-        if pos == 0 {
-            self.reset();
-            true
-        } else {
-            false
-        }
     }
     /// Sets the sampling penalties the following steps apply on the GPU to
     /// the last logit row before argmax / top-k / the logit readback

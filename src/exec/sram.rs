@@ -1365,10 +1365,6 @@ impl Executor for SramExecutor {
         self.pos.iter_mut().for_each(|p| *p = 0);
         self.seq = 0;
     }
-    fn truncate(&mut self, pos: usize) -> bool {
-        self.pos[self.seq] = self.pos[self.seq].min(pos);
-        true
-    }
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
         let seq = self.seq;
         super::check_step(ids, self.pos[seq], self.ctx, self.cfg.vocab_size)?;
@@ -1401,6 +1397,14 @@ impl Executor for SramExecutor {
     }
     fn select(&mut self, seq: usize) -> Result<(), ExecError> {
         self.select_sequence(seq)
+    }
+    fn sequences(&self) -> usize {
+        self.pos.len()
+    }
+    fn truncate(&mut self, pos: usize) -> Result<(), ExecError> {
+        super::check_truncate(pos, self.pos[self.seq])?;
+        self.pos[self.seq] = pos;
+        Ok(())
     }
     fn decode_batch(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
         self.decode_all(tokens)

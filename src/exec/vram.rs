@@ -56,7 +56,9 @@ struct Activations {
     att: wgpu::Buffer,    // [chunk, H*hd]
     h: wgpu::Buffer,      // [chunk, I]
     logits: wgpu::Buffer, // [chunk, V]
-    result: wgpu::Buffer, // [MAX_K][id, bits]
+    result: wgpu::Buffer, // [max(MAX_K, rows)][id, bits]
+    /// Batched decode: each row's (position, KV base) for the attention.
+    rows: wgpu::Buffer, // uniform [attention::MAX_ROWS] vec4<u32>
 }
 
 pub struct VramExecutor {
@@ -64,7 +66,10 @@ pub struct VramExecutor {
     cfg: LlamaConfig,
     ctx: usize,
     chunk: usize,
-    pos: usize,
+    /// Tokens in the KV cache of each resident sequence.
+    pos: Vec<usize>,
+    /// The sequence `step` and `decode_greedy` work on.
+    seq: usize,
     step_buf: wgpu::Buffer,
     act: Activations,
     /// Embedding → layers → final norm, in forward order.
@@ -93,8 +98,29 @@ impl VramExecutor {
         w: &ModelWeights,
         opts: &VramOptions,
     ) -> Result<Self, ExecError> {
+        Self::new_batched(gpu, cfg, w, opts, 1)
+    }
+
+    /// With KV caches for `batch` sequences (each `context` positions), which
+    /// [`Executor::decode_rows`] decodes together: one row per sequence in
+    /// each matvec, each row's own position and cache in the attention.
+    /// At most [`VramExecutor::max_rows`] rows per batched step.
+    pub fn new_batched(
+        gpu: Arc<Gpu>,
+        cfg: &LlamaConfig,
+        w: &ModelWeights,
+        opts: &VramOptions,
+        batch: usize,
+    ) -> Result<Self, ExecError> {
         let ctx = opts.context.unwrap_or(cfg.max_position_embeddings).max(1);
         let chunk = opts.chunk.clamp(1, ctx);
+        if batch == 0 {
+            return Err(ExecError::Invalid(
+                "a batch needs at least one sequence".into(),
+            ));
+        }
+        // Rows of a batched step live in the chunk-sized activations.
+        let chunk = chunk.max(batch.min(attention::MAX_ROWS));
         let (d, qd, kvd, inter, vocab) = (
             cfg.hidden_size,
             cfg.q_dim(),
@@ -114,7 +140,8 @@ impl VramExecutor {
             att: buf("att", f(chunk * qd))?,
             h: buf("h", f(chunk * inter))?,
             logits: buf("logits", f(chunk * vocab))?,
-            result: buf("result", f(2 * topk::MAX_K))?,
+            result: buf("result", f(2 * topk::MAX_K.max(chunk)))?,
+            rows: attention::row_table(&gpu),
         };
         let step_buf = gpu.uniform("step", &Step::default());
         let table = rope::rope_table(ctx, cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
@@ -162,9 +189,9 @@ impl VramExecutor {
         };
         for (i, lw) in w.layers.iter().enumerate() {
             let name = |t| WeightName::Layer(i, t);
-            let k_cache = buf(&format!("layers.{i}.k_cache"), f(ctx * kvd))?;
-            let v_cache = buf(&format!("layers.{i}.v_cache"), f(ctx * kvd))?;
-            kv_bytes += 2 * f(ctx * kvd);
+            let k_cache = buf(&format!("layers.{i}.k_cache"), f(batch * ctx * kvd))?;
+            let v_cache = buf(&format!("layers.{i}.v_cache"), f(batch * ctx * kvd))?;
+            kv_bytes += 2 * f(batch * ctx * kvd);
             let attn_norm = norm(&gpu, name(LayerTensor::AttnNorm), &lw.attn_norm)?;
             let ffn_norm = norm(&gpu, name(LayerTensor::FfnNorm), &lw.ffn_norm)?;
             // Q/K/V stacked into one weight (one dispatch for all three), and
@@ -224,7 +251,7 @@ impl VramExecutor {
             // xn = rms_norm(x) * attn_norm                        [T, D]
             // (decode steps: inside the QKV product, see matmul::Norm)
             body.push(norm_op(&format!("{l}.attn_norm"), &attn_norm, |s| {
-                s.n_tokens > 1
+                s.n_tokens > 1 && !s.per_row()
             })?);
             // q, k, v = xn @ Wq.T, xn @ Wk.T, xn @ Wv.T           [T, H*hd], [T, Hkv*hd] x2
             let attn_nm = Some(matmul::Norm {
@@ -285,7 +312,7 @@ impl VramExecutor {
                     &k_cache,
                     &v_cache,
                 )?
-                .only_when(|s| s.n_tokens > 1),
+                .only_when(|s| s.n_tokens > 1 && !s.per_row()),
             );
             // att = softmax(q k^T / sqrt(hd) + causal) v          [T, H*hd]
             body.push(
@@ -301,7 +328,7 @@ impl VramExecutor {
                     &v_cache,
                     &act.att,
                 )?
-                .only_when(|s| s.n_tokens > 1),
+                .only_when(|s| s.n_tokens > 1 && !s.per_row()),
             );
             body.push(attention::build_decode_rope(
                 &gpu,
@@ -315,13 +342,14 @@ impl VramExecutor {
                 &k_cache,
                 &v_cache,
                 &act.att,
+                &act.rows,
             )?);
             // x += att @ Wo.T                                     [T, D]
             body.extend(mm("wo", &wo, &act.att, &act.x, true)?);
             // xn = rms_norm(x) * ffn_norm
             // (decode steps: inside the gate/up product)
             body.push(norm_op(&format!("{l}.ffn_norm"), &ffn_norm, |s| {
-                s.n_tokens > 1
+                s.n_tokens > 1 && !s.per_row()
             })?);
             // h = silu(xn @ Wg.T) * (xn @ Wu.T)                   [T, I]
             let ffn_nm = Some(matmul::Norm {
@@ -387,7 +415,9 @@ impl VramExecutor {
         // xn = rms_norm(x) * final_norm
         let final_norm = norm(&gpu, WeightName::FinalNorm, &w.final_norm)?;
         // (one logit row: inside the lm_head product)
-        body.push(norm_op("final_norm", &final_norm, |s| s.n_out_rows > 1)?);
+        body.push(norm_op("final_norm", &final_norm, |s| {
+            s.n_out_rows > 1 && !s.per_row()
+        })?);
         // logits[rows] = xn[rows] @ W_out.T (tied: the embedding)   [rows, V]
         let out_w = match &w.lm_head {
             Some(t) => upload(WeightName::LmHead, t)?,
@@ -424,7 +454,8 @@ impl VramExecutor {
             cfg: cfg.clone(),
             ctx,
             chunk,
-            pos: 0,
+            pos: vec![0; batch],
+            seq: 0,
             step_buf,
             act,
             body,
@@ -445,6 +476,11 @@ impl VramExecutor {
 
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
+    }
+
+    /// Most rows (sequences) one batched decode step takes.
+    pub fn max_rows(&self) -> usize {
+        self.chunk.min(attention::MAX_ROWS)
     }
 
     /// Times every dispatch with timestamp queries (one pass per dispatch).
@@ -528,7 +564,10 @@ impl VramExecutor {
     /// is already in `act.ids`; its pick goes to `greedy_slots[slot]` and into
     /// `act.ids` for the step after it (fed back on the GPU).
     fn submit_greedy(&mut self, slot: usize) -> wgpu::SubmissionIndex {
-        let step = Step::tokens(1, self.pos as u32);
+        let step = Step {
+            kv_base: (self.seq * self.ctx) as u32,
+            ..Step::tokens(1, self.pos[self.seq] as u32)
+        };
         self.gpu
             .queue
             .write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&step));
@@ -545,7 +584,7 @@ impl VramExecutor {
         self.counters.steps += 1;
         self.counters.submissions += 1;
         self.counters.dispatches_last_decode = dispatched;
-        self.pos += 1;
+        self.pos[self.seq] += 1;
         idx
     }
 
@@ -564,10 +603,10 @@ impl VramExecutor {
         };
         let step = Step {
             n_tokens: n as u32,
-            pos0: self.pos as u32,
+            pos0: self.pos[self.seq] as u32,
             out_row0: out_row0 as u32,
             n_out_rows: n_out_rows as u32,
-            kv_base: 0,
+            kv_base: (self.seq * self.ctx) as u32,
             _pad: [0; 3],
         };
         let q = &self.gpu.queue;
@@ -614,7 +653,7 @@ impl VramExecutor {
         if n == 1 {
             self.counters.dispatches_last_decode = dispatched;
         }
-        self.pos += n;
+        self.pos[self.seq] += n;
         if let Some(prof) = self.profiler.as_mut() {
             prof.collect(&self.gpu)?;
         }
@@ -635,14 +674,143 @@ impl Executor for VramExecutor {
         self.ctx
     }
     fn position(&self) -> usize {
-        self.pos
+        self.pos[self.seq]
     }
+    /// Forgets every sequence and selects sequence 0.
     fn reset(&mut self) {
-        self.pos = 0;
+        self.pos.iter_mut().for_each(|p| *p = 0);
+        self.seq = 0;
+    }
+    fn sequences(&self) -> usize {
+        self.pos.len()
+    }
+    fn select(&mut self, seq: usize) -> Result<(), ExecError> {
+        if seq >= self.pos.len() {
+            return Err(ExecError::Invalid(format!(
+                "sequence {seq} does not exist (KV caches for {} sequence(s))",
+                self.pos.len()
+            )));
+        }
+        self.seq = seq;
+        Ok(())
+    }
+    fn truncate(&mut self, pos: usize) -> Result<(), ExecError> {
+        super::check_truncate(pos, self.pos[self.seq])?;
+        self.pos[self.seq] = pos;
+        Ok(())
+    }
+    fn decode_batch(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
+        if tokens.len() != self.pos.len() {
+            return Err(ExecError::Invalid(format!(
+                "{} tokens for a batch of {} sequences",
+                tokens.len(),
+                self.pos.len()
+            )));
+        }
+        let rows: Vec<(usize, u32)> = tokens.iter().copied().enumerate().collect();
+        Ok(self
+            .decode_rows(&rows, Readback::Argmax)?
+            .iter()
+            .map(super::argmax_of)
+            .collect())
+    }
+    /// One step of one token for each listed sequence, all rows in the same
+    /// dispatches: the matvecs run over every row (the weights are read once
+    /// per workgroup for all rows) and the attention takes each row's own
+    /// position and KV cache from the row table. Each row's arithmetic is the
+    /// one of its solo decode step, so results equal solo runs exactly.
+    fn decode_rows(
+        &mut self,
+        rows: &[(usize, u32)],
+        rb: Readback,
+    ) -> Result<Vec<StepOutput>, ExecError> {
+        let b = rows.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        if b > self.max_rows() {
+            return Err(ExecError::Invalid(format!(
+                "{b} rows in one batched step; at most {}",
+                self.max_rows()
+            )));
+        }
+        let mut seen = vec![false; self.pos.len()];
+        let mut table = Vec::with_capacity(b);
+        for &(seq, tok) in rows {
+            if seq >= self.pos.len() || std::mem::replace(&mut seen[seq], true) {
+                return Err(ExecError::Invalid(format!(
+                    "sequence {seq} does not exist or appears twice in a batched step ({} resident)",
+                    self.pos.len()
+                )));
+            }
+            super::check_step(&[tok], self.pos[seq], self.ctx, self.cfg.vocab_size)?;
+            table.push((self.pos[seq], seq * self.ctx));
+        }
+        let vocab = self.cfg.vocab_size;
+        let ids: Vec<u32> = rows.iter().map(|r| r.1).collect();
+        let step = Step::decode_rows(b as u32);
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&step));
+        q.write_buffer(&self.act.ids, 0, bytemuck::cast_slice(&ids));
+        q.write_buffer(
+            &self.act.rows,
+            0,
+            bytemuck::cast_slice(&attention::row_entries(&table)),
+        );
+        let greedy = rb == Readback::Argmax;
+        let mut enc = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("batched decode step"),
+            });
+        let dispatched = self.record_ops(&mut enc, &step, greedy.then_some(rb));
+        let read_len = if greedy { 8 * b } else { b * vocab * 4 } as u64;
+        self.ensure_readback(read_len);
+        let src = if greedy {
+            &self.act.result
+        } else {
+            &self.act.logits
+        };
+        enc.copy_buffer_to_buffer(src, 0, &self.readback, 0, read_len);
+        self.gpu.queue.submit([enc.finish()]);
+        self.counters.steps += 1;
+        self.counters.submissions += 1;
+        self.counters.dispatches_last_decode = dispatched;
+        for &(seq, _) in rows {
+            self.pos[seq] += 1;
+        }
+        if let Some(prof) = self.profiler.as_mut() {
+            prof.collect(&self.gpu)?;
+        }
+        let bytes = self.gpu.read(&self.readback, read_len)?;
+        self.counters.readback_bytes += read_len;
+        if greedy {
+            let words: &[u32] = bytemuck::cast_slice(&bytes);
+            return Ok(words
+                .chunks(2)
+                .map(|p| StepOutput::Token {
+                    id: p[0],
+                    logit: f32::from_bits(p[1]),
+                })
+                .collect());
+        }
+        let logits: &[f32] = bytemuck::cast_slice(&bytes);
+        Ok(logits
+            .chunks(vocab)
+            .map(|row| match rb {
+                // No per-row top-k kernel: the k best of the row, on the CPU.
+                Readback::TopK(k) => StepOutput::Candidates(super::top_k_of(row, k)),
+                _ => StepOutput::Logits {
+                    rows: 1,
+                    data: row.to_vec(),
+                },
+            })
+            .collect())
     }
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
-        super::check_step(ids, self.pos, self.ctx, self.cfg.vocab_size)?;
-        rope::check_step(&self.cfg.rope_scaling, self.pos, ids.len())
+        super::check_step(ids, self.pos[self.seq], self.ctx, self.cfg.vocab_size)?;
+        rope::check_step(&self.cfg.rope_scaling, self.pos[self.seq], ids.len())
             .map_err(ExecError::Invalid)?;
         self.counters.steps += 1;
         let chunks: Vec<&[u32]> = ids.chunks(self.chunk).collect();
@@ -662,10 +830,6 @@ impl Executor for VramExecutor {
             }
         }
         Ok(StepOutput::Logits { rows, data: all })
-    }
-    fn truncate(&mut self, pos: usize) -> bool {
-        self.pos = self.pos.min(pos);
-        true
     }
     fn set_penalties(
         &mut self,
@@ -722,12 +886,12 @@ impl Executor for VramExecutor {
             // One pass per dispatch with timestamps: keep steps apart.
             return super::decode_greedy_blocking(self, first, n, on_token);
         }
-        let n = n.min(self.ctx.saturating_sub(self.pos));
+        let n = n.min(self.ctx.saturating_sub(self.pos[self.seq]));
         if n == 0 {
             return Ok(Vec::new());
         }
-        super::check_step(&[first], self.pos, self.ctx, self.cfg.vocab_size)?;
-        let start = self.pos;
+        super::check_step(&[first], self.pos[self.seq], self.ctx, self.cfg.vocab_size)?;
+        let start = self.pos[self.seq];
         self.gpu
             .queue
             .write_buffer(&self.act.ids, 0, bytemuck::bytes_of(&first));
@@ -750,7 +914,7 @@ impl Executor for VramExecutor {
         }
         // A step submitted past a stop only wrote the cache beyond the
         // position kept here: later steps overwrite it.
-        self.pos = start + out.len();
+        self.pos[self.seq] = start + out.len();
         Ok(out)
     }
 }

@@ -29,7 +29,8 @@ pub fn is_non_finite(out: &crate::exec::StepOutput) -> bool {
     }
 }
 
-/// Arg-max of the last logit row (`Step::n_out_rows - 1`); writes `[id, bits]` to `out`.
+/// Arg-max of the last logit row (`Step::n_out_rows - 1`); writes `[id, bits]` to `out`
+/// (batched decode steps, [`Step::decode_rows`]: every row's pair, in row order).
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -51,7 +52,7 @@ pub fn build(
         KernelClass::Sample,
         pipe,
         &[&params, step, logits, out],
-        |_: &Step| [1, 1, 1],
+        |s: &Step| [if s.per_row() { s.n_out_rows } else { 1 }, 1, 1],
     ))
 }
 

@@ -79,15 +79,36 @@ pub fn partial_variant(head_dim: usize) -> ShaderVariant {
     variant(head_dim).define("PARTIAL")
 }
 
+/// Rows of a batched decode step (sequences decoded together): entries of
+/// the ROPE variant's row table, a uniform `[MAX_ROWS] vec4<u32>`
+/// (position, KV-cache base row, 0, 0).
+pub const MAX_ROWS: usize = 256;
+
+/// A zeroed row table for [`build_decode_rope`] (written per batched step
+/// with [`row_entries`]).
+pub fn row_table(gpu: &Gpu) -> wgpu::Buffer {
+    gpu.uniform("attention.rows", &[[0u32; 4]; MAX_ROWS])
+}
+
+/// Row-table bytes for rows at `(position, kv_base)`.
+pub fn row_entries(rows: &[(usize, usize)]) -> Vec<u32> {
+    rows.iter()
+        .flat_map(|&(pos, base)| [pos as u32, base as u32, 0, 0])
+        .collect()
+}
+
 /// VRAM decode: RoPE and the KV-cache write inside the attention kernel.
 pub fn rope_variant(head_dim: usize, wg: u32) -> ShaderVariant {
-    variant_wg(head_dim, wg).define("ROPE")
+    variant_wg(head_dim, wg)
+        .define("ROPE")
+        .define(format!("MAX_ROWS={MAX_ROWS}"))
 }
 
 /// Decode-step attention (one token) that also rotates q and the new k
 /// (`k`, `v`: the step's K/V projections) and stores k, v into the caches:
-/// replaces the rope dispatch when decoding. Dispatched only for one-token
-/// steps.
+/// replaces the rope dispatch when decoding. Dispatched for one-token steps
+/// and batched decode steps ([`Step::decode_rows`]: one token of each of T
+/// sequences, positions and KV bases from `row_table`, [`MAX_ROWS`] × 16 bytes).
 #[allow(clippy::too_many_arguments)]
 pub fn build_decode_rope(
     gpu: &Gpu,
@@ -101,6 +122,7 @@ pub fn build_decode_rope(
     k_cache: &wgpu::Buffer,
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
+    row_table: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
     build_decode_rope_wg(
         gpu,
@@ -108,23 +130,23 @@ pub fn build_decode_rope(
         name,
         rope,
         cos_sin,
-        [q, k, v, k_cache, v_cache, out],
+        [q, k, v, k_cache, v_cache, out, row_table],
         workgroup_size(gpu, rope.head_dim),
     )
 }
 
 /// [`build_decode_rope`] with `wg` threads per workgroup; `bufs` is
-/// `[q, k, v, k_cache, v_cache, out]`.
+/// `[q, k, v, k_cache, v_cache, out, row_table]`.
 pub fn build_decode_rope_wg(
     gpu: &Gpu,
     step: &wgpu::Buffer,
     name: &str,
     rope: &super::rope::Shape,
     cos_sin: &wgpu::Buffer,
-    bufs: [&wgpu::Buffer; 6],
+    bufs: [&wgpu::Buffer; 7],
     wg: u32,
 ) -> Result<KernelOp, GpuError> {
-    let [q, k, v, k_cache, v_cache, out] = bufs;
+    let [q, k, v, k_cache, v_cache, out, row_table] = bufs;
     check_head_dim(rope.head_dim)?;
     let p = Params {
         n_heads: rope.n_heads as u32,
@@ -148,10 +170,12 @@ pub fn build_decode_rope_wg(
         name,
         KernelClass::Attention,
         pipe,
-        &[&params, step, q, k_cache, v_cache, out, cos_sin, k, v],
+        &[
+            &params, step, q, k_cache, v_cache, out, cos_sin, k, v, row_table,
+        ],
         move |s: &Step| {
-            if s.n_tokens == 1 {
-                [h, 1, 1]
+            if s.n_tokens == 1 || s.per_row() {
+                [h, s.n_tokens, 1]
             } else {
                 [0, 0, 0]
             }
@@ -409,7 +433,7 @@ mod tests {
                 "ra",
                 &shape,
                 &cs,
-                [&qb, &kb, &vb, &kcb, &vcb, &ob],
+                [&qb, &kb, &vb, &kcb, &vcb, &ob, &row_table(&gpu)],
                 wg,
             )
             .unwrap();

@@ -249,6 +249,10 @@ pub fn build_fused(
         move |s: &Step| {
             if count(s) == 1 {
                 [n_groups, 1, 1]
+            } else if s.per_row() {
+                // Batched decode: the matvec over every row (each row's own
+                // arithmetic, as when it is decoded alone).
+                [n_groups, count(s), 1]
             } else {
                 [0, 0, 0]
             }
@@ -267,7 +271,7 @@ pub fn build_fused(
         &bufs,
         move |s: &Step| {
             let c = count(s);
-            if c > 1 {
+            if c > 1 && !s.per_row() {
                 [n_groups, c.div_ceil(TT_PREFILL), 1]
             } else {
                 [0, 0, 0]

@@ -52,6 +52,26 @@ impl Step {
             _pad: [0; 3],
         }
     }
+
+    /// Batched decode of `n` sequences, one token each: row t is its own
+    /// sequence, whose position and KV-cache base the attention reads from
+    /// its row table (`attention::MAX_ROWS` entries); every row's logits.
+    /// Flagged in `_pad[0]` (WGSL `Step.per_row`).
+    pub const fn decode_rows(n: u32) -> Step {
+        Step {
+            n_tokens: n,
+            pos0: 0,
+            out_row0: 0,
+            n_out_rows: n,
+            kv_base: 0,
+            _pad: [1, 0, 0],
+        }
+    }
+
+    /// A batched-decode step ([`Step::decode_rows`]).
+    pub const fn per_row(&self) -> bool {
+        self._pad[0] != 0
+    }
 }
 
 /// What a kernel is, for per-class timing and dispatch counts.
