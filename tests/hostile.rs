@@ -72,6 +72,7 @@ fn edit_json(p: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 /// What a finished run left behind.
 struct Run {
     status: ExitStatus,
+    stdout: String,
     stderr: String,
     /// Peak resident memory seen while it ran (Linux), bytes.
     peak_rss: u64,
@@ -134,6 +135,7 @@ fn run_with(args: &[&str], stdin: Stdio, stdout: Stdio) -> Run {
     );
     Run {
         status,
+        stdout,
         stderr,
         peak_rss: peak,
         show,
@@ -831,4 +833,38 @@ fn mutated_model_files_fail_cleanly() {
             &format!("gguf case {case}"),
         );
     }
+}
+
+// ------------------------------------------------------------ resource sizing
+
+#[test]
+fn kv_cache_is_sized_to_the_run_by_default() {
+    if !have_gpu() {
+        return;
+    }
+    let kv = |extra: &[&str]| -> u64 {
+        let mut args = vec!["generate", "-n", "4", "--temperature", "0", "--format", "json"];
+        args.extend_from_slice(extra);
+        args.push("Once upon a time");
+        let r = run_with(&args, Stdio::null(), Stdio::piped());
+        assert!(r.status.success(), "{}", r.show);
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        v["stats"]["kv_cache_bytes_gpu"].as_u64().unwrap()
+    };
+    let small = kv(&[]);
+    let full = kv(&["--ctx", "512"]);
+    // prompt + 4 tokens round up to 64 positions; the window is 512.
+    assert_eq!(small * 8, full, "default {small} bytes, --ctx 512 {full} bytes");
+}
+
+#[test]
+fn too_many_prompts_for_one_batch_are_refused() {
+    let prompts: Vec<String> = (0..33).map(|i| format!("p{i}")).collect();
+    let mut args = vec!["generate", "--mode", "sram", "--chip", "mini-64k", "-n", "2"];
+    args.extend(prompts.iter().map(|s| s.as_str()));
+    expect_error(&args, &["at most 32 sequences"]);
+    expect_error(
+        &["bench", "--modes", "sram", "--chip", "mini-64k", "--batch", "33"],
+        &["--batch 33", "at most 32"],
+    );
 }
