@@ -590,7 +590,10 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             .len()
             .saturating_add(a.run.max_tokens))
     };
-    let mut s = a.run.session_for(1, (!a.chat).then_some(&need as &dyn Fn(&Model) -> Result<usize>))?;
+    let mut s = a.run.session_for(
+        1,
+        (!a.chat).then_some(&need as &dyn Fn(&Model) -> Result<usize>),
+    )?;
     let text = if a.chat {
         let mut msgs = Vec::new();
         if let Some(sys) = &a.system {

@@ -843,7 +843,15 @@ fn kv_cache_is_sized_to_the_run_by_default() {
         return;
     }
     let kv = |extra: &[&str]| -> u64 {
-        let mut args = vec!["generate", "-n", "4", "--temperature", "0", "--format", "json"];
+        let mut args = vec![
+            "generate",
+            "-n",
+            "4",
+            "--temperature",
+            "0",
+            "--format",
+            "json",
+        ];
         args.extend_from_slice(extra);
         args.push("Once upon a time");
         let r = run_with(&args, Stdio::null(), Stdio::piped());
@@ -854,17 +862,25 @@ fn kv_cache_is_sized_to_the_run_by_default() {
     let small = kv(&[]);
     let full = kv(&["--ctx", "512"]);
     // prompt + 4 tokens round up to 64 positions; the window is 512.
-    assert_eq!(small * 8, full, "default {small} bytes, --ctx 512 {full} bytes");
+    assert_eq!(
+        small * 8,
+        full,
+        "default {small} bytes, --ctx 512 {full} bytes"
+    );
 }
 
 #[test]
 fn too_many_prompts_for_one_batch_are_refused() {
     let prompts: Vec<String> = (0..33).map(|i| format!("p{i}")).collect();
-    let mut args = vec!["generate", "--mode", "sram", "--chip", "mini-64k", "-n", "2"];
+    let mut args = vec![
+        "generate", "--mode", "sram", "--chip", "mini-64k", "-n", "2",
+    ];
     args.extend(prompts.iter().map(|s| s.as_str()));
     expect_error(&args, &["at most 32 sequences"]);
     expect_error(
-        &["bench", "--modes", "sram", "--chip", "mini-64k", "--batch", "33"],
+        &[
+            "bench", "--modes", "sram", "--chip", "mini-64k", "--batch", "33",
+        ],
         &["--batch 33", "at most 32"],
     );
 }

@@ -713,6 +713,19 @@ mod tests {
     }
 
     #[test]
+    fn long_tokens_without_merges_are_refused_not_split() {
+        let mut v = tiny_spm();
+        v.merges = None;
+        let n = v.tokens.len();
+        v.tokens[n - 1] = "a".repeat(1 << 20);
+        let t = std::time::Instant::now();
+        let e = build_err(&v);
+        assert!(e.contains("too long") && e.contains("1048576 bytes"), "{e}");
+        // (a hang guard, not a performance bound: the quadratic split took minutes)
+        assert!(t.elapsed().as_secs() < 60);
+    }
+
+    #[test]
     fn spm_merges_follow_scores() {
         let v = tiny_spm();
         let m = merges_from_scores(&v.tokens, v.scores.as_ref().unwrap());
