@@ -315,6 +315,9 @@ fn read_prompt(p: Option<&str>) -> Result<String> {
     }
 }
 
+/// How many KV-cache positions a run needs, once the model is loaded.
+type NeedFn<'a> = dyn Fn(&Model) -> Result<usize> + 'a;
+
 /// Most sequences decoded together in SRAM mode. Each sequence's KV cache
 /// takes SRAM, so the emulated cluster grows with the batch, and the emulator
 /// runs every chip for every sequence one after another: a decode round costs
@@ -388,11 +391,7 @@ impl RunArgs {
     /// As `session`, with KV caches for `batch` sequences (SRAM mode). Without
     /// --ctx, `need` (when given) says how many positions the run needs: the
     /// KV cache is sized to that, rounded up to 64, instead of the window.
-    fn session_for(
-        &self,
-        batch: usize,
-        need: Option<&dyn Fn(&Model) -> Result<usize>>,
-    ) -> Result<Session> {
+    fn session_for(&self, batch: usize, need: Option<&NeedFn>) -> Result<Session> {
         let sampling = self.check()?;
         let spec = if self.mode == Mode::Sram {
             Some(self.chip.spec()?)
@@ -590,10 +589,9 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             .len()
             .saturating_add(a.run.max_tokens))
     };
-    let mut s = a.run.session_for(
-        1,
-        (!a.chat).then_some(&need as &dyn Fn(&Model) -> Result<usize>),
-    )?;
+    let mut s = a
+        .run
+        .session_for(1, (!a.chat).then_some(&need as &NeedFn))?;
     let text = if a.chat {
         let mut msgs = Vec::new();
         if let Some(sys) = &a.system {
