@@ -821,9 +821,10 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
         let ids = s.encode(&s.chat_text(&msgs)?)?;
         if ids.len() + 1 > s.ctx {
             bail!(
-                "the conversation has {} tokens but the context window is {} tokens",
+                "the conversation has grown to {} tokens with this message, more than the context window of {} tokens: raise --ctx (the model's window is {}) or start a new chat",
                 ids.len(),
-                s.ctx
+                s.ctx,
+                s.m.config.max_position_embeddings
             );
         }
         let mut out = std::io::stdout().lock();
@@ -837,6 +838,13 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
         )?;
         println!();
         drop(out);
+        if !g.stats.stopped_at_eos && g.ids.len() < s.opts.max_tokens {
+            eprintln!(
+                "note: the reply was cut after {} tokens: the context window of {} tokens is full (--ctx)",
+                g.ids.len(),
+                s.ctx
+            );
+        }
         if interactive {
             s.print_stats(&g.stats);
         }

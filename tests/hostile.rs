@@ -884,3 +884,44 @@ fn too_many_prompts_for_one_batch_are_refused() {
         &["--batch 33", "at most 32"],
     );
 }
+
+#[test]
+fn chat_outgrowing_the_context_says_so() {
+    if !have_gpu() {
+        return;
+    }
+    let d = with_template(
+        "chatctx",
+        "{% for m in messages %}{{ m['content'] }} {% endfor %}",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sramlm"))
+        .args([
+            "chat",
+            "-m",
+            d.arg(),
+            "--ctx",
+            "24",
+            "-n",
+            "100",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+        ])
+        .current_dir(crate_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"Once upon a time\nThe end\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("the reply was cut after"), "{err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("raise --ctx"), "{err}");
+}
