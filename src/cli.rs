@@ -470,6 +470,16 @@ fn read_prompt(p: Option<&str>) -> Result<String> {
     }
 }
 
+/// How many KV-cache positions a run needs, once the model is loaded.
+type NeedFn<'a> = dyn Fn(&Model) -> Result<usize> + 'a;
+
+/// Most sequences decoded together in SRAM mode. Each sequence's KV cache
+/// takes SRAM, so the emulated cluster grows with the batch, and the emulator
+/// runs every chip for every sequence one after another: a decode round costs
+/// about batch × chips dispatches, quadratic in the batch.
+const MAX_BATCH: usize = 32;
+const BATCH_LIMIT: &str = "at most 32 sequences are decoded together (the emulated cluster grows with the batch and the emulator runs its chips one after another, so time grows with the square of the batch); split them over several runs";
+
 /// KV-cache length when --ctx is not given and the model's window is longer:
 /// the cache is allocated up front, so a model declaring 131,072 positions
 /// would otherwise take gigabytes to generate a few tokens.
@@ -550,11 +560,13 @@ impl RunArgs {
 
     /// Loads the model, opens the GPU and builds the executor of the mode.
     fn session(&self) -> Result<Session> {
-        self.session_for(1)
+        self.session_for(1, None)
     }
 
-    /// As `session`, with KV caches for `batch` sequences.
-    fn session_for(&self, batch: usize) -> Result<Session> {
+    /// As `session`, with KV caches for `batch` sequences (SRAM mode). Without
+    /// --ctx, `need` (when given) says how many positions the run needs: the
+    /// KV cache is sized to that, rounded up to 64, instead of the window.
+    fn session_for(&self, batch: usize, need: Option<&NeedFn>) -> Result<Session> {
         let sampling = self.check()?;
         if self.mode.is_none() && self.chip.given() {
             eprintln!("note: --chip implies --mode sram (emulated SRAM-only chips)");
@@ -566,8 +578,15 @@ impl RunArgs {
         };
         let m = load_model(self.model.as_ref())?;
         let window = m.config.max_position_embeddings;
-        let ctx = self.ctx.unwrap_or(window.min(DEFAULT_CTX));
-        if self.ctx.is_none() && window > DEFAULT_CTX {
+        let wanted = match need {
+            Some(f) if self.ctx.is_none() => Some(f(&m)?.div_ceil(64).saturating_mul(64)),
+            _ => None,
+        };
+        let ctx = self
+            .ctx
+            .or(wanted.map(|w| w.min(window)))
+            .unwrap_or(window.min(DEFAULT_CTX));
+        if self.ctx.is_none() && wanted.is_none() && window > DEFAULT_CTX {
             eprintln!(
                 "note: KV cache sized for {DEFAULT_CTX} tokens (the model's window is {window}); use --ctx to ask for more"
             );
@@ -772,7 +791,20 @@ fn cmd_generate(mut a: GenerateArgs) -> Result<()> {
     } else {
         read_prompt(a.prompt.first().map(|s| s.as_str()))?
     };
-    let mut s = a.run.session()?;
+    // Without --chat the prompt's length is known once the tokenizer is: size
+    // the KV cache to prompt + -n (a chat's template adds an unknown amount).
+    let need = |m: &Model| -> Result<usize> {
+        if prompt.len() > (1 << 20) {
+            return Ok(usize::MAX);
+        }
+        Ok(m.tokenizer
+            .encode(&prompt)?
+            .len()
+            .saturating_add(a.run.max_tokens))
+    };
+    let mut s = a
+        .run
+        .session_for(1, (!a.chat).then_some(&need as &NeedFn))?;
     let text = if a.chat {
         let mut msgs = Vec::new();
         if let Some(sys) = &a.system {
@@ -855,7 +887,19 @@ fn cmd_generate_batch(a: GenerateArgs) -> Result<()> {
         bail!("--stop and the penalties apply to one prompt at a time: pass one prompt");
     }
     let n = a.prompt.len();
-    let mut s = a.run.session_for(n)?;
+    if n > MAX_BATCH {
+        bail!("{n} prompts: {BATCH_LIMIT}");
+    }
+    // KV cache for what the run needs (each sequence's cells are visited by
+    // every sequence's step, so a window-sized cache makes batches slow).
+    let need = |m: &Model| -> Result<usize> {
+        let mut longest = 0;
+        for p in &a.prompt {
+            longest = longest.max(m.tokenizer.encode(p)?.len());
+        }
+        Ok(longest.saturating_add(a.run.max_tokens))
+    };
+    let mut s = a.run.session_for(n, Some(&need))?;
     let mut prompt_ids = Vec::new();
     for p in &a.prompt {
         let ids = s.encode(p)?;
@@ -1092,8 +1136,18 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
                         s.ctx, t.trimmed_turns
                     );
                 }
-                if t.generation.stats.cancelled {
+                let st = &t.generation.stats;
+                if st.cancelled {
                     eprintln!("(reply stopped)");
+                } else if !st.stopped_at_eos
+                    && !st.stopped_at_string
+                    && t.generation.ids.len() < s.opts.max_tokens
+                {
+                    eprintln!(
+                        "note: the reply was cut after {} tokens: the context window of {} tokens is full (--ctx)",
+                        t.generation.ids.len(),
+                        s.ctx
+                    );
                 }
                 if interactive {
                     s.print_stats(&t.generation.stats);
@@ -1524,6 +1578,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.batch.contains(&0) {
         bail!("--batch must be at least 1");
     }
+    if a.batch > MAX_BATCH {
+        bail!("--batch {}: {BATCH_LIMIT}", a.batch);
+    }
     if a.prompt_len == Some(0) || a.microbatch == 0 {
         bail!("--prompt-len and --microbatch must be at least 1");
     }
@@ -1803,7 +1860,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         default_max_tokens: run.max_tokens,
     };
     sramlm::serve::serve(opts, move || {
-        let s = run.session_for(parallel)?;
+        let s = run.session_for(parallel, None)?;
         Ok((s.m, s.exec))
     })
 }

@@ -1089,9 +1089,16 @@ impl Compiler<'_> {
         });
     }
 
-    fn new_chip(&mut self) {
+    fn new_chip(&mut self) -> Result<(), PlacementError> {
+        if self.chips.len() + 1 >= MAX_PLACED_CHIPS {
+            return Err(PlacementError::InvalidOptions(format!(
+                "the placement needs more than {MAX_PLACED_CHIPS} `{}` chips, the most sramlm places: lower --ctx or --batch, or use a larger chip",
+                self.spec.name
+            )));
+        }
         let carry = self.point.clone();
         self.finish_chip(carry);
+        Ok(())
     }
 
     /// Allocates `tiles` on the current chip; returns the offset of the first.
@@ -1349,7 +1356,7 @@ impl Compiler<'_> {
                     limit: self.spec.sram_bytes,
                 });
             }
-            self.new_chip();
+            self.new_chip()?;
         }
     }
 
@@ -1402,7 +1409,7 @@ impl Compiler<'_> {
                 }
                 return Ok(());
             }
-            self.new_chip();
+            self.new_chip()?;
         }
     }
 
@@ -1425,9 +1432,8 @@ impl Compiler<'_> {
     }
 }
 
-/// Most chips one placement may span. The compiler keeps a record per chip,
-/// so a context or batch that needs more (`--ctx 1e9`) is refused up front
-/// with a message instead of running for hours.
+/// Most chips one placement may span (the compiler keeps a record per chip);
+/// a placement that needs more stops there with a message.
 pub const MAX_PLACED_CHIPS: usize = 65_536;
 
 /// Most slice-sized pieces (weight tiles, KV cells) one placement may hold:
@@ -1435,8 +1441,9 @@ pub const MAX_PLACED_CHIPS: usize = 65_536;
 /// 8.4 million on a 16 KiB slice).
 pub const MAX_PLACED_PIECES: usize = 1 << 25;
 
-/// Checks, with checked arithmetic, that weights plus the KV cache fit
-/// [`MAX_PLACED_CHIPS`] chips before any placement work.
+/// Checks, with checked arithmetic, that the sizes of weights and KV cache
+/// do not overflow and make at most [`MAX_PLACED_PIECES`] pieces, before any
+/// placement work.
 fn check_size(
     cfg: &LlamaConfig,
     tensors: &[TensorInfo],
@@ -1461,20 +1468,13 @@ fn check_size(
         .iter()
         .try_fold(0usize, |a, t| a.checked_add(t.bytes))
         .ok_or_else(too_big)?;
-    let need = kv.checked_add(weights).ok_or_else(too_big)?;
-    let min_chips = need.div_ceil(spec.sram_bytes.max(1));
+    kv.checked_add(weights).ok_or_else(too_big)?;
     let slice = spec.slice_bytes.max(1);
     let pieces = (weights / slice).saturating_add(kv / slice.div_ceil(2));
     if pieces > MAX_PLACED_PIECES {
         return Err(PlacementError::InvalidOptions(format!(
             "weights ({weights} bytes) and the KV cache of {} positions × batch {} ({kv} bytes) make about {pieces} slice-sized pieces; sramlm places at most {MAX_PLACED_PIECES}: lower --ctx or --batch",
             opts.context_len, opts.batch
-        )));
-    }
-    if min_chips > MAX_PLACED_CHIPS {
-        return Err(PlacementError::InvalidOptions(format!(
-            "weights ({weights} bytes) and the KV cache of {} positions × batch {} ({kv} bytes) need at least {min_chips} chips of {} bytes; sramlm places at most {MAX_PLACED_CHIPS}: lower --ctx or --batch",
-            opts.context_len, opts.batch, spec.sram_bytes
         )));
     }
     Ok(())

@@ -281,6 +281,32 @@ fn parse_merges(merges: &[String]) -> Result<Vec<(String, String)>, LoadError> {
         .collect()
 }
 
+/// Most work (the sum over tokens of their byte length squared) deriving
+/// merges from a vocabulary may take: every split of every token is looked
+/// up, so one very long token costs its length squared in time and its merges
+/// as much in memory. Real vocabularies need a few million (Llama 2: ~2M).
+pub const MAX_SPLIT_WORK: u64 = 1 << 26;
+
+/// Refuses a vocabulary whose merges would take [`MAX_SPLIT_WORK`] or more
+/// to derive, naming its longest token.
+fn check_split_work(tokens: &[String]) -> Result<(), LoadError> {
+    let work = tokens
+        .iter()
+        .fold(0u64, |a, t| a.saturating_add((t.len() as u64).pow(2)));
+    if work > MAX_SPLIT_WORK {
+        let (id, longest) = tokens
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, t)| t.len())
+            .map(|(i, t)| (i, t.len()))
+            .unwrap_or((0, 0));
+        return Err(tok_err(format!(
+            "the vocabulary has no merges, and deriving them from its tokens would take {work} steps (at most {MAX_SPLIT_WORK}): its tokens are too long (token {id} is {longest} bytes)"
+        )));
+    }
+    Ok(())
+}
+
 /// Merges derived from SentencePiece scores, as Hugging Face's
 /// `SentencePieceExtractor` / `generate_merges` does: for every token, every
 /// split into two tokens; ranked by the token's score (highest first), then by
@@ -455,6 +481,7 @@ fn sentencepiece_bpe(v: &GgufVocab) -> Result<tokenizers::Tokenizer, LoadError> 
                 // No scores: earlier tokens win, as in a vocabulary sorted by frequency.
                 None => (0..v.tokens.len()).map(|i| -(i as f32)).collect(),
             };
+            check_split_work(&v.tokens)?;
             merges_from_scores(&v.tokens, &scores)
         }
     };
@@ -683,6 +710,19 @@ mod tests {
             unk: Some(0),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn long_tokens_without_merges_are_refused_not_split() {
+        let mut v = tiny_spm();
+        v.merges = None;
+        let n = v.tokens.len();
+        v.tokens[n - 1] = "a".repeat(1 << 20);
+        let t = std::time::Instant::now();
+        let e = build_err(&v);
+        assert!(e.contains("too long") && e.contains("1048576 bytes"), "{e}");
+        // (a hang guard, not a performance bound: the quadratic split took minutes)
+        assert!(t.elapsed().as_secs() < 60);
     }
 
     #[test]
