@@ -333,6 +333,7 @@ fn parse_common(v: &Value) -> Result<Common, String> {
             top_k,
             top_p: top_p as f32,
             seed,
+            ..Default::default()
         },
         stop,
         stream,
