@@ -147,7 +147,7 @@ fn solo_texts(m: &Model, prompts: &[&str], n: usize) -> Vec<String> {
             ..SamplingOptions::default()
         },
         ignore_eos: false,
-        stop_ids: vec![],
+        ..Default::default()
     };
     prompts
         .iter()
