@@ -1578,8 +1578,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.batch.contains(&0) {
         bail!("--batch must be at least 1");
     }
-    if a.batch > MAX_BATCH {
-        bail!("--batch {}: {BATCH_LIMIT}", a.batch);
+    if let Some(b) = a.batch.iter().find(|&&b| b > MAX_BATCH) {
+        bail!("--batch {b}: {BATCH_LIMIT}");
     }
     if a.prompt_len == Some(0) || a.microbatch == 0 {
         bail!("--prompt-len and --microbatch must be at least 1");
