@@ -1508,8 +1508,13 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         let model_path = a.model.clone().unwrap_or_else(model::default_model_path);
         let mut inputs = sramlm::bench::output::model_inputs(&model_path);
-        if std::path::Path::new(&a.chip.chip).is_file() {
-            inputs.push(PathBuf::from(&a.chip.chip));
+        if let Some(chip) = a
+            .chip
+            .chip
+            .as_ref()
+            .filter(|c| std::path::Path::new(c).is_file())
+        {
+            inputs.push(PathBuf::from(chip));
         }
         sramlm::bench::output::check_outputs(&outputs, &inputs).map_err(anyhow::Error::msg)?;
     }
