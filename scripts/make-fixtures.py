@@ -75,8 +75,30 @@ def llama_archs():
     }
 
 
-# name -> () -> {"cls", "config_cls", "base"}; add Qwen2, Qwen3, ... here.
-ARCHS = {"llama": llama_archs}
+def _like_llama(config_cls, model_cls, **extra):
+    """An architecture sharing the Llama base config (plus `extra`)."""
+
+    def f():
+        import transformers
+
+        base = dict(llama_archs()["base"])
+        base.update(extra)
+        return {
+            "cls": getattr(transformers, model_cls),
+            "config_cls": getattr(transformers, config_cls),
+            "base": base,
+        }
+
+    return f
+
+
+# name -> () -> {"cls", "config_cls", "base"}.
+ARCHS = {
+    "llama": llama_archs,
+    "qwen2": _like_llama("Qwen2Config", "Qwen2ForCausalLM"),
+    "mistral": _like_llama("MistralConfig", "MistralForCausalLM"),
+    "qwen3": _like_llama("Qwen3Config", "Qwen3ForCausalLM"),
+}
 
 
 @dataclass
@@ -152,6 +174,12 @@ CASES = [
             "original_max_position_embeddings": 16,
         },
     ),
+    # Architectures (tests/archs.rs): group "archs", no 4.x RoPE layout.
+    Case(name="llama-bias", group="archs", arch="llama", config=dict(attention_bias=True, mlp_bias=True)),
+    Case(name="qwen2", group="archs", arch="qwen2", config=dict()),
+    # Window 16 < prompt + generation (48): the window matters from position 16 on.
+    Case(name="mistral", group="archs", arch="mistral", config=dict(sliding_window=16)),
+    Case(name="qwen3", group="archs", arch="qwen3", config=dict()),
 ]
 
 
@@ -165,7 +193,9 @@ def build_model(case):
     model = arch["cls"](config).float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1:  # norm weights
+            if name.endswith(".bias"):  # attention / MLP biases
+                p.copy_(0.5 * torch.randn_like(p))
+            elif p.dim() == 1:  # norm weights
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif "embed" in name:
                 p.copy_(torch.randn_like(p))
@@ -221,12 +251,26 @@ def write_v4_config(folder, case):
     (folder / "config.v4.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def convert_gguf(llama_cpp, folder, out):
+# The fixtures borrow stories260K's Llama (sentencepiece-BPE) tokenizer,
+# which Qwen2's GPT-2-style vocab reader refuses; for those archs the
+# converter runs with llama's vocab reader (`_set_vocab_llama_hf`). Tensors
+# and the other metadata are the converter's own.
+_VOCAB_SHIM = """
+import runpy, sys
+sys.path.insert(0, sys.argv[1])
+import conversion.qwen as q
+q.Qwen2Model.set_vocab = lambda self: self._set_vocab_llama_hf()
+sys.argv = [sys.argv[1] + '/convert_hf_to_gguf.py'] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def convert_gguf(llama_cpp, folder, out, arch="llama"):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(llama_cpp / "gguf-py") + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
         sys.executable,
-        str(llama_cpp / "convert_hf_to_gguf.py"),
+        *(["-c", _VOCAB_SHIM, str(llama_cpp)] if arch != "llama" and arch != "mistral" else [str(llama_cpp / "convert_hf_to_gguf.py")]),
         str(folder),
         "--outfile",
         str(out),
@@ -294,7 +338,7 @@ def make(case, llama_cpp, out_root):
             assert plain_ids != ids, f"{case.name}: RoPE scaling does not change the ids"
 
     if case.gguf:
-        convert_gguf(llama_cpp, folder, folder / f"{case.name}.gguf")
+        convert_gguf(llama_cpp, folder, folder / f"{case.name}.gguf", case.arch)
         out["gguf"] = f"{case.name}.gguf"
     else:
         out["gguf"] = None

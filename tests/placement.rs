@@ -40,6 +40,7 @@ fn smollm2_config() -> LlamaConfig {
         rope_layout: RopeLayout::Adjacent,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
+        arch: Default::default(),
     }
 }
 

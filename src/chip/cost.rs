@@ -367,6 +367,7 @@ mod tests {
             rope_layout: RopeLayout::Halves,
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
+            arch: Default::default(),
         }
     }
 

@@ -73,4 +73,7 @@ pub enum PlacementError {
     InvalidOptions(String),
     #[error("tensor list does not match the model config: {0}")]
     BadTensors(String),
+    /// A model feature SRAM mode does not run (see `exec::sram::unsupported_in_sram`).
+    #[error("{0}")]
+    Unsupported(String),
 }

@@ -1488,6 +1488,9 @@ pub fn place(
     spec: &ChipSpec,
     opts: &PlaceOptions,
 ) -> Result<Plan, PlacementError> {
+    if let Some(m) = crate::exec::sram::unsupported_in_sram(cfg) {
+        return Err(PlacementError::Unsupported(m));
+    }
     spec.validate()?;
     for (name, v) in [
         ("context_len", opts.context_len),
@@ -1922,6 +1925,7 @@ mod tests {
             rope_layout: RopeLayout::Halves,
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
+            arch: Default::default(),
         }
     }
 

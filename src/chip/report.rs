@@ -562,6 +562,7 @@ mod tests {
             rope_layout: RopeLayout::Halves,
             bos_token_id: None,
             eos_token_ids: vec![],
+            arch: Default::default(),
         };
         let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
         let spec = ChipSpec::preset("mini-64k").unwrap();
@@ -593,6 +594,7 @@ mod tests {
             rope_layout: RopeLayout::Halves,
             bos_token_id: None,
             eos_token_ids: vec![],
+            arch: Default::default(),
         };
         let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
         let spec = ChipSpec::preset("mini-64k").unwrap();

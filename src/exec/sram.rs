@@ -572,6 +572,22 @@ fn live_after(items: &[Item], i: usize, valid: &BTreeMap<Buf, usize>) -> Vec<(Bu
     live
 }
 
+/// Architecture features SRAM mode does not run yet: the one-line refusal
+/// (VRAM mode runs them), so they are never silently skipped.
+pub fn unsupported_in_sram(cfg: &LlamaConfig) -> Option<String> {
+    let a = &cfg.arch;
+    let what = match (a.qkv_bias || a.o_bias, a.mlp_bias) {
+        (false, false) => return None,
+        (true, false) => "attention biases",
+        (false, true) => "MLP biases",
+        (true, true) => "attention and MLP biases",
+    };
+    Some(format!(
+        "SRAM mode does not run {what} yet ({}); use --mode vram",
+        a.name
+    ))
+}
+
 impl SramExecutor {
     pub fn new(
         gpu: Arc<Gpu>,
@@ -580,6 +596,9 @@ impl SramExecutor {
         plan: &Plan,
         opts: &SramOptions,
     ) -> Result<Self, ExecError> {
+        if let Some(m) = unsupported_in_sram(cfg) {
+            return Err(ExecError::Invalid(m));
+        }
         let limit = gpu.limits.max_compute_workgroup_storage_size as usize;
         let slice = plan.spec.slice_bytes;
         if slice > limit {

@@ -209,7 +209,8 @@ impl VramExecutor {
                     ])
                 })
                 .transpose()?;
-            let mixed_gu = (!same(&[&lw.w_gate, &lw.w_up]))
+            // Gate/up biases go in before SiLU: separate products then.
+            let mixed_gu = (!same(&[&lw.w_gate, &lw.w_up]) || lw.bias(LayerTensor::Gate).is_some())
                 .then(|| -> Result<_, ExecError> {
                     Ok([
                         upload(name(LayerTensor::Gate), &lw.w_gate)?,
@@ -236,6 +237,24 @@ impl VramExecutor {
             };
             let wd = upload(name(LayerTensor::Down), &lw.w_down)?;
             let l = format!("layers.{i}");
+            // y += bias after the product of projection `t`, if it has one.
+            let mut biases = Vec::new();
+            let mut bias_op =
+                |t: LayerTensor, y: &wgpu::Buffer| -> Result<Option<KernelOp>, ExecError> {
+                    let Some(b) = lw.bias(t) else { return Ok(None) };
+                    let bn = WeightName::Bias(i, t);
+                    let bb = norm(&gpu, bn, b)?;
+                    let op = crate::kernels::bias_add::build(
+                        &gpu,
+                        &step_buf,
+                        &bn.to_string(),
+                        b.numel(),
+                        &bb,
+                        y,
+                    )?;
+                    biases.push(bb);
+                    Ok(Some(op))
+                };
             let mm = |n: &str, wt: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, acc: bool| {
                 matmul::build(
                     &gpu,
@@ -297,6 +316,14 @@ impl VramExecutor {
                 }
                 (None, None) => unreachable!("q/k/v weights are stacked or separate"),
             }
+            // q, k, v += their biases (before RoPE, as transformers adds them)
+            for (t, y) in [
+                (LayerTensor::Q, &act.q),
+                (LayerTensor::K, &act.k),
+                (LayerTensor::V, &act.v),
+            ] {
+                body.extend(bias_op(t, y)?);
+            }
             // q, k = rope(q, k, pos); k_cache[pos], v_cache[pos] = k, v
             // (decode steps: inside the attention kernel below)
             body.push(
@@ -346,6 +373,7 @@ impl VramExecutor {
             )?);
             // x += att @ Wo.T                                     [T, D]
             body.extend(mm("wo", &wo, &act.att, &act.x, true)?);
+            body.extend(bias_op(LayerTensor::O, &act.x)?);
             // xn = rms_norm(x) * ffn_norm
             // (decode steps: inside the gate/up product)
             body.push(norm_op(&format!("{l}.ffn_norm"), &ffn_norm, |s| {
@@ -393,6 +421,8 @@ impl VramExecutor {
                             ffn_nm,
                         )?);
                     }
+                    body.extend(bias_op(LayerTensor::Gate, g)?);
+                    body.extend(bias_op(LayerTensor::Up, u)?);
                     body.push(crate::kernels::silu_mul::build(
                         &gpu,
                         &step_buf,
@@ -407,7 +437,9 @@ impl VramExecutor {
             }
             // x += h @ Wd.T                                       [T, D]
             body.extend(mm("w_down", &wd, &act.h, &act.x, true)?);
+            body.extend(bias_op(LayerTensor::Down, &act.x)?);
             keep.extend([k_cache, v_cache, attn_norm, ffn_norm]);
+            keep.extend(biases);
             mats.extend(wqkv.into_iter().chain(mixed_qkv.into_iter().flatten()));
             mats.extend(wgu.into_iter().chain(mixed_gu.into_iter().flatten()));
             mats.extend([wo, wd]);

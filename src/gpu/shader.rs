@@ -34,6 +34,7 @@ shaders! {
     Rope => "rope",
     Attention => "attention",
     SiluMul => "silu_mul",
+    BiasAdd => "bias_add",
     Argmax => "argmax",
     Topk => "topk",
     SramMatmul => "sram_matmul",

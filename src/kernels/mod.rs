@@ -5,6 +5,7 @@
 
 pub mod argmax;
 pub mod attention;
+pub mod bias_add;
 pub mod copy;
 pub mod embed;
 pub mod link_copy;
@@ -308,6 +309,7 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
         Shader::Rmsnorm,
         Shader::Rope,
         Shader::SiluMul,
+        Shader::BiasAdd,
         Shader::Argmax,
         Shader::Topk,
         Shader::Penalty,

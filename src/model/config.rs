@@ -378,7 +378,42 @@ impl RopeScaling {
     }
 }
 
-/// Hyper-parameters of a Llama-family decoder (`LlamaForCausalLM`).
+/// How an architecture differs from plain Llama: small flags on the one
+/// model description (the forward pass is shared).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchFeatures {
+    /// The architecture as the file names it (`LlamaForCausalLM`, `qwen2`, …).
+    pub name: String,
+    /// q, k and v projections have a bias (Llama `attention_bias`, Qwen2).
+    pub qkv_bias: bool,
+    /// The output projection has a bias (Llama `attention_bias`; not Qwen2).
+    pub o_bias: bool,
+    /// gate, up and down projections have biases (Llama `mlp_bias`).
+    pub mlp_bias: bool,
+}
+
+impl ArchFeatures {
+    pub fn llama() -> Self {
+        ArchFeatures {
+            name: "LlamaForCausalLM".into(),
+            ..Default::default()
+        }
+    }
+    /// Qwen2/Qwen2.5: q/k/v biases, no o bias.
+    pub fn qwen2() -> Self {
+        ArchFeatures {
+            name: "Qwen2ForCausalLM".into(),
+            qkv_bias: true,
+            ..Default::default()
+        }
+    }
+    pub fn any_bias(&self) -> bool {
+        self.qkv_bias || self.o_bias || self.mlp_bias
+    }
+}
+
+/// Hyper-parameters of a Llama-family decoder (`LlamaForCausalLM`, and the
+/// architectures that differ from it only by [`ArchFeatures`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
     pub hidden_size: usize,
@@ -400,6 +435,9 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<u32>,
     /// Every id that ends generation (Hugging Face allows a list).
     pub eos_token_ids: Vec<u32>,
+    /// Per-architecture differences from plain Llama (biases, …).
+    #[serde(default)]
+    pub arch: ArchFeatures,
 }
 
 impl LlamaConfig {
@@ -518,10 +556,17 @@ impl LlamaConfig {
             })
             .unwrap_or_default();
         let model_type = obj.get("model_type").and_then(|s| s.as_str()).unwrap_or("");
-        if !archs.is_empty() && !archs.iter().any(|a| a == "LlamaForCausalLM") {
+        let mut arch = if archs.iter().any(|a| a == "LlamaForCausalLM")
+            || (archs.is_empty() && model_type == "llama")
+        {
+            ArchFeatures::llama()
+        } else if archs.iter().any(|a| a == "Qwen2ForCausalLM")
+            || (archs.is_empty() && model_type == "qwen2")
+        {
+            ArchFeatures::qwen2()
+        } else if !archs.is_empty() {
             return Err(LoadError::UnsupportedArchitecture(archs.join(", ")));
-        }
-        if archs.is_empty() && model_type != "llama" {
+        } else {
             return Err(LoadError::UnsupportedArchitecture(
                 if model_type.is_empty() {
                     "(config.json names no `architectures` and no `model_type`)".into()
@@ -529,7 +574,7 @@ impl LlamaConfig {
                     format!("model_type `{model_type}`")
                 },
             ));
-        }
+        };
         let get_usize = |key: &str| -> Result<usize, LoadError> {
             match obj.get(key) {
                 None | Some(serde_json::Value::Null) => Err(LoadError::Config(format!(
@@ -571,13 +616,18 @@ impl LlamaConfig {
                 )));
             }
         }
-        for key in ["attention_bias", "mlp_bias"] {
-            if obj.get(key).and_then(|b| b.as_bool()) == Some(true) {
-                return Err(LoadError::Config(format!(
-                    "{}: `{key}: true` is not supported",
-                    path.display()
-                )));
-            }
+        let flag = |key: &str| obj.get(key).and_then(|b| b.as_bool()) == Some(true);
+        if arch.name == "LlamaForCausalLM" {
+            // Llama's `attention_bias` covers q, k, v and o; `mlp_bias` gate, up, down.
+            arch.qkv_bias = flag("attention_bias");
+            arch.o_bias = flag("attention_bias");
+            arch.mlp_bias = flag("mlp_bias");
+        }
+        if arch.name == "Qwen2ForCausalLM" && flag("use_sliding_window") {
+            return Err(LoadError::Config(format!(
+                "{}: Qwen2 `use_sliding_window: true` (sliding-window attention) is not supported",
+                path.display()
+            )));
         }
         let hidden_size = get_usize("hidden_size")?;
         let num_heads = get_usize("num_attention_heads")?;
@@ -649,6 +699,7 @@ impl LlamaConfig {
                 })
                 .transpose()?,
             eos_token_ids,
+            arch,
         };
         cfg.validate().map_err(|e| match e {
             LoadError::Config(m) => LoadError::Config(format!("{}: {m}", path.display())),

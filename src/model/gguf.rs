@@ -29,7 +29,7 @@
 #[path = "gguf_tokenizer.rs"]
 pub mod gguf_tokenizer;
 
-use super::config::{RopeScaling, RopeType};
+use super::config::{ArchFeatures, RopeScaling, RopeType};
 use super::weights::{Bytes, DType, ModelWeights, Tensor, WeightName};
 use super::{LlamaConfig, LoadError, Model, RopeLayout};
 use std::collections::HashMap;
@@ -992,16 +992,24 @@ impl GgufFile {
 /// `general.architecture` is `llama`.
 pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
     let arch = g.architecture()?;
-    if arch != "llama" {
-        return Err(LoadError::UnsupportedArchitecture(format!(
-            "GGUF architecture `{arch}`"
-        )));
-    }
+    // Architectures that differ from llama only by [`ArchFeatures`] flags.
+    let (mut features, rope_layout) = match arch {
+        // convert_hf_to_gguf.py permutes llama's q/k rows (and biases) for
+        // adjacent-pair RoPE; Qwen2 keeps Hugging Face's halves (NeoX).
+        "llama" => (ArchFeatures::llama(), RopeLayout::Adjacent),
+        "qwen2" => (ArchFeatures::qwen2(), RopeLayout::Halves),
+        _ => {
+            return Err(LoadError::UnsupportedArchitecture(format!(
+                "GGUF architecture `{arch}`"
+            )))
+        }
+    };
+    let k = |s: &str| format!("{arch}.{s}");
     let req = |key: &str| -> Result<usize, LoadError> {
         g.get_usize(key)?
             .ok_or_else(|| LoadError::Config(format!("metadata `{key}` is missing")))
     };
-    if let Some(v) = g.get("llama.attention.head_count_kv") {
+    if let Some(v) = g.get(&k("attention.head_count_kv")) {
         if v.as_array().is_some() {
             return Err(LoadError::Config(
                 "metadata `llama.attention.head_count_kv` is a per-layer array; sramlm needs one value for all layers"
@@ -1009,29 +1017,37 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
             ));
         }
     }
-    if let Some(n) = g.get_usize("llama.expert_count")? {
+    if let Some(n) = g.get_usize(&k("expert_count"))? {
         if n > 0 {
             return Err(LoadError::Config(format!(
                 "mixture-of-experts models are not supported (`llama.expert_count` = {n})"
             )));
         }
     }
-    if let Some(t) = g.tensors.iter().find(|t| t.name.ends_with(".bias")) {
-        return Err(LoadError::Config(format!(
-            "bias tensors are not supported (found `{}`)",
-            t.name
-        )));
+    if let Some(w) = g.get_usize(&k("attention.sliding_window"))? {
+        if w > 0 {
+            return Err(LoadError::Config(format!(
+                "sliding-window attention is not supported (`{arch}.attention.sliding_window` = {w})"
+            )));
+        }
+    }
+    if arch == "llama" {
+        // Llama's `attention_bias` / `mlp_bias`: GGUF says it by the tensors.
+        let has = |s: &str| g.tensor(&format!("blk.0.{s}.bias")).is_some();
+        features.qkv_bias = has("attn_q");
+        features.o_bias = has("attn_output");
+        features.mlp_bias = has("ffn_up");
     }
 
-    let hidden_size = req("llama.embedding_length")?;
-    let num_heads = req("llama.attention.head_count")?;
+    let hidden_size = req(&k("embedding_length"))?;
+    let num_heads = req(&k("attention.head_count"))?;
     let num_kv_heads = g
-        .get_usize("llama.attention.head_count_kv")?
+        .get_usize(&k("attention.head_count_kv"))?
         .unwrap_or(num_heads);
-    let rope_dims = g.get_usize("llama.rope.dimension_count")?;
+    let rope_dims = g.get_usize(&k("rope.dimension_count"))?;
     // head_dim: the key length, else the rotary width (llama rotates whole
     // heads), else hidden / heads.
-    let head_dim = match g.get_usize("llama.attention.key_length")?.or(rope_dims) {
+    let head_dim = match g.get_usize(&k("attention.key_length"))?.or(rope_dims) {
         Some(h) => h,
         None => {
             if num_heads == 0 || hidden_size % num_heads != 0 {
@@ -1042,7 +1058,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
             hidden_size / num_heads
         }
     };
-    if let Some(v) = g.get_usize("llama.attention.value_length")? {
+    if let Some(v) = g.get_usize(&k("attention.value_length"))? {
         if v != head_dim {
             return Err(LoadError::Config(format!(
                 "`llama.attention.value_length` ({v}) differs from the key length ({head_dim})"
@@ -1067,7 +1083,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
         }
     };
     let vocab_size =
-        match (n_tokens, g.get_usize("llama.vocab_size")?) {
+        match (n_tokens, g.get_usize(&k("vocab_size"))?) {
             (Some(n), _) => n,
             (None, Some(n)) => n,
             (None, None) => return Err(LoadError::Config(
@@ -1076,7 +1092,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
             )),
         };
     let rms_norm_eps = g
-        .get_f32("llama.attention.layer_norm_rms_epsilon")?
+        .get_f32(&k("attention.layer_norm_rms_epsilon"))?
         .ok_or_else(|| {
             LoadError::Config("metadata `llama.attention.layer_norm_rms_epsilon` is missing".into())
         })?;
@@ -1092,12 +1108,12 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
             }
         }
     }
-    let max_position_embeddings = g.get_usize("llama.context_length")?.unwrap_or(2048);
-    let (rope_theta, rope_scaling) = rope_from_gguf(g, "llama", max_position_embeddings)?;
+    let max_position_embeddings = g.get_usize(&k("context_length"))?.unwrap_or(2048);
+    let (rope_theta, rope_scaling) = rope_from_gguf(g, arch, max_position_embeddings)?;
     let cfg = LlamaConfig {
         hidden_size,
-        intermediate_size: req("llama.feed_forward_length")?,
-        num_layers: req("llama.block_count")?,
+        intermediate_size: req(&k("feed_forward_length"))?,
+        num_layers: req(&k("block_count"))?,
         num_heads,
         num_kv_heads,
         head_dim,
@@ -1107,9 +1123,10 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
         rope_theta,
         rope_scaling,
         tie_word_embeddings: g.tensor(&WeightName::LmHead.gguf()).is_none(),
-        rope_layout: RopeLayout::Adjacent,
+        rope_layout,
         bos_token_id: g.get_u32("tokenizer.ggml.bos_token_id")?,
         eos_token_ids,
+        arch: features,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -6,7 +6,7 @@ pub mod gguf;
 pub mod safetensors;
 pub mod weights;
 
-pub use config::{LlamaConfig, RopeLayout, RopeScaling, RopeType};
+pub use config::{ArchFeatures, LlamaConfig, RopeLayout, RopeScaling, RopeType};
 pub use weights::{DType, LayerTensor, ModelWeights, Tensor, WeightName};
 
 use crate::tokenizer::Tokenizer;
@@ -24,7 +24,7 @@ pub enum LoadError {
     },
     #[error("{0} is missing from the model folder")]
     MissingFile(PathBuf),
-    #[error("unsupported architecture: {0} (sramlm runs LlamaForCausalLM / GGUF `llama` models)")]
+    #[error("unsupported architecture: {0} (sramlm runs LlamaForCausalLM / GGUF `llama` and Qwen2ForCausalLM / GGUF `qwen2` models)")]
     UnsupportedArchitecture(String),
     #[error("invalid config: {0}")]
     Config(String),

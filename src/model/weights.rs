@@ -457,6 +457,26 @@ impl LayerTensor {
             LayerTensor::Down => "w_down",
         }
     }
+    /// The projections that can carry a bias (attention and MLP matrices).
+    pub const PROJECTIONS: [LayerTensor; 7] = [
+        LayerTensor::Q,
+        LayerTensor::K,
+        LayerTensor::V,
+        LayerTensor::O,
+        LayerTensor::Gate,
+        LayerTensor::Up,
+        LayerTensor::Down,
+    ];
+    /// Whether the architecture gives this projection a bias.
+    pub fn has_bias(self, c: &LlamaConfig) -> bool {
+        let a = &c.arch;
+        match self {
+            LayerTensor::Q | LayerTensor::K | LayerTensor::V => a.qkv_bias,
+            LayerTensor::O => a.o_bias,
+            LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down => a.mlp_bias,
+            LayerTensor::AttnNorm | LayerTensor::FfnNorm => false,
+        }
+    }
 }
 
 /// Canonical names: one scheme, mapped from both file formats.
@@ -464,6 +484,8 @@ impl LayerTensor {
 pub enum WeightName {
     Embed,
     Layer(usize, LayerTensor),
+    /// The bias of a projection (`[rows]`), when the architecture has one.
+    Bias(usize, LayerTensor),
     FinalNorm,
     /// Absent when the embedding is tied.
     LmHead,
@@ -474,6 +496,10 @@ impl WeightName {
         match self {
             WeightName::Embed => "model.embed_tokens.weight".into(),
             WeightName::Layer(i, t) => format!("model.layers.{i}.{}", t.hf_suffix()),
+            WeightName::Bias(i, t) => format!(
+                "model.layers.{i}.{}.bias",
+                t.hf_suffix().trim_end_matches(".weight")
+            ),
             WeightName::FinalNorm => "model.norm.weight".into(),
             WeightName::LmHead => "lm_head.weight".into(),
         }
@@ -482,6 +508,10 @@ impl WeightName {
         match self {
             WeightName::Embed => "token_embd.weight".into(),
             WeightName::Layer(i, t) => format!("blk.{i}.{}", t.gguf_suffix()),
+            WeightName::Bias(i, t) => format!(
+                "blk.{i}.{}.bias",
+                t.gguf_suffix().trim_end_matches(".weight")
+            ),
             WeightName::FinalNorm => "output_norm.weight".into(),
             WeightName::LmHead => "output.weight".into(),
         }
@@ -490,6 +520,7 @@ impl WeightName {
         match self {
             WeightName::Embed | WeightName::LmHead => vec![c.vocab_size, c.hidden_size],
             WeightName::Layer(_, t) => t.shape(c),
+            WeightName::Bias(_, t) => vec![t.shape(c)[0]],
             WeightName::FinalNorm => vec![c.hidden_size],
         }
     }
@@ -498,6 +529,12 @@ impl WeightName {
         let mut v = vec![WeightName::Embed];
         for i in 0..c.num_layers {
             v.extend(LayerTensor::ALL.iter().map(|&t| WeightName::Layer(i, t)));
+            v.extend(
+                LayerTensor::PROJECTIONS
+                    .iter()
+                    .filter(|t| t.has_bias(c))
+                    .map(|&t| WeightName::Bias(i, t)),
+            );
         }
         v.push(WeightName::FinalNorm);
         if !c.tie_word_embeddings {
@@ -519,8 +556,16 @@ impl WeightName {
         let rest = s.strip_prefix("layers.")?;
         let (i, t) = rest.split_once('.')?;
         let i: usize = i.parse().ok()?;
+        let (t, bias) = match t.strip_suffix(".bias") {
+            Some(t) => (t, true),
+            None => (t, false),
+        };
         let t = LayerTensor::ALL.into_iter().find(|lt| lt.short() == t)?;
-        Some(WeightName::Layer(i, t))
+        Some(if bias {
+            WeightName::Bias(i, t)
+        } else {
+            WeightName::Layer(i, t)
+        })
     }
 }
 
@@ -529,6 +574,7 @@ impl fmt::Display for WeightName {
         match self {
             WeightName::Embed => f.write_str("embed"),
             WeightName::Layer(i, t) => write!(f, "layers.{i}.{}", t.short()),
+            WeightName::Bias(i, t) => write!(f, "layers.{i}.{}.bias", t.short()),
             WeightName::FinalNorm => f.write_str("final_norm"),
             WeightName::LmHead => f.write_str("lm_head"),
         }
@@ -546,9 +592,16 @@ pub struct LayerWeights {
     pub w_gate: Tensor,
     pub w_up: Tensor,
     pub w_down: Tensor,
+    /// Projection biases (`[rows]`), for the projections the architecture
+    /// gives one (see [`LayerTensor::has_bias`]).
+    pub biases: Vec<(LayerTensor, Tensor)>,
 }
 
 impl LayerWeights {
+    /// The bias of projection `t`, if it has one.
+    pub fn bias(&self, t: LayerTensor) -> Option<&Tensor> {
+        self.biases.iter().find(|(b, _)| *b == t).map(|(_, x)| x)
+    }
     pub fn get(&self, t: LayerTensor) -> &Tensor {
         match t {
             LayerTensor::AttnNorm => &self.attn_norm,
@@ -603,6 +656,11 @@ impl ModelWeights {
                 w_gate: g(LayerTensor::Gate)?,
                 w_up: g(LayerTensor::Up)?,
                 w_down: g(LayerTensor::Down)?,
+                biases: LayerTensor::PROJECTIONS
+                    .into_iter()
+                    .filter(|t| t.has_bias(c))
+                    .map(|t| Ok((t, get(WeightName::Bias(i, t))?)))
+                    .collect::<Result<_, LoadError>>()?,
             });
         }
         let final_norm = get(WeightName::FinalNorm)?;
@@ -623,6 +681,7 @@ impl ModelWeights {
         match w {
             WeightName::Embed => Some(&self.embed),
             WeightName::Layer(i, t) => self.layers.get(i).map(|l| l.get(t)),
+            WeightName::Bias(i, t) => self.layers.get(i).and_then(|l| l.bias(t)),
             WeightName::FinalNorm => Some(&self.final_norm),
             WeightName::LmHead => self.lm_head.as_ref(),
         }
@@ -643,6 +702,7 @@ impl ModelWeights {
                     .iter()
                     .map(|&t| l.get(t).byte_len())
                     .sum::<usize>()
+                    + l.biases.iter().map(|(_, b)| b.byte_len()).sum::<usize>()
             })
             .sum();
         self.embed.byte_len()
@@ -664,7 +724,7 @@ fn check_tensor(c: &LlamaConfig, w: WeightName, t: &Tensor, name: &str) -> Resul
     // Norm weights are tiny and read by simple kernels: plain floats only.
     if want.len() == 1 && t.dtype.is_quantized() {
         return Err(LoadError::Format(format!(
-            "tensor `{name}`: a norm weight must be F32/F16/BF16, found {}",
+            "tensor `{name}`: a norm weight or bias must be F32/F16/BF16, found {}",
             t.dtype
         )));
     }

@@ -9,17 +9,17 @@
 //! x = embed[id]
 //! for each layer:
 //!     h = rmsnorm(x) * attn_norm
-//!     q, k, v = h @ Wq.T, h @ Wk.T, h @ Wv.T
+//!     q, k, v = h @ Wq.T (+ bq), h @ Wk.T (+ bk), h @ Wv.T (+ bv)   (biases: ArchFeatures)
 //!     rotate q and k (RoPE, the config's pair layout), append k, v to the cache
 //!     o = per head: softmax(q · K[0..=pos] / sqrt(head_dim)) · V[0..=pos]
 //!         (q head h reads KV head h / (heads / kv_heads))
-//!     x += o @ Wo.T
+//!     x += o @ Wo.T (+ bo)
 //!     h = rmsnorm(x) * ffn_norm
-//!     x += (silu(h @ Wgate.T) * (h @ Wup.T)) @ Wdown.T
+//!     x += (silu(h @ Wgate.T + bg) * (h @ Wup.T + bu)) @ Wdown.T (+ bd)
 //! logits = (rmsnorm(x) * final_norm) @ Wout.T    (Wout = embed when tied)
 //! ```
 
-use crate::model::{LlamaConfig, ModelWeights, RopeLayout};
+use crate::model::{LayerTensor, LlamaConfig, ModelWeights, RopeLayout};
 
 /// One layer's weights as f32, row-major `[out, in]` like the file.
 struct Layer {
@@ -32,6 +32,22 @@ struct Layer {
     w_gate: Vec<f32>,
     w_up: Vec<f32>,
     w_down: Vec<f32>,
+    /// Projection biases (zeros where the architecture has none).
+    bq: Vec<f32>,
+    bk: Vec<f32>,
+    bv: Vec<f32>,
+    bo: Vec<f32>,
+    b_gate: Vec<f32>,
+    b_up: Vec<f32>,
+    b_down: Vec<f32>,
+}
+
+/// `y += b` (a missing bias is all zeros).
+fn add(mut y: Vec<f32>, b: &[f32]) -> Vec<f32> {
+    for (v, &bi) in y.iter_mut().zip(b) {
+        *v += bi;
+    }
+    y
 }
 
 /// The model, dequantized, plus one sequence's KV cache.
@@ -111,16 +127,26 @@ impl RefModel {
         let layers = w
             .layers
             .iter()
-            .map(|l| Layer {
-                attn_norm: l.attn_norm.to_f32(),
-                wq: l.wq.to_f32(),
-                wk: l.wk.to_f32(),
-                wv: l.wv.to_f32(),
-                wo: l.wo.to_f32(),
-                ffn_norm: l.ffn_norm.to_f32(),
-                w_gate: l.w_gate.to_f32(),
-                w_up: l.w_up.to_f32(),
-                w_down: l.w_down.to_f32(),
+            .map(|l| {
+                let b = |t: LayerTensor| l.bias(t).map(|x| x.to_f32()).unwrap_or_default();
+                Layer {
+                    attn_norm: l.attn_norm.to_f32(),
+                    wq: l.wq.to_f32(),
+                    wk: l.wk.to_f32(),
+                    wv: l.wv.to_f32(),
+                    wo: l.wo.to_f32(),
+                    ffn_norm: l.ffn_norm.to_f32(),
+                    w_gate: l.w_gate.to_f32(),
+                    w_up: l.w_up.to_f32(),
+                    w_down: l.w_down.to_f32(),
+                    bq: b(LayerTensor::Q),
+                    bk: b(LayerTensor::K),
+                    bv: b(LayerTensor::V),
+                    bo: b(LayerTensor::O),
+                    b_gate: b(LayerTensor::Gate),
+                    b_up: b(LayerTensor::Up),
+                    b_down: b(LayerTensor::Down),
+                }
             })
             .collect();
         RefModel {
@@ -158,9 +184,9 @@ impl RefModel {
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
             let h = rmsnorm(&x, &l.attn_norm, c.rms_norm_eps);
-            let mut q = matvec(&l.wq, &h);
-            let mut k = matvec(&l.wk, &h);
-            let v = matvec(&l.wv, &h);
+            let mut q = add(matvec(&l.wq, &h), &l.bq);
+            let mut k = add(matvec(&l.wk, &h), &l.bk);
+            let v = add(matvec(&l.wv, &h), &l.bv);
             for head in q.chunks_mut(hd).chain(k.chunks_mut(hd)) {
                 rope(head, pos, &freqs, c.rope_layout);
             }
@@ -195,15 +221,15 @@ impl RefModel {
                     o[qh * hd + e] = (acc / z) as f32;
                 }
             }
-            for (xi, oi) in x.iter_mut().zip(matvec(&l.wo, &o)) {
+            for (xi, oi) in x.iter_mut().zip(add(matvec(&l.wo, &o), &l.bo)) {
                 *xi += oi;
             }
             // Feed-forward block (SwiGLU).
             let h = rmsnorm(&x, &l.ffn_norm, c.rms_norm_eps);
-            let gate = matvec(&l.w_gate, &h);
-            let up = matvec(&l.w_up, &h);
+            let gate = add(matvec(&l.w_gate, &h), &l.b_gate);
+            let up = add(matvec(&l.w_up, &h), &l.b_up);
             let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
-            for (xi, di) in x.iter_mut().zip(matvec(&l.w_down, &act)) {
+            for (xi, di) in x.iter_mut().zip(add(matvec(&l.w_down, &act), &l.b_down)) {
                 *xi += di;
             }
         }
