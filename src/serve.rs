@@ -292,9 +292,13 @@ fn parse_common(v: &Value) -> Result<Common, String> {
             return Err("only `n` = 1 is supported".to_string());
         }
     }
-    for k in ["presence_penalty", "frequency_penalty"] {
-        if num(k)?.is_some_and(|p| p != 0.0) {
-            return Err(format!("`{k}` is not supported by this server"));
+    let mut penalty = [0.0f32; 2];
+    for (i, k) in ["presence_penalty", "frequency_penalty"].iter().enumerate() {
+        if let Some(p) = num(k)? {
+            if !(-2.0..=2.0).contains(&p) {
+                return Err(format!("`{k}` must be between -2 and 2, got {p}"));
+            }
+            penalty[i] = p as f32;
         }
     }
     let stop = match v.get("stop") {
@@ -333,6 +337,8 @@ fn parse_common(v: &Value) -> Result<Common, String> {
             top_k,
             top_p: top_p as f32,
             seed,
+            presence_penalty: penalty[0],
+            frequency_penalty: penalty[1],
             ..Default::default()
         },
         stop,
@@ -635,6 +641,8 @@ impl Format {
 struct Active {
     events: UnboundedSender<Event>,
     sampler: Sampler,
+    /// Prompt and generated ids (the penalties look at the last ones).
+    history: Vec<u32>,
     stop: Vec<String>,
     ignore_eos: bool,
     max_tokens: usize,
@@ -774,7 +782,7 @@ impl Engine {
             );
         }
         let mut sampler = Sampler::new(job.sampling.clone());
-        let rb = if sampler.opts.is_greedy() {
+        let rb = if sampler.opts.is_greedy() && !sampler.opts.has_penalties() {
             Readback::Argmax
         } else {
             Readback::LastLogits
@@ -785,7 +793,10 @@ impl Engine {
             .and_then(|_| self.exec.truncate(0))
             .and_then(|_| self.exec.step(&ids, rb));
         let first = match out {
-            Ok(o) => sampler.pick(&o).unwrap_or(0),
+            Ok(o) if crate::kernels::argmax::is_non_finite(&o) => {
+                return fail(500, non_finite(ids.len() - 1));
+            }
+            Ok(o) => pick(&mut sampler, &o, &ids),
             Err(e) => return fail(500, format!("prefill failed: {e}")),
         };
         let _ = job.events.send(Event::Started {
@@ -795,6 +806,7 @@ impl Engine {
         let mut a = Active {
             events: job.events,
             sampler,
+            history: ids.clone(),
             stop: job.stop,
             ignore_eos: job.ignore_eos,
             max_tokens: job.max_tokens.unwrap_or(usize::MAX),
@@ -850,7 +862,7 @@ impl Engine {
         let greedy = rows.iter().all(|r| {
             self.slots[r.0]
                 .as_ref()
-                .is_some_and(|a| a.sampler.opts.is_greedy())
+                .is_some_and(|a| a.sampler.opts.is_greedy() && !a.sampler.opts.has_penalties())
         });
         let rb = if greedy {
             Readback::Argmax
@@ -881,11 +893,19 @@ impl Engine {
             let Some(mut a) = self.slots[*slot].take() else {
                 continue;
             };
-            let id = pick(&mut a.sampler, &out);
             let pos = self
                 .exec
                 .select(*slot)
                 .map_or(ctx, |_| self.exec.position());
+            if crate::kernels::argmax::is_non_finite(&out) {
+                let _ = a.events.send(Event::Error {
+                    status: 500,
+                    message: non_finite(pos.saturating_sub(1)),
+                });
+                self.counters.active.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            let id = pick(&mut a.sampler, &out, &a.history);
             match a.accept(id, &self.m, &self.stop_ids, pos, ctx) {
                 Some(f) => self.finish(a, f),
                 None => self.slots[*slot] = Some(a),
@@ -894,8 +914,16 @@ impl Engine {
     }
 }
 
-fn pick(s: &mut Sampler, out: &StepOutput) -> u32 {
-    s.pick(out).unwrap_or(0)
+/// The next id from a step's read-back, with the request's penalties
+/// applied to the logit row on the CPU (batched steps read logits back
+/// whenever a request has penalties).
+fn pick(s: &mut Sampler, out: &StepOutput, history: &[u32]) -> u32 {
+    let penalties = s.opts.penalties(history);
+    s.pick_with(out, &penalties).unwrap_or(0)
+}
+
+fn non_finite(pos: usize) -> String {
+    format!("the model produced NaN or infinite logits at position {pos}; no token can be chosen from them")
 }
 
 impl Active {
@@ -916,6 +944,7 @@ impl Active {
         }
         self.generated += 1;
         self.last = id;
+        self.history.push(id);
         let piece = self.decoder.push(&m.tokenizer, id).unwrap_or_default();
         self.text.push_str(&piece);
         // Stop strings: cut at the first one; hold back a tail that could

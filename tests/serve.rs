@@ -129,6 +129,17 @@ fn sse_text(body: &str, chat: bool) -> (String, String) {
 
 /// Each prompt's solo greedy run (`n` tokens at most), in this process.
 fn solo_texts(m: &Model, prompts: &[&str], n: usize) -> Vec<String> {
+    solo_texts_with(m, prompts, n, 0.0, 0.0)
+}
+
+/// As `solo_texts`, with OpenAI presence and frequency penalties.
+fn solo_texts_with(
+    m: &Model,
+    prompts: &[&str],
+    n: usize,
+    presence_penalty: f32,
+    frequency_penalty: f32,
+) -> Vec<String> {
     let gpu = gpu().unwrap();
     let mut exec = VramExecutor::new(
         gpu,
@@ -144,6 +155,8 @@ fn solo_texts(m: &Model, prompts: &[&str], n: usize) -> Vec<String> {
         max_tokens: n,
         sampling: SamplingOptions {
             temperature: 0.0,
+            presence_penalty,
+            frequency_penalty,
             ..SamplingOptions::default()
         },
         ignore_eos: false,
@@ -189,6 +202,20 @@ fn completions_streamed_or_not_and_concurrent_equal_solo_runs() {
     let c = v["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(c >= 1 && c <= n as u64);
     assert_eq!(v["usage"]["total_tokens"], prompt_tokens as u64 + c);
+
+    // Presence and frequency penalties: the solo run with the same
+    // penalties, and not the unpenalised text.
+    let pen = solo_texts_with(&m, &PROMPTS[..1], n, 1.5, 0.5);
+    assert_ne!(pen[0], want[0], "the penalties change this text");
+    let mut req = completion(PROMPTS[0], n, false);
+    req["presence_penalty"] = 1.5.into();
+    req["frequency_penalty"] = 0.5.into();
+    let (code, v) = s.json("/v1/completions", Some(&req));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], pen[0].as_str());
+    req["presence_penalty"] = 3.into();
+    let (code, v) = s.json("/v1/completions", Some(&req));
+    assert_eq!(code, 400, "{v}");
 
     // Streaming.
     let (code, body) = s.curl("/v1/completions", Some(&completion(PROMPTS[1], n, true)));
