@@ -926,6 +926,9 @@ fn chat_outgrowing_the_context_says_so() {
     // goes on, as llama.cpp's context shift does, ending normally at EOF.
     assert!(err.contains("the reply was cut after"), "{err}");
     assert!(err.contains("(--ctx)"), "{err}");
-    assert!(err.contains("the conversation outgrew the 24-token context"), "{err}");
+    assert!(
+        err.contains("the conversation outgrew the 24-token context"),
+        "{err}"
+    );
     assert_eq!(o.status.code(), Some(0), "{err}");
 }

@@ -454,3 +454,44 @@ fn openai_client_streams_four_concurrent_chats_each_equal_to_its_solo_run() {
     assert!(h["max_rows_per_step"].as_u64().unwrap() >= 2, "{h}");
     assert_eq!(h["completed"], 4);
 }
+
+/// A copy of stories260K whose final norm holds a NaN: every logit row is
+/// NaN. Returns the folder (removed by the caller).
+fn nan_model() -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/stories260K");
+    let dir = std::env::temp_dir().join(format!("sramlm-serve-nan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = &header["model.norm.weight"];
+    assert_eq!(t["dtype"], "F32");
+    let at = 8 + n + t["data_offsets"][0].as_u64().unwrap() as usize + 12;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    dir
+}
+
+#[test]
+fn nan_logits_are_an_error_not_a_token() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = nan_model();
+    let s = Server::start(&["-m", dir.to_str().unwrap(), "--parallel", "2"]);
+    for (temperature, presence) in [(0.0, 0.0), (0.8, 0.0), (0.0, 1.0)] {
+        let req = serde_json::json!({"prompt": PROMPTS[0], "max_tokens": 4,
+            "temperature": temperature, "presence_penalty": presence});
+        let (code, v) = s.json("/v1/completions", Some(&req));
+        assert_eq!(code, 500, "temperature {temperature}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("NaN or infinite logits"), "{v}");
+    }
+    // The server is still up for the next request.
+    assert_eq!(s.health()["status"], "ok");
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir);
+}
