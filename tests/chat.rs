@@ -261,3 +261,126 @@ fn chat_trims_the_oldest_turns_when_the_context_is_full() {
     let replies: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(replies.len(), 4, "one reply per message: {out:?}");
 }
+
+/// Interactive chat on a pseudo-terminal: Ctrl-C (SIGINT) while a reply
+/// streams stops that reply and returns to the prompt; the next message
+/// still gets a reply; Up recalls the previous line (rustyline history);
+/// Ctrl-D at the prompt ends the chat with status 0.
+#[cfg(unix)]
+#[test]
+fn chat_ctrl_c_stops_the_reply_and_keeps_the_session() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let Some(m) = model() else { return };
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two fresh descriptors into the out-pointers;
+    // the other arguments may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: both descriptors were just opened by openpty and are owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sramlm"))
+        .args([
+            "chat",
+            "-m",
+            m.to_str().unwrap(),
+            "--temp",
+            "0",
+            "-c",
+            "512",
+        ])
+        .args(["-n", "300", "--ignore-eos"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let mut reader = std::fs::File::from(master.try_clone().unwrap());
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    let mut writer = std::fs::File::from(master);
+    let text = |from: usize| String::from_utf8_lossy(&buf.lock().unwrap()[from..]).into_owned();
+    let len = || buf.lock().unwrap().len();
+    let wait_for = |from: usize, what: &str, secs: u64| -> usize {
+        let t = Instant::now();
+        loop {
+            let s = text(from);
+            if let Some(i) = s.find(what) {
+                return from + i + what.len();
+            }
+            if t.elapsed() > Duration::from_secs(secs) {
+                // SAFETY: kill with a pid and signal number has no memory effects.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                panic!("no {what:?} within {secs} s; the terminal shows {s:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let sigint = || {
+        // SAFETY: kill with a valid pid and signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    };
+
+    let mut at = wait_for(0, "> ", 180);
+    writer
+        .write_all(b"Tell me a long story about a dog.\r")
+        .unwrap();
+    at = wait_for(at, "Tell me a long story about a dog.", 30);
+    // Let the reply stream for a while, then interrupt it.
+    let t = Instant::now();
+    while len() < at + 40 && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigint();
+    at = wait_for(at, "(reply stopped)", 60);
+    at = wait_for(at, "> ", 30);
+    // The session goes on: a second message is answered (and stopped).
+    writer.write_all(b"Name a colour.\r").unwrap();
+    at = wait_for(at, "Name a colour.", 30);
+    let t = Instant::now();
+    while len() < at + 20 && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigint();
+    at = wait_for(at, "(reply stopped)", 60);
+    at = wait_for(at, "> ", 30);
+    // Up recalls the previous line from the editor's history.
+    writer.write_all(b"\x1b[A").unwrap();
+    at = wait_for(at, "Name a colour.", 30);
+    writer.write_all(b"\x15\x04").unwrap(); // Ctrl-U clears it, Ctrl-D quits.
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("chat did not end at Ctrl-D: {:?}", text(at));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}: {:?}", text(0));
+    assert!(!text(0).contains("panicked"), "{:?}", text(0));
+}
