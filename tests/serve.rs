@@ -495,3 +495,20 @@ fn nan_logits_are_an_error_not_a_token() {
     drop(s);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn sram_mode_serves_the_same_text() {
+    if gpu().is_none() {
+        return;
+    }
+    let m = model::load(&model::default_model_path()).unwrap();
+    let n = 20;
+    let want = solo_texts(&m, &PROMPTS[..2], n);
+    let s = Server::start(&["--chip", "mini-64k", "--ctx", "128"]);
+    assert_eq!(s.health()["status"], "ok");
+    for (p, w) in PROMPTS[..2].iter().zip(&want) {
+        let (code, v) = s.json("/v1/completions", Some(&completion(p, n, false)));
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["choices"][0]["text"], w.as_str(), "{p}");
+    }
+}
