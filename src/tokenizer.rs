@@ -11,14 +11,63 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }
 
+/// Longest added token accepted, in bytes. Real added tokens are markers
+/// such as `<|im_start|>` or runs of spaces (tens of bytes).
+pub const MAX_ADDED_TOKEN_BYTES: usize = 4096;
+/// Most bytes of all added tokens together. The `tokenizers` crate builds a
+/// matching automaton over them that takes ~50-70x their size in memory, so
+/// this bounds that (Gemma 3's ~6,000 added tokens are ~100 KB).
+pub const MAX_ADDED_TOKENS_TOTAL_BYTES: usize = 4 << 20;
+
+/// Refuses added tokens (matched in raw text) too long or too many to build
+/// a matcher for in bounded memory, before the `tokenizers` crate builds it.
+pub fn check_added_tokens<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Result<(), LoadError> {
+    let mut total = 0usize;
+    for (i, t) in tokens.into_iter().enumerate() {
+        if t.len() > MAX_ADDED_TOKEN_BYTES {
+            return Err(LoadError::Tokenizer(format!(
+                "added token {i} is {} bytes long; at most {MAX_ADDED_TOKEN_BYTES} are accepted",
+                t.len()
+            )));
+        }
+        total += t.len();
+        if total > MAX_ADDED_TOKENS_TOTAL_BYTES {
+            return Err(LoadError::Tokenizer(format!(
+                "the added tokens take more than {MAX_ADDED_TOKENS_TOTAL_BYTES} bytes in all (at token {i}); that is not a real vocabulary"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Just the added tokens of a tokenizer.json (everything else skipped).
+#[derive(serde::Deserialize)]
+struct AddedOnly {
+    #[serde(default)]
+    added_tokens: Vec<AddedContent>,
+}
+
+#[derive(serde::Deserialize)]
+struct AddedContent {
+    content: String,
+}
+
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let json = std::fs::read(path)
             .map_err(|e| LoadError::Tokenizer(format!("{}: {e}", path.display())))?;
-        Ok(Tokenizer { inner })
+        Self::from_bytes(&json).map_err(|e| match e {
+            LoadError::Tokenizer(m) => LoadError::Tokenizer(format!("{}: {m}", path.display())),
+            e => e,
+        })
     }
 
     pub fn from_bytes(json: &[u8]) -> Result<Self, LoadError> {
+        // A malformed file is reported by `tokenizers` below, with its own
+        // message; here only the added tokens' sizes matter.
+        if let Ok(a) = serde_json::from_slice::<AddedOnly>(json) {
+            check_added_tokens(a.added_tokens.iter().map(|t| t.content.as_str()))?;
+        }
         let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| LoadError::Tokenizer(e.to_string()))?;
         Ok(Tokenizer { inner })

@@ -703,6 +703,40 @@ fn tokenizer_json_with_a_long_token_and_no_merges_loads_in_bounded_time() {
     assert!(r.peak_rss < 2 << 30, "{} bytes\n{}", r.peak_rss, r.show);
 }
 
+/// Added tokens are matched in raw text through an automaton the
+/// `tokenizers` crate builds over all of them (~50-70x their bytes): one
+/// very long added token, or megabytes of them, are refused by size before
+/// it is built, with bounded memory; real added tokens still load.
+#[test]
+fn tokenizer_json_with_huge_added_tokens_is_refused_by_size() {
+    let added = |t: &mut serde_json::Value, n: usize, len: usize| {
+        let list = t["added_tokens"].as_array_mut().unwrap();
+        for i in 0..n {
+            list.push(serde_json::json!({"id": 512 + i, "content": format!("{i:08}{}", "x".repeat(len - 8)),
+                "single_word": false, "lstrip": false, "rstrip": false,
+                "normalized": i % 2 == 0, "special": i % 2 == 1}));
+        }
+    };
+    for (n, len, words) in [
+        (
+            1,
+            1 << 20,
+            &["added token", "is 1048576 bytes long", "4096"][..],
+        ),
+        (1100, 4000, &["added tokens take more than", "in all"][..]),
+    ] {
+        let d = stories_copy("addedtok");
+        edit_json(&d.file("tokenizer.json"), |t| added(t, n, len));
+        let r = expect_error(&["info", "-m", d.arg()], words);
+        assert!(r.peak_rss < 1 << 30, "{} bytes\n{}", r.peak_rss, r.show);
+    }
+    // A few real-sized ones pass the size check (and then fail only the
+    // vocabulary check: they add ids beyond the model's 512).
+    let d = stories_copy("addedok");
+    edit_json(&d.file("tokenizer.json"), |t| added(t, 8, 24));
+    expect_error(&["info", "-m", d.arg()], &["tokenizer has 520 tokens"]);
+}
+
 // ------------------------------------------------------------ mutations
 
 /// xorshift64*: a fixed, dependency-free stream for reproducible mutations.

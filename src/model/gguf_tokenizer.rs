@@ -428,6 +428,14 @@ fn post_processor(
 /// Control/unknown tokens as special added tokens, user-defined ones as
 /// plain added tokens (both matched in the raw text).
 fn add_added_tokens(tk: &mut tokenizers::Tokenizer, v: &GgufVocab) -> Result<(), LoadError> {
+    let added = v.tokens.iter().enumerate().filter(|&(id, t)| {
+        !t.is_empty()
+            && matches!(
+                v.token_type(id),
+                token_type::CONTROL | token_type::UNKNOWN | token_type::USER_DEFINED
+            )
+    });
+    crate::tokenizer::check_added_tokens(added.map(|(_, t)| t.as_str()))?;
     let mut special = Vec::new();
     let mut user = Vec::new();
     for (id, tok) in v.tokens.iter().enumerate() {
