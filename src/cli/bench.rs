@@ -63,29 +63,43 @@ fn reference_for(m: &Model) -> Option<(Vec<u32>, sramlm::bench::RefContinuation)
         return None;
     };
     let text = std::fs::read_to_string(fixtures.join(dir).join(format!("{name}.json"))).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let fixture: RefFixture = serde_json::from_str(&text).ok()?;
     // The longest plain prompt.
-    let p = v["prompts"]
-        .as_array()?
-        .iter()
-        .filter(|p| p.get("chat_messages").is_none())
-        .max_by_key(|p| p["input_ids"].as_array().map_or(0, |a| a.len()))?;
-    let ids = |x: &serde_json::Value| -> Option<Vec<u32>> {
-        x.as_array()?
-            .iter()
-            .map(|i| i.as_u64().map(|i| i as u32))
-            .collect()
-    };
+    let p = fixture
+        .prompts
+        .into_iter()
+        .filter(|p| p.chat_messages.is_none())
+        .max_by_key(|p| p.input_ids.len())?;
     Some((
-        ids(&p["input_ids"])?,
+        p.input_ids,
         sramlm::bench::RefContinuation {
             source: format!(
                 "tests/fixtures/{dir} {} (Hugging Face transformers, float32)",
-                p["key"].as_str().unwrap_or("?")
+                p.key.as_deref().unwrap_or("?")
             ),
-            ids: ids(&p["greedy"]["new_ids"])?,
+            ids: p.greedy?.new_ids,
         },
     ))
+}
+
+/// The part of a reference fixture (tests/fixtures/*/*.json) bench uses.
+#[derive(serde::Deserialize)]
+struct RefFixture {
+    prompts: Vec<RefPrompt>,
+}
+
+#[derive(serde::Deserialize)]
+struct RefPrompt {
+    key: Option<String>,
+    input_ids: Vec<u32>,
+    /// Present on chat prompts (their ids include a template).
+    chat_messages: Option<serde::de::IgnoredAny>,
+    greedy: Option<RefGreedy>,
+}
+
+#[derive(serde::Deserialize)]
+struct RefGreedy {
+    new_ids: Vec<u32>,
 }
 
 /// The git revision this binary was built from (see build.rs).
@@ -132,7 +146,7 @@ pub(super) fn run(a: BenchArgs) -> Result<()> {
                 inputs.push(PathBuf::from(chip));
             }
         }
-        sramlm::bench::output::check_outputs(&outputs, &inputs).map_err(anyhow::Error::msg)?;
+        sramlm::bench::output::check_outputs(&outputs, &inputs)?;
     }
     if a.chip.given() && !modes.contains(&Mode::Sram) {
         bail!("--chip, --chips and --slice describe SRAM mode: add sram to --modes");

@@ -169,6 +169,24 @@ pub(super) fn run(mut a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `generate` reports for several prompts decoded together (the
+/// `stats` object of `--format json`).
+#[derive(serde::Serialize)]
+struct BatchStats {
+    mode: &'static str,
+    /// Sequences decoded together.
+    batch: usize,
+    prefill_s: f64,
+    /// Decode steps, each one token of every unfinished sequence.
+    decode_rounds: usize,
+    decode_s: f64,
+    decode_tok_s_all_sequences: f64,
+    generated_tokens: usize,
+    /// The executor's own figures (SRAM mode), passed through as it reports them.
+    sram: serde_json::Value,
+    adapter: String,
+}
+
 /// Several prompts decoded together: in VRAM mode one matvec over all
 /// sequences' rows per step; in SRAM mode each sequence is one micro-batch of
 /// the chip pipeline, so chips work on different sequences in the same
@@ -270,17 +288,21 @@ fn run_batch(a: GenerateArgs) -> Result<()> {
         })
         .collect::<Result<_, _>>()?;
     let tokens: usize = out.iter().map(|o| o.len()).sum();
-    let stats = serde_json::json!({
-        "mode": s.exec.mode(),
-        "batch": n,
-        "prefill_s": prefill_s,
-        "decode_rounds": rounds,
-        "decode_s": decode_s,
-        "decode_tok_s_all_sequences": if decode_s > 0.0 { rounds as f64 * n as f64 / decode_s } else { 0.0 },
-        "generated_tokens": tokens,
-        "sram": s.exec.extra_stats(),
-        "adapter": s.gpu.info.name,
-    });
+    let stats = BatchStats {
+        mode: s.exec.mode(),
+        batch: n,
+        prefill_s,
+        decode_rounds: rounds,
+        decode_s,
+        decode_tok_s_all_sequences: if decode_s > 0.0 {
+            rounds as f64 * n as f64 / decode_s
+        } else {
+            0.0
+        },
+        generated_tokens: tokens,
+        sram: s.exec.extra_stats(),
+        adapter: s.gpu.info.name.clone(),
+    };
     match a.format {
         Format::Text => {
             // The continuation only, as with one prompt.
@@ -290,7 +312,7 @@ fn run_batch(a: GenerateArgs) -> Result<()> {
             eprintln!(
                 "[{}] batch {n}: {rounds} decode rounds, {:.1} tok/s over all sequences{}",
                 s.exec.mode(),
-                stats["decode_tok_s_all_sequences"].as_f64().unwrap_or(0.0),
+                stats.decode_tok_s_all_sequences,
                 s.plan.as_ref().map_or(String::new(), |p| format!(
                     " | chips {}",
                     p.totals.chips_used
