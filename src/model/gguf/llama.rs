@@ -492,11 +492,21 @@ mod rope_tests {
             ..Default::default()
         };
         let e = r.check(8).unwrap_err();
+        assert_eq!(
+            e,
+            crate::model::RopeError::FreqFactorCount {
+                found: 3,
+                expected: 4
+            }
+        );
+        let e = e.to_string();
         assert!(e.contains("rope_freqs.weight") && e.contains('4'), "{e}");
         let r = RopeScaling {
             freq_factors: Some(vec![1.0, 0.0]),
             ..Default::default()
         };
-        assert!(r.check(4).unwrap_err().contains("positive"));
+        let e = r.check(4).unwrap_err();
+        assert_eq!(e, crate::model::RopeError::FreqFactorNotPositive(0.0));
+        assert!(e.to_string().contains("positive"));
     }
 }
