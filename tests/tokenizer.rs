@@ -44,7 +44,7 @@ fn stories260k_prompt_ids_match_reference() {
 /// `tokenizer.json`.
 #[test]
 fn gguf_sentencepiece_vocab_matches_stories260k_tokenizer_json() {
-    use sramlm::model::gguf::gguf_tokenizer::{build, token_type, GgufVocab};
+    use sramlm::model::gguf::tokenizer::{build, token_type, GgufVocab};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = root.join("models/stories260K/tokenizer.json");
     let json: serde_json::Value =

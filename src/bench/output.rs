@@ -5,29 +5,70 @@
 
 use std::path::{Path, PathBuf};
 
+/// Why an output file of `sramlm bench` is refused before the run. (No
+/// variant carries a `source`: each message is already one complete line.)
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{} does not name a file", .0.display())]
+    NoFileName(PathBuf),
+    #[error("cannot write {}: folder {} is not usable ({error})", path.display(), folder.display())]
+    FolderUnusable {
+        path: PathBuf,
+        folder: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot write {}: {} is not a folder", path.display(), folder.display())]
+    NotAFolder { path: PathBuf, folder: PathBuf },
+    #[error("{flag} {}: is a directory", path.display())]
+    IsDirectory { flag: String, path: PathBuf },
+    /// [`OutputError::NoFileName`], `FolderUnusable` or `NotAFolder` for `flag`.
+    #[error("{flag}: {error}")]
+    Unusable {
+        flag: String,
+        error: Box<OutputError>,
+    },
+    #[error("{other} and {flag} both name {}: give two different files", path.display())]
+    SameFile {
+        other: String,
+        flag: String,
+        path: PathBuf,
+    },
+    #[error("{flag} {} is an input of this run ({}): refusing to overwrite it", path.display(), input.display())]
+    IsInput {
+        flag: String,
+        path: PathBuf,
+        input: PathBuf,
+    },
+    #[error("{flag} {}: cannot write there: {error}", path.display())]
+    NotWritable {
+        flag: String,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
 /// Where an output goes, for comparisons: the canonical parent folder joined
 /// with the file name (the file itself may not exist yet).
-fn resolved(path: &Path) -> Result<PathBuf, String> {
+fn resolved(path: &Path) -> Result<PathBuf, OutputError> {
     let name = path
         .file_name()
-        .ok_or_else(|| format!("{} does not name a file", path.display()))?;
+        .ok_or_else(|| OutputError::NoFileName(path.to_path_buf()))?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let dir = parent.canonicalize().map_err(|e| {
-        format!(
-            "cannot write {}: folder {} is not usable ({e})",
-            path.display(),
-            parent.display()
-        )
-    })?;
+    let dir = parent
+        .canonicalize()
+        .map_err(|error| OutputError::FolderUnusable {
+            path: path.to_path_buf(),
+            folder: parent.to_path_buf(),
+            error,
+        })?;
     if !dir.is_dir() {
-        return Err(format!(
-            "cannot write {}: {} is not a folder",
-            path.display(),
-            parent.display()
-        ));
+        return Err(OutputError::NotAFolder {
+            path: path.to_path_buf(),
+            folder: parent.to_path_buf(),
+        });
     }
     Ok(dir.join(name))
 }
@@ -65,31 +106,41 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Checks `outputs` (flag, path) before any work: each names a file in an
 /// existing, writable folder, is not a folder itself, is none of `inputs`,
 /// and no two outputs are the same file.
-pub fn check_outputs(outputs: &[(&str, &Path)], inputs: &[PathBuf]) -> Result<(), String> {
+pub fn check_outputs(outputs: &[(&str, &Path)], inputs: &[PathBuf]) -> Result<(), OutputError> {
     let mut seen: Vec<(&str, PathBuf)> = Vec::new();
     for &(flag, path) in outputs {
         if path.is_dir() {
-            return Err(format!("{flag} {}: is a directory", path.display()));
+            return Err(OutputError::IsDirectory {
+                flag: flag.to_string(),
+                path: path.to_path_buf(),
+            });
         }
-        let r = resolved(path).map_err(|e| format!("{flag}: {e}"))?;
+        let r = resolved(path).map_err(|e| OutputError::Unusable {
+            flag: flag.to_string(),
+            error: Box::new(e),
+        })?;
         if let Some((other, _)) = seen.iter().find(|(_, p)| *p == r || same_file(p, &r)) {
-            return Err(format!(
-                "{other} and {flag} both name {}: give two different files",
-                path.display()
-            ));
+            return Err(OutputError::SameFile {
+                other: other.to_string(),
+                flag: flag.to_string(),
+                path: path.to_path_buf(),
+            });
         }
         if let Some(i) = inputs.iter().find(|i| same_file(i, path)) {
-            return Err(format!(
-                "{flag} {} is an input of this run ({}): refusing to overwrite it",
-                path.display(),
-                i.display()
-            ));
+            return Err(OutputError::IsInput {
+                flag: flag.to_string(),
+                path: path.to_path_buf(),
+                input: i.clone(),
+            });
         }
         // Writable: create (and remove) a file in the folder now, not after
         // the benchmark.
         let probe = temp_name(&r);
-        std::fs::File::create(&probe)
-            .map_err(|e| format!("{flag} {}: cannot write there: {e}", path.display()))?;
+        std::fs::File::create(&probe).map_err(|error| OutputError::NotWritable {
+            flag: flag.to_string(),
+            path: path.to_path_buf(),
+            error,
+        })?;
         let _ = std::fs::remove_file(&probe);
         seen.push((flag, r));
     }
@@ -136,13 +187,17 @@ mod tests {
         let a = dir.join("a.json");
         assert!(check_outputs(&[("--json", &a)], &inputs).is_ok());
         let e = check_outputs(&[("--json", &model)], &inputs).unwrap_err();
-        assert!(e.contains("input"), "{e}");
+        assert!(matches!(e, OutputError::IsInput { .. }), "{e:?}");
+        assert!(e.to_string().contains("input"), "{e}");
         let e = check_outputs(&[("--json", &a), ("--svg", &a)], &inputs).unwrap_err();
-        assert!(e.contains("both"), "{e}");
+        assert!(matches!(e, OutputError::SameFile { .. }), "{e:?}");
+        assert!(e.to_string().contains("both"), "{e}");
         let e = check_outputs(&[("--svg", &dir)], &inputs).unwrap_err();
-        assert!(e.contains("directory"), "{e}");
+        assert!(matches!(e, OutputError::IsDirectory { .. }), "{e:?}");
+        assert!(e.to_string().contains("directory"), "{e}");
         let e = check_outputs(&[("--svg", &dir.join("no/such/x.svg"))], &inputs).unwrap_err();
-        assert!(e.contains("not usable"), "{e}");
+        assert!(matches!(e, OutputError::Unusable { .. }), "{e:?}");
+        assert!(e.to_string().contains("not usable"), "{e}");
         write_atomic(&a, b"{}").unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"{}");
         assert_eq!(std::fs::read(&model).unwrap(), b"GGUF");

@@ -62,21 +62,55 @@ impl RopeType {
     }
 
     /// The type a config names, or the one-line error naming it.
-    pub fn parse(s: &str) -> Result<RopeType, String> {
+    pub fn parse(s: &str) -> Result<RopeType, RopeError> {
         Ok(match s {
             "default" => RopeType::Default,
             "linear" => RopeType::Linear,
             "dynamic" => RopeType::Dynamic,
             "llama3" => RopeType::Llama3,
             "yarn" => RopeType::Yarn,
-            other => {
-                return Err(format!(
-                    "RoPE type `{other}` is not supported (supported: {})",
-                    RopeType::SUPPORTED
-                ))
-            }
+            other => return Err(RopeError::UnsupportedType(other.to_string())),
         })
     }
+}
+
+/// A RoPE setting sramlm refuses, from a `config.json` or GGUF metadata (one
+/// line naming the field and the value).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RopeError {
+    #[error("RoPE type `{0}` is not supported (supported: {sup})", sup = RopeType::SUPPORTED)]
+    UnsupportedType(String),
+    #[error("RoPE `{name}` must be a positive number, got {value}")]
+    NotPositive { name: &'static str, value: f32 },
+    #[error("llama3 RoPE needs high_freq_factor > low_freq_factor, got {high} and {low}")]
+    Llama3FreqOrder { high: f32, low: f32 },
+    #[error("dynamic RoPE needs head_dim > 2 (its exponent is d/(d-2)), got {0}")]
+    DynamicHeadDim(usize),
+    #[error("{} RoPE needs original_max_position_embeddings > 0", .0.name())]
+    NoOriginalContext(RopeType),
+    #[error("rope_freqs.weight has {found} entries, expected head_dim / 2 = {expected}")]
+    FreqFactorCount { found: usize, expected: usize },
+    #[error("rope_freqs.weight holds {0}; per-frequency factors must be positive")]
+    FreqFactorNotPositive(f32),
+    /// A JSON field of the wrong type: `expected` is e.g. "a number".
+    #[error("`{key}` must be {expected}, got {found}")]
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("`{dict}` is nested per layer type (`{layer_type}`); sramlm supports one RoPE for all layers")]
+    PerLayerType { dict: String, layer_type: String },
+    #[error("partial rotary embeddings are not supported (`partial_rotary_factor` = {0})")]
+    PartialRotary(f64),
+    #[error("`{dict}` of type `{rope_type}` is missing the field `{field}`")]
+    MissingField {
+        dict: String,
+        rope_type: String,
+        field: String,
+    },
+    #[error("`original_max_position_embeddings` must be a positive integer, got {0}")]
+    BadOriginalContext(f64),
 }
 
 /// RoPE scaling as transformers applies it (`modeling_rope_utils.py`), with
@@ -177,12 +211,12 @@ impl RopeScaling {
     }
 
     /// Range checks shared by both loaders.
-    pub fn check(&self, head_dim: usize) -> Result<(), String> {
-        let pos = |name: &str, v: f32| {
-            if v.is_finite() && v > 0.0 {
+    pub fn check(&self, head_dim: usize) -> Result<(), RopeError> {
+        let pos = |name: &'static str, value: f32| {
+            if value.is_finite() && value > 0.0 {
                 Ok(())
             } else {
-                Err(format!("RoPE `{name}` must be a positive number, got {v}"))
+                Err(RopeError::NotPositive { name, value })
             }
         };
         pos("factor", self.factor)?;
@@ -192,10 +226,10 @@ impl RopeScaling {
                 pos("low_freq_factor", self.low_freq_factor)?;
                 pos("high_freq_factor", self.high_freq_factor)?;
                 if self.high_freq_factor <= self.low_freq_factor {
-                    return Err(format!(
-                        "llama3 RoPE needs high_freq_factor > low_freq_factor, got {} and {}",
-                        self.high_freq_factor, self.low_freq_factor
-                    ));
+                    return Err(RopeError::Llama3FreqOrder {
+                        high: self.high_freq_factor,
+                        low: self.low_freq_factor,
+                    });
                 }
             }
             RopeType::Yarn => {
@@ -203,9 +237,7 @@ impl RopeScaling {
                 pos("beta_slow", self.beta_slow)?;
             }
             RopeType::Dynamic if head_dim <= 2 => {
-                return Err(format!(
-                    "dynamic RoPE needs head_dim > 2 (its exponent is d/(d-2)), got {head_dim}"
-                ));
+                return Err(RopeError::DynamicHeadDim(head_dim));
             }
             _ => {}
         }
@@ -214,23 +246,17 @@ impl RopeScaling {
             RopeType::Llama3 | RopeType::Yarn | RopeType::Dynamic
         ) && self.original_max_position_embeddings == 0
         {
-            return Err(format!(
-                "{} RoPE needs original_max_position_embeddings > 0",
-                self.rope_type.name()
-            ));
+            return Err(RopeError::NoOriginalContext(self.rope_type));
         }
         if let Some(f) = &self.freq_factors {
             if f.len() != head_dim / 2 {
-                return Err(format!(
-                    "rope_freqs.weight has {} entries, expected head_dim / 2 = {}",
-                    f.len(),
-                    head_dim / 2
-                ));
+                return Err(RopeError::FreqFactorCount {
+                    found: f.len(),
+                    expected: head_dim / 2,
+                });
             }
             if let Some(x) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
-                return Err(format!(
-                    "rope_freqs.weight holds {x}; per-frequency factors must be positive"
-                ));
+                return Err(RopeError::FreqFactorNotPositive(*x));
             }
         }
         Ok(())
@@ -244,18 +270,23 @@ impl RopeScaling {
     pub fn from_hf(
         obj: &serde_json::Map<String, serde_json::Value>,
         max_position_embeddings: usize,
-    ) -> Result<(f32, RopeScaling), String> {
+    ) -> Result<(f32, RopeScaling), RopeError> {
         use serde_json::Value;
         fn nonnull(v: Option<&serde_json::Value>) -> Option<&serde_json::Value> {
             v.filter(|v| !v.is_null())
         }
         // transformers: `rope_scaling or rope_parameters` (an empty dict counts as absent).
-        let dict = |key: &str| -> Result<Option<&serde_json::Map<String, Value>>, String> {
+        let wrong = |key: String, expected: &'static str, v: &Value| RopeError::WrongType {
+            key,
+            expected,
+            found: v.to_string(),
+        };
+        let dict = |key: &str| -> Result<Option<&serde_json::Map<String, Value>>, RopeError> {
             match nonnull(obj.get(key)) {
                 None => Ok(None),
                 Some(Value::Object(m)) if m.is_empty() => Ok(None),
                 Some(Value::Object(m)) => Ok(Some(m)),
-                Some(v) => Err(format!("`{key}` must be an object, got {v}")),
+                Some(v) => Err(wrong(key.to_string(), "an object", v)),
             }
         };
         let (name, params) = match (dict("rope_scaling")?, dict("rope_parameters")?) {
@@ -269,22 +300,23 @@ impl RopeScaling {
             .keys()
             .find(|k| ["full_attention", "sliding_attention"].contains(&k.as_str()))
         {
-            return Err(format!(
-                "`{name}` is nested per layer type (`{k}`); sramlm supports one RoPE for all layers"
-            ));
+            return Err(RopeError::PerLayerType {
+                dict: name.to_string(),
+                layer_type: k.clone(),
+            });
         }
-        let num = |key: &str, v: &Value| -> Result<f64, String> {
+        let num = |key: &str, v: &Value| -> Result<f64, RopeError> {
             v.as_f64()
-                .ok_or_else(|| format!("`{name}.{key}` must be a number, got {v}"))
+                .ok_or_else(|| wrong(format!("{name}.{key}"), "a number", v))
         };
-        let get = |key: &str| -> Result<Option<f64>, String> {
+        let get = |key: &str| -> Result<Option<f64>, RopeError> {
             nonnull(p.get(key)).map(|v| num(key, v)).transpose()
         };
-        let top = |key: &str| -> Result<Option<f64>, String> {
+        let top = |key: &str| -> Result<Option<f64>, RopeError> {
             nonnull(obj.get(key))
                 .map(|v| {
                     v.as_f64()
-                        .ok_or_else(|| format!("`{key}` must be a number, got {v}"))
+                        .ok_or_else(|| wrong(key.to_string(), "a number", v))
                 })
                 .transpose()
         };
@@ -297,19 +329,19 @@ impl RopeScaling {
             None => top("partial_rotary_factor")?,
         };
         if let Some(v) = partial.filter(|&v| v != 1.0) {
-            return Err(format!(
-                "partial rotary embeddings are not supported (`partial_rotary_factor` = {v})"
-            ));
+            return Err(RopeError::PartialRotary(v));
         }
         let type_name = match nonnull(p.get("rope_type")).or(nonnull(p.get("type"))) {
             None => "default".to_string(),
             Some(Value::String(s)) => s.clone(),
-            Some(v) => return Err(format!("`{name}.rope_type` must be a string, got {v}")),
+            Some(v) => return Err(wrong(format!("{name}.rope_type"), "a string", v)),
         };
         let rope_type = RopeType::parse(&type_name)?;
-        let required = |key: &str| -> Result<f64, String> {
-            get(key)?.ok_or_else(|| {
-                format!("`{name}` of type `{type_name}` is missing the field `{key}`")
+        let required = |key: &str| -> Result<f64, RopeError> {
+            get(key)?.ok_or_else(|| RopeError::MissingField {
+                dict: name.to_string(),
+                rope_type: type_name.clone(),
+                field: key.to_string(),
             })
         };
         let mut r = RopeScaling {
@@ -318,7 +350,7 @@ impl RopeScaling {
         };
         // transformers gives a top-level `original_max_position_embeddings`
         // priority (the Phi-3 exception), then the dict's, then max_position_embeddings.
-        let original = || -> Result<usize, String> {
+        let original = || -> Result<usize, RopeError> {
             let v = match top("original_max_position_embeddings")? {
                 Some(v) => Some(v),
                 None => get("original_max_position_embeddings")?,
@@ -328,9 +360,7 @@ impl RopeScaling {
                 Some(v) if v >= 1.0 && v.fract() == 0.0 && v <= (1u64 << 32) as f64 => {
                     Ok(v as usize)
                 }
-                Some(v) => Err(format!(
-                    "`original_max_position_embeddings` must be a positive integer, got {v}"
-                )),
+                Some(v) => Err(RopeError::BadOriginalContext(v)),
             }
         };
         match rope_type {
@@ -370,7 +400,7 @@ impl RopeScaling {
                 r.truncate = match nonnull(p.get("truncate")) {
                     None => true,
                     Some(Value::Bool(b)) => *b,
-                    Some(v) => return Err(format!("`{name}.truncate` must be a boolean, got {v}")),
+                    Some(v) => return Err(wrong(format!("{name}.truncate"), "a boolean", v)),
                 };
             }
         }
@@ -498,8 +528,8 @@ impl LlamaConfig {
                 self.rope_theta
             ));
         }
-        if let Err(m) = self.rope_scaling.check(self.head_dim) {
-            return bad(m);
+        if let Err(e) = self.rope_scaling.check(self.head_dim) {
+            return bad(e.to_string());
         }
         for &id in self.eos_token_ids.iter().chain(self.bos_token_id.iter()) {
             if id as usize >= self.vocab_size {

@@ -6,7 +6,7 @@ pub mod gguf;
 pub mod safetensors;
 pub mod weights;
 
-pub use config::{ArchFeatures, LlamaConfig, RopeLayout, RopeScaling, RopeType};
+pub use config::{ArchFeatures, LlamaConfig, RopeError, RopeLayout, RopeScaling, RopeType};
 pub use weights::{DType, LayerTensor, ModelWeights, Tensor, WeightName};
 
 use crate::tokenizer::Tokenizer;
