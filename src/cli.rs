@@ -148,7 +148,7 @@ struct BenchArgs {
     #[arg(long)]
     ctx: Option<usize>,
     /// Prompt tokens per pipeline micro-batch (SRAM mode)
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = sramlm::chip::DEFAULT_MICROBATCH)]
     microbatch: usize,
     /// Write one JSON record per model × mode to FILE
     #[arg(long)]
@@ -207,12 +207,15 @@ struct PlanArgs {
     /// With --config: weight encoding to assume for the matrices (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, int8)
     #[arg(long, default_value = "f16")]
     weights: String,
-    /// KV-cache positions per sequence [default: the model's context window]
+    /// KV-cache positions per sequence [default: the model's context window, at most 4096, as `generate`]
     #[arg(long)]
     ctx: Option<usize>,
     /// Sequences whose KV cache is resident
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Prompt tokens per pipeline micro-batch (sizes each chip's scratch; as `generate`/`bench`)
+    #[arg(long, default_value_t = sramlm::chip::DEFAULT_MICROBATCH)]
+    microbatch: usize,
     /// Output: a table, or the plan as JSON
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -323,7 +326,7 @@ struct RunArgs {
     #[arg(long, default_value_t = sramlm::exec::vram::DEFAULT_CHUNK)]
     chunk: usize,
     /// Prompt tokens per pipeline micro-batch (SRAM mode)
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = sramlm::chip::DEFAULT_MICROBATCH)]
     microbatch: usize,
     #[command(flatten)]
     chip: ChipArgs,
@@ -483,7 +486,7 @@ const BATCH_LIMIT: &str = "at most 32 sequences are decoded together (the emulat
 /// KV-cache length when --ctx is not given and the model's window is longer:
 /// the cache is allocated up front, so a model declaring 131,072 positions
 /// would otherwise take gigabytes to generate a few tokens.
-const DEFAULT_CTX: usize = 4096;
+const DEFAULT_CTX: usize = sramlm::chip::DEFAULT_CONTEXT;
 
 /// VRAM mode keeps each layer's K and V cache (and the RoPE table) in one
 /// buffer of `ctx` rows: refuse a --ctx the adapter cannot hold, naming the
@@ -1458,14 +1461,14 @@ fn plan_ctx(ctx: Option<usize>, cfg: &model::LlamaConfig) -> Result<usize> {
             bail!("--ctx {c} is larger than the model's context window ({window})")
         }
         Some(c) => Ok(c),
-        None => Ok(window),
+        None => Ok(window.min(DEFAULT_CTX)),
     }
 }
 
 fn cmd_plan(a: PlanArgs) -> Result<()> {
     let spec = a.chip.spec()?;
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
+    if a.batch == 0 || a.microbatch == 0 {
+        bail!("--batch and --microbatch must be at least 1");
     }
     if a.study {
         let cfg = match &a.config {
@@ -1511,12 +1514,13 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
             opts.max_chips = a.chip.chips;
             opts.context_len = plan_ctx(a.ctx, &cfg)?;
             opts.batch = a.batch;
+            opts.microbatch_tokens = a.microbatch.min(opts.context_len);
             place(&cfg, &tensors, &spec, &opts)?
         }
         None => {
             let m = load_model(a.model.as_ref())?;
             let ctx = plan_ctx(a.ctx, &m.config)?;
-            plan_for(&m, &spec, a.chip.chips, ctx, a.batch, 1)?
+            plan_for(&m, &spec, a.chip.chips, ctx, a.batch, a.microbatch)?
         }
     };
     match a.format {
