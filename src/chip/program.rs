@@ -537,3 +537,132 @@ impl Program {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chip::{place, ChipSpec, PlaceOptions, TensorInfo};
+    use crate::model::{DType, RopeLayout};
+
+    fn cfg(tied: bool) -> LlamaConfig {
+        LlamaConfig {
+            hidden_size: 64,
+            intermediate_size: 172,
+            num_layers: 2,
+            num_heads: 8,
+            num_kv_heads: 4,
+            head_dim: 8,
+            vocab_size: 512,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: Default::default(),
+            tie_word_embeddings: tied,
+            rope_layout: RopeLayout::Halves,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            arch: Default::default(),
+        }
+    }
+
+    fn program(tied: bool) -> (Program, crate::chip::Plan) {
+        let c = cfg(tied);
+        let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
+        let spec = ChipSpec::preset("mini-64k").unwrap();
+        let plan = place(&c, &t, &spec, &PlaceOptions::for_config(&c)).unwrap();
+        (Program::from_chips(&c, &plan.chips).unwrap(), plan)
+    }
+
+    #[test]
+    fn tied_embedding_runs_at_the_tail_and_loops_back_to_chip_0() {
+        let (p, plan) = program(true);
+        let n = plan.totals.chips_used;
+        assert!(n > 2, "{n} chips");
+        assert_eq!(plan.stages, p.stage_plans());
+        // The gather runs first, on the chips holding the embedding (the
+        // last chips, as lm_head), then the layers start on chip 0.
+        let embed: Vec<&Item> = p
+            .items
+            .iter()
+            .take_while(|i| matches!(i.work, Work::Embed { .. }))
+            .collect();
+        assert!(!embed.is_empty());
+        assert_eq!(embed.last().unwrap().chip, n - 1);
+        assert!(matches!(embed[0].work, Work::Embed { first: true, .. }));
+        let lm_head_chips: Vec<usize> = p
+            .items
+            .iter()
+            .filter(|i| matches!(i.work, Work::Mat { head: true, .. }))
+            .map(|i| i.chip)
+            .collect();
+        assert_eq!(embed[0].chip, lm_head_chips[0]);
+        let loops: Vec<&Link> = p.links.iter().filter(|l| l.is_loopback()).collect();
+        assert_eq!(loops.len(), 1);
+        assert_eq!((loops[0].from_chip, loops[0].to_chip), (n - 1, 0));
+        assert_eq!(loops[0].carry, vec![(Act::X, 64)]);
+        assert_eq!(plan.totals.loopback_bytes_per_token, 4 * 64);
+        // Chips advance one stage at a time; every link carries something.
+        for l in &p.links {
+            assert!(l.values() > 0, "{l:?}");
+            assert!(l.is_loopback() || l.to_chip == l.from_chip + 1, "{l:?}");
+        }
+        assert_eq!(plan.totals.link_bytes_per_token, p.link_bytes_per_token());
+    }
+
+    #[test]
+    fn untied_embedding_runs_on_chip_0_without_a_loopback() {
+        let (p, plan) = program(false);
+        assert!(matches!(p.items[0].work, Work::Embed { first: true, .. }));
+        assert_eq!(p.items[0].chip, 0);
+        assert!(p.links.iter().all(|l| !l.is_loopback()));
+        assert_eq!(plan.totals.loopback_bytes_per_token, 0);
+        // The last stage ends with the lm_head's last rows.
+        let last = p.items.last().unwrap();
+        assert!(matches!(last.work, Work::Mat { head: true, rows, .. } if rows.1 == 512));
+    }
+
+    #[test]
+    fn pipeline_step_s_runs_stage_k_on_micro_batch_s_minus_k() {
+        let (p, _) = program(true);
+        let n = p.stages.len();
+        let steps = p.pipeline(3);
+        assert_eq!(steps.len(), 3 + n - 1);
+        assert_eq!(steps[0], vec![(0, 0)]);
+        assert_eq!(steps[1], vec![(0, 1), (1, 0)]);
+        assert_eq!(steps[2], vec![(0, 2), (1, 1), (2, 0)]);
+        assert_eq!(steps.last().unwrap(), &vec![(n - 1, 2)]);
+        // Every stage sees every micro-batch exactly once, in order.
+        for k in 0..n {
+            let mbs: Vec<usize> = steps
+                .iter()
+                .flat_map(|s| s.iter().filter(|x| x.0 == k).map(|x| x.1))
+                .collect();
+            assert_eq!(mbs, vec![0, 1, 2], "stage {k}");
+        }
+        // One micro-batch (a decoded token): one stage per step.
+        assert!(p.pipeline(1).iter().all(|s| s.len() == 1));
+    }
+
+    #[test]
+    fn a_program_that_runs_backwards_is_refused() {
+        let (_, mut plan) = program(false);
+        let c = cfg(false);
+        // Move layer 1's wq to chip 0, before the chips running layer 0.
+        let (from, i) = plan
+            .chips
+            .iter()
+            .enumerate()
+            .find_map(|(ci, ch)| {
+                ch.tensors
+                    .iter()
+                    .position(|t| t.weight == "layers.1.wq")
+                    .map(|i| (ci, i))
+            })
+            .unwrap();
+        assert!(from > 0);
+        let t = plan.chips[from].tensors.remove(i);
+        plan.chips[0].tensors.push(t);
+        let e = Program::from_chips(&c, &plan.chips).unwrap_err();
+        assert!(matches!(e, ProgramError::NotForward { chip: 0, .. }), "{e}");
+    }
+}

@@ -17,6 +17,7 @@ pub struct Params {
 }
 
 /// `X[t, :] = E[ids[t], :]` for the tokens whose id is in `rows`.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,

@@ -128,9 +128,8 @@ pub(super) fn build(
             _ => None,
         };
         if let Some(name) = matrix {
-            if !mats.contains_key(&name) {
-                let g = GpuWeight::upload(&gpu, &name.to_string(), tensor(name)?)?;
-                mats.insert(name, g);
+            if let std::collections::hash_map::Entry::Vacant(e) = mats.entry(name) {
+                e.insert(GpuWeight::upload(&gpu, &name.to_string(), tensor(name)?)?);
             }
             if let Work::Mat { rows, .. } = it.work {
                 staged += ((rows.1 - rows.0) * mats[&name].row_bytes() as usize) as u64;
