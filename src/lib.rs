@@ -8,6 +8,7 @@ pub mod chip;
 pub mod exec;
 pub mod generate;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
 pub mod model;
 pub mod sampling;

@@ -237,6 +237,7 @@ fn sram_mode_penalties_on_the_cpu_give_the_same_ids() {
     let spec = ChipSpec::preset("groq-v1").unwrap();
     let mut po = PlaceOptions::for_config(&m.config);
     po.context_len = 256;
+    po.microbatch_tokens = 16;
     let plan = place(&m.config, &TensorInfo::from_weights(&m.weights), &spec, &po).unwrap();
     let mut s = SramExecutor::new(
         gpu,

@@ -67,12 +67,11 @@ fn three_sequences_decoded_together_match_their_references() {
     for (s, p) in prompts.iter().enumerate() {
         assert_eq!(got[s], p.greedy.new_ids, "sequence {s} ({})", p.key);
     }
-    // B micro-batches through C chips: B + C - 1 pipeline steps per round.
-    let x = exec.extra_stats();
-    assert_eq!(
-        x["pipeline_steps_last"].as_u64().unwrap() as usize,
-        batch + chips - 1
-    );
+    // B micro-batches through S stages: B + S - 1 pipeline steps per round.
+    let stats = exec.sram_stats();
+    assert_eq!(stats.pipeline_stages, plan.stages.len());
+    assert!(plan.stages.len() >= chips);
+    assert_eq!(stats.pipeline_steps_last, batch + plan.stages.len() - 1);
     // A plan for fewer sequences is refused.
     let mut small = PlaceOptions::for_config(&m.config);
     small.context_len = ctx;

@@ -53,6 +53,13 @@ pub struct ModeResult {
     pub link_transfers_per_token: Option<u64>,
     /// SRAM mode emulation overhead (not a chip cost): bytes staged per step.
     pub emulation_staged_bytes_per_step: Option<u64>,
+    /// SRAM mode: pipeline stages of the plan's program.
+    pub pipeline_stages: Option<u64>,
+    /// SRAM mode: stages (chips) active per pipeline step, mean over the last step.
+    pub stages_active_per_step: Option<f64>,
+    /// SRAM mode: the modeled token latency of the same model on groq-v1
+    /// chips, next to the emulated (scale-model) chip's.
+    pub modeled_groq_v1_ms_per_token: Option<f64>,
     pub ids: Vec<u32>,
     pub matches_reference: Option<bool>,
     pub matches_other_modes: bool,
@@ -292,6 +299,8 @@ fn mode_result(
         link_bytes_per_token: stat("link_bytes_per_token"),
         link_transfers_per_token: stat("link_transfers_per_token"),
         emulation_staged_bytes_per_step: stat("emulation_staged_bytes_per_step"),
+        pipeline_stages: stat("pipeline_stages"),
+        stages_active_per_step: x.get("stages_active_mean_last").and_then(|v| v.as_f64()),
         ids,
         valid: true,
         matches_other_modes: true,
@@ -335,6 +344,16 @@ pub fn add_models(
                 "modeled: the emulated {} cluster ({} chips), if it were real hardware",
                 spec.name, plan.totals.chips_used
             ));
+            // The same model and settings on groq-v1, for scale.
+            let g = ChipSpec::groq_v1();
+            let mut o = chip::PlaceOptions::for_config(cfg);
+            o.context_len = plan.model.context_len;
+            o.batch = plan.model.batch;
+            o.microbatch_tokens = plan.model.microbatch_tokens;
+            if let Ok(p) = chip::place(cfg, &chip::TensorInfo::from_weights(&m.weights), &g, &o) {
+                let c = chip::modeled_token_latency(&p, &g, Precision::Fp16);
+                r.modeled_groq_v1_ms_per_token = Some(c.modeled_token_latency_s * 1e3);
+            }
         }
         _ => {
             if let Some(g) = measured_gpu {
@@ -435,6 +454,26 @@ pub fn table_narrow(results: &[ModeResult]) -> String {
         );
         for l in wrap(&line, 100) {
             let _ = writeln!(o, "{l}");
+        }
+        if let Some(stages) = r.pipeline_stages {
+            let ms = |v: Option<f64>| match v {
+                None => "-".into(),
+                Some(v) if v < 0.1 => format!("{:.2} µs/token", v * 1e3),
+                Some(v) => format!("{v:.3} ms/token"),
+            };
+            let line = format!(
+                "{} · sram: the speeds above are the EMULATOR's speed on this adapter, not a chip's; modeled chip time: {} on {}, {} on groq-v1; {} pipeline stages, {:.1} chips active per step, {} dispatches/token",
+                r.model,
+                ms(r.modeled_ms_per_token),
+                r.chip.as_deref().unwrap_or("?"),
+                ms(r.modeled_groq_v1_ms_per_token),
+                stages,
+                r.stages_active_per_step.unwrap_or(0.0),
+                r.dispatches_per_token
+            );
+            for l in wrap(&line, 100) {
+                let _ = writeln!(o, "{l}");
+            }
         }
     }
     // The per-class and modeled lines of the wide table, wrapped.

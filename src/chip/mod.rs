@@ -13,6 +13,7 @@
 
 pub mod cost;
 pub mod placement;
+pub mod program;
 pub mod report;
 pub mod spec;
 
@@ -23,8 +24,10 @@ pub use cost::{
 };
 pub use placement::{
     place, Carried, ChipPlan, KvPlacement, ModelSummary, PlaceOptions, Placement, Plan, SliceRange,
-    TensorInfo, TensorSummary, Tile, TilePart, Totals, WeightFormat,
+    TensorInfo, TensorSummary, Tile, TilePart, Totals, WeightFormat, DEFAULT_CONTEXT,
+    DEFAULT_MICROBATCH,
 };
+pub use program::{Program, ProgramError, StagePlan};
 pub use report::{
     chip_contents, fmt_bytes, fmt_seconds, llama2_70b_scenarios, plan_json, plan_table,
     plan_table_fit, study, study_table, Scenario, StudyRow, StudyVariant,

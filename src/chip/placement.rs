@@ -60,7 +60,9 @@
 //! bytes per token instead of the 4 bytes of a token id. Untied models place
 //! `embed` on the first chips and `lm_head` on the last ones.
 
+use super::program::{Program, StagePlan};
 use super::{ChipSpec, PlacementError};
+use crate::graph::{self, Act};
 use crate::model::{DType, LayerTensor, LlamaConfig, ModelWeights, WeightName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -297,6 +299,15 @@ impl VectorShape for WeightName {
     }
 }
 
+/// Prompt tokens per pipeline micro-batch unless told otherwise: the one
+/// default of `plan`, `generate --mode sram` and `bench` (it sizes each
+/// chip's activation scratch, so it changes the chip count).
+pub const DEFAULT_MICROBATCH: usize = 16;
+
+/// KV-cache positions when neither `--ctx` nor a run length says: the
+/// model's window, at most this (`plan` and `generate` alike).
+pub const DEFAULT_CONTEXT: usize = 4096;
+
 /// What to place besides the weights, and how many chips are allowed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlaceOptions {
@@ -493,6 +504,9 @@ pub struct Totals {
     pub link_transfers_per_token: usize,
     /// Chip-to-chip hops on the forward path (`chips_used - 1`).
     pub hops: usize,
+    /// Pipeline stages of the program (`Plan::stages`); 0 when not runnable.
+    #[serde(default)]
+    pub pipeline_stages: usize,
 }
 
 /// A whole placement: which chip and slice holds every byte.
@@ -502,6 +516,13 @@ pub struct Plan {
     pub model: ModelSummary,
     pub chips: Vec<ChipPlan>,
     pub totals: Totals,
+    /// The program: each pipeline stage's work on its chip and what the link
+    /// after it carries (`chip::program`); what SRAM mode runs.
+    #[serde(default)]
+    pub stages: Vec<StagePlan>,
+    /// Why SRAM mode cannot run this plan (e.g. a row cut by columns), if so.
+    #[serde(default)]
+    pub program_error: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -685,131 +706,18 @@ impl KvPlacement {
 // ---------------------------------------------------------------------------
 // The forward pass as a sequence of operations, and its live sets.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OpKind {
-    Embed,
-    AttnNorm,
-    Q,
-    K,
-    V,
-    Attn,
-    O,
-    FfnNorm,
-    Gate,
-    Up,
-    Down,
-    FinalNorm,
-    Head,
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Dims {
-    d: usize,
-    qd: usize,
-    kd: usize,
-    f: usize,
-    vocab: usize,
     heads: usize,
     kv_heads: usize,
 }
 
-type Live = &'static [(&'static str, fn(&Dims) -> usize)];
-
-fn d(x: &Dims) -> usize {
-    x.d
-}
-fn qd(x: &Dims) -> usize {
-    x.qd
-}
-fn kd(x: &Dims) -> usize {
-    x.kd
-}
-fn ff(x: &Dims) -> usize {
-    x.f
-}
-fn vocab(x: &Dims) -> usize {
-    x.vocab
-}
-fn stats(x: &Dims) -> usize {
-    2 * x.heads
-}
-fn one(_: &Dims) -> usize {
-    1
-}
-
-impl OpKind {
-    /// Live vectors while the op is partly done (its output counted whole).
-    fn within(self) -> Live {
-        match self {
-            OpKind::Embed => &[("token", one), ("x", d)],
-            OpKind::AttnNorm | OpKind::FfnNorm | OpKind::FinalNorm => &[("x", d), ("xn", d)],
-            OpKind::Q => &[("x", d), ("xn", d), ("q", qd)],
-            OpKind::K => &[("x", d), ("xn", d), ("q", qd), ("k", kd)],
-            OpKind::V => &[("x", d), ("xn", d), ("q", qd), ("k", kd), ("v", kd)],
-            OpKind::Attn => &[
-                ("x", d),
-                ("q", qd),
-                ("k", kd),
-                ("v", kd),
-                ("att", qd),
-                ("softmax_stats", stats),
-            ],
-            OpKind::O => &[("x", d), ("att", qd), ("o", d)],
-            OpKind::Gate => &[("x", d), ("xn", d), ("g", ff)],
-            OpKind::Up => &[("x", d), ("xn", d), ("g", ff), ("u", ff)],
-            OpKind::Down => &[("x", d), ("h", ff), ("down", d)],
-            OpKind::Head => &[("xn", d), ("logits", vocab)],
-        }
-    }
-    /// Live vectors once the op is complete.
-    fn after(self) -> Live {
-        match self {
-            OpKind::Embed | OpKind::O | OpKind::Down => &[("x", d)],
-            OpKind::AttnNorm | OpKind::FfnNorm => &[("x", d), ("xn", d)],
-            OpKind::Q | OpKind::K | OpKind::V | OpKind::Gate => self.within(),
-            OpKind::Attn => &[("x", d), ("att", qd)],
-            OpKind::Up => &[("x", d), ("h", ff)],
-            OpKind::FinalNorm => &[("xn", d)],
-            OpKind::Head => &[("token", one)],
-        }
-    }
-    fn label(self) -> &'static str {
-        match self {
-            OpKind::Embed => "embed",
-            OpKind::AttnNorm => "attn_norm",
-            OpKind::Q => "wq",
-            OpKind::K => "wk",
-            OpKind::V => "wv",
-            OpKind::Attn => "attention",
-            OpKind::O => "wo",
-            OpKind::FfnNorm => "ffn_norm",
-            OpKind::Gate => "w_gate",
-            OpKind::Up => "w_up",
-            OpKind::Down => "w_down",
-            OpKind::FinalNorm => "final_norm",
-            OpKind::Head => "lm_head",
-        }
-    }
-    fn from_layer_tensor(t: LayerTensor) -> Self {
-        match t {
-            LayerTensor::AttnNorm => OpKind::AttnNorm,
-            LayerTensor::Q => OpKind::Q,
-            LayerTensor::K => OpKind::K,
-            LayerTensor::V => OpKind::V,
-            LayerTensor::O => OpKind::O,
-            LayerTensor::FfnNorm => OpKind::FfnNorm,
-            LayerTensor::Gate => OpKind::Gate,
-            LayerTensor::Up => OpKind::Up,
-            LayerTensor::Down => OpKind::Down,
-        }
-    }
-}
-
-fn materialize(live: Live, dims: &Dims) -> Vec<Carried> {
+/// A live set of the graph as carried vectors (4 bytes a value).
+fn materialize(live: &std::collections::BTreeSet<Act>, cfg: &LlamaConfig) -> Vec<Carried> {
     live.iter()
-        .map(|(n, f)| Carried {
-            name: (*n).to_string(),
-            values: f(dims),
+        .map(|a| Carried {
+            name: a.name().to_string(),
+            values: a.width(cfg),
         })
         .collect()
 }
@@ -826,9 +734,12 @@ enum Source {
     Kv(usize),
 }
 
+/// A node of the graph the compiler places (a weight at its last use, or a
+/// layer's KV cache).
 #[derive(Clone, Debug)]
 struct Op {
-    kind: OpKind,
+    /// Index into `graph::forward`.
+    node: usize,
     layer: Option<usize>,
     source: Source,
     tiling: Tiling,
@@ -958,6 +869,9 @@ struct Compiler<'a> {
     opts: &'a PlaceOptions,
     dims: Dims,
     ops: Vec<Op>,
+    /// Per graph node: live while it runs / after it (`graph::live_during`, `live_out`).
+    during: Vec<Vec<Carried>>,
+    after: Vec<Vec<Carried>>,
     tensors: Vec<TensorInfo>,
     chips: Vec<ChipPlan>,
     cur: ChipState,
@@ -1134,12 +1048,12 @@ impl Compiler<'_> {
     /// current chip.
     fn account(&mut self, oi: usize, rows: usize, cols: usize, bytes: usize) {
         let op = &self.ops[oi];
-        let (kind, layer, source) = (op.kind, op.layer, op.source);
+        let (node, layer, source) = (op.node, op.layer, op.source);
         if self.cur.ops.last() != Some(&op.label) {
             self.cur.ops.push(op.label.clone());
         }
         let score = (self.dims.heads / self.dims.kv_heads.max(1)) * rows * cols;
-        let within = materialize(kind.within(), &self.dims);
+        let within = self.during[node].clone();
         let cur = &mut self.cur;
         cur.any = true;
         cur.live_max = cur.live_max.max(values(&within));
@@ -1254,12 +1168,12 @@ impl Compiler<'_> {
     ) -> Result<(), PlacementError> {
         let op = &self.ops[oi];
         let t = op.tiling;
-        let (kind, source) = (op.kind, op.source);
+        let (node, source) = (op.node, op.source);
         let parts = match source {
             Source::Weight(_) => 1,
             Source::Kv(_) => 2,
         };
-        let within = values(&materialize(kind.within(), &self.dims));
+        let within = values(&self.during[node]);
         let group = self.dims.heads / self.dims.kv_heads.max(1);
         let score_of = |rows: usize, cols: usize| match source {
             Source::Kv(_) => group * rows * cols,
@@ -1297,7 +1211,8 @@ impl Compiler<'_> {
         };
         // A one-row cell of a matrix moves to the next chip whole; it is cut by
         // columns only when it does not fit even an empty chip.
-        let keep_whole = matches!(source, Source::Weight(_)) && t.rows > 1 && !along_rows;
+        // A norm vector moves whole too, so it runs on one chip.
+        let keep_whole = matches!(source, Source::Weight(_)) && !along_rows;
         let (mut lo, hi) = if along_rows { (r0, r1) } else { (c0, c1) };
         let start = lo;
         loop {
@@ -1366,7 +1281,7 @@ impl Compiler<'_> {
     fn place_row_group(&mut self, oi: usize, rg: usize) -> Result<(), PlacementError> {
         let op = &self.ops[oi];
         let t = op.tiling;
-        let within = values(&materialize(op.kind.within(), &self.dims));
+        let within = values(&self.during[op.node]);
         let n_cb = t.n_cb();
         let row_tiles = |k: usize| -> Vec<usize> {
             (0..n_cb)
@@ -1426,7 +1341,7 @@ impl Compiler<'_> {
                     }
                 }
             }
-            self.point = materialize(self.ops[oi].kind.after(), &self.dims);
+            self.point = self.after[self.ops[oi].node].clone();
         }
         Ok(())
     }
@@ -1555,31 +1470,23 @@ pub fn place(
     }
 
     let dims = Dims {
-        d: cfg.hidden_size,
-        qd: cfg.q_dim(),
-        kd: cfg.kv_dim(),
-        f: cfg.intermediate_size,
-        vocab: cfg.vocab_size,
         heads: cfg.num_heads,
         kv_heads: cfg.num_kv_heads,
     };
+    let nodes = graph::forward(cfg);
     let idx = |w: WeightName| ordered.iter().position(|t| t.name == w).unwrap();
-    let op_label = |kind: OpKind, layer: Option<usize>| match layer {
-        Some(l) => format!("layers.{l}.{}", kind.label()),
-        None => kind.label().to_string(),
-    };
-    let weight_op = |kind: OpKind, layer: Option<usize>, w: WeightName| {
-        let label = op_label(kind, layer);
+    let weight_op = |node: usize, w: WeightName| {
+        let n = &nodes[node];
         let i = idx(w);
         let t = &ordered[i];
         let f = t.dtype;
         choose_tiling(t.rows(), t.cols(), f.block_len(), f.block_bytes(), slice)
             .map(|tiling| Op {
-                kind,
-                layer,
+                node,
+                layer: n.layer,
                 source: Source::Weight(i),
                 tiling,
-                label,
+                label: n.label.clone(),
             })
             .map_err(|q| PlacementError::Unsplittable {
                 piece: format!("one {} block of `{w}`", f.name()),
@@ -1589,22 +1496,19 @@ pub fn place(
             })
     };
 
-    let mut ops = Vec::new();
-    if !cfg.tie_word_embeddings {
-        ops.push(weight_op(OpKind::Embed, None, WeightName::Embed)?);
-    }
     let kv_pos_bytes = cfg
         .head_dim
         .checked_mul(opts.kv_dtype_bytes)
         .and_then(|x| x.checked_mul(opts.batch))
         .ok_or_else(|| PlacementError::InvalidOptions("KV cache size overflows".into()))?;
     check_size(cfg, &ordered, spec, opts, kv_pos_bytes)?;
-    for l in 0..cfg.num_layers {
-        for t in LayerTensor::ALL {
-            let kind = OpKind::from_layer_tensor(t);
-            let w = WeightName::Layer(l, t);
-            ops.push(weight_op(kind, Some(l), w)?);
-            if t == LayerTensor::V {
+    // The graph's nodes in order: each weight at its last use, each layer's
+    // KV cache at its attention.
+    let mut ops = Vec::new();
+    for (ni, n) in nodes.iter().enumerate() {
+        match (n.kind, n.weight()) {
+            (_, Some(w)) if graph::is_last_use(&nodes, ni) => ops.push(weight_op(ni, w)?),
+            (graph::NodeKind::Attention(l), _) => {
                 // A cell — K and V of the same heads and positions, what one
                 // attention workgroup reads — fits one slice.
                 let tiling =
@@ -1619,59 +1523,52 @@ pub fn place(
                             limit: slice,
                         })?;
                 ops.push(Op {
-                    kind: OpKind::Attn,
+                    node: ni,
                     layer: Some(l),
                     source: Source::Kv(l),
                     tiling,
-                    label: op_label(OpKind::Attn, Some(l)),
+                    label: n.label.clone(),
                 });
             }
+            _ => {}
         }
     }
-    ops.push(weight_op(OpKind::FinalNorm, None, WeightName::FinalNorm)?);
-    if cfg.tie_word_embeddings {
-        ops.push(weight_op(OpKind::Head, None, WeightName::Embed)?);
-    } else {
-        ops.push(weight_op(OpKind::Head, None, WeightName::LmHead)?);
-    }
-
-    let loopback = if cfg.tie_word_embeddings {
-        vec![
-            Carried {
-                name: "token".into(),
-                values: 1,
-            },
-            Carried {
-                name: "x".into(),
-                values: cfg.hidden_size,
-            },
-        ]
-    } else {
-        vec![Carried {
-            name: "token".into(),
-            values: 1,
-        }]
-    };
+    let during: Vec<Vec<Carried>> = graph::live_during(&nodes)
+        .iter()
+        .map(|s| materialize(s, cfg))
+        .collect();
+    let after: Vec<Vec<Carried>> = graph::live_out(&nodes)
+        .iter()
+        .map(|s| materialize(s, cfg))
+        .collect();
+    // What reaches chip 0 for a token: the residual stream.
+    let entry = vec![Carried {
+        name: graph::Act::X.name().into(),
+        values: cfg.hidden_size,
+    }];
 
     let mut c = Compiler {
         spec,
         opts,
         dims,
         ops,
+        during,
+        after,
         tensors: ordered,
         chips: Vec::new(),
-        cur: ChipState::new(loopback.clone()),
-        point: loopback.clone(),
+        cur: ChipState::new(entry.clone()),
+        point: entry.clone(),
     };
     c.run()?;
+    // Estimated carries (what is live at each cut); replaced below by the
+    // program's exact ones whenever the plan is runnable.
+    let loopback = if cfg.tie_word_embeddings {
+        entry
+    } else {
+        vec![]
+    };
     c.finish_chip(loopback.clone());
     let mut chips = c.chips;
-    let single = chips.len() == 1;
-    if single {
-        // Nothing crosses a link on a one-chip machine.
-        chips[0].link_bytes_in_per_token = 0;
-        chips[0].link_bytes_out_per_token = 0;
-    }
     let n = chips.len();
     if let Some(max) = opts.max_chips {
         if n > max {
@@ -1681,11 +1578,57 @@ pub fn place(
             });
         }
     }
+    if !cfg.tie_word_embeddings || n == 1 {
+        chips[0].carry_in.clear();
+    }
+    let (stages, program_error) = match Program::from_chips(cfg, &chips) {
+        Ok(p) => {
+            let stages = p.stage_plans();
+            for chip in &mut chips {
+                let idx = chip.index;
+                let carried = |to: bool| -> Vec<Carried> {
+                    stages
+                        .iter()
+                        .zip(&p.links)
+                        .filter(|(_, l)| {
+                            if to {
+                                l.to_chip == idx
+                            } else {
+                                l.from_chip == idx
+                            }
+                        })
+                        .flat_map(|(s, _)| s.carry.clone())
+                        .collect()
+                };
+                chip.carry_in = carried(true);
+                chip.carry_out = carried(false);
+            }
+            (stages, None)
+        }
+        Err(e) => (vec![], Some(e.to_string())),
+    };
+    for chip in &mut chips {
+        chip.link_bytes_in_per_token = 4 * values(&chip.carry_in);
+        chip.link_bytes_out_per_token = 4 * values(&chip.carry_out);
+    }
+    let single = n == 1;
+    if single {
+        // Nothing crosses a link on a one-chip machine.
+        chips[0].carry_out.clear();
+        chips[0].carry_in.clear();
+        chips[0].link_bytes_in_per_token = 0;
+        chips[0].link_bytes_out_per_token = 0;
+    }
 
     let tensors = c.tensors;
     let weight_bytes: usize = tensors.iter().map(|t| t.bytes).sum();
     let kv_bytes = cfg.num_layers * 2 * opts.context_len * cfg.num_kv_heads * kv_pos_bytes;
-    let loop_bytes = if single { 0 } else { 4 * values(&loopback) };
+    // The loopback: what the last chip sends back to chip 0.
+    let loop_bytes = if single {
+        0
+    } else {
+        chips[n - 1].link_bytes_out_per_token
+    };
     let used: Vec<usize> = chips.iter().map(|c| c.sram_used).collect();
     let totals = Totals {
         chips_used: n,
@@ -1697,14 +1640,11 @@ pub fn place(
         sram_used_max: used.iter().copied().max().unwrap_or(0),
         sram_used_mean: used.iter().sum::<usize>() as f64 / n as f64,
         sram_utilization: used.iter().sum::<usize>() as f64 / (n * spec.sram_bytes) as f64,
-        link_bytes_per_token: chips[..n - 1]
-            .iter()
-            .map(|c| c.link_bytes_out_per_token)
-            .sum::<usize>()
-            + loop_bytes,
+        link_bytes_per_token: chips.iter().map(|c| c.link_bytes_out_per_token).sum(),
         loopback_bytes_per_token: loop_bytes,
-        link_transfers_per_token: if single { 0 } else { n - 1 + loopback.len() },
+        link_transfers_per_token: chips.iter().map(|c| c.carry_out.len()).sum(),
         hops: n - 1,
+        pipeline_stages: stages.len(),
     };
     debug_assert_eq!(totals.weight_bytes, weight_bytes);
     debug_assert_eq!(totals.kv_bytes, kv_bytes);
@@ -1745,6 +1685,8 @@ pub fn place(
         model,
         chips,
         totals,
+        stages,
+        program_error,
     })
 }
 

@@ -35,7 +35,7 @@ pub(super) struct BenchArgs {
     #[arg(long)]
     pub(super) ctx: Option<usize>,
     /// Prompt tokens per pipeline micro-batch (SRAM mode)
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = sramlm::chip::DEFAULT_MICROBATCH)]
     pub(super) microbatch: usize,
     /// Write one JSON record per model × mode to FILE
     #[arg(long)]

@@ -230,7 +230,7 @@ struct RunArgs {
     #[arg(long, default_value_t = sramlm::exec::vram::DEFAULT_CHUNK)]
     chunk: usize,
     /// Prompt tokens per pipeline micro-batch (SRAM mode)
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = sramlm::chip::DEFAULT_MICROBATCH)]
     microbatch: usize,
     #[command(flatten)]
     chip: ChipArgs,

@@ -19,12 +19,15 @@ pub(super) struct PlanArgs {
     /// With --config: weight encoding to assume for the matrices (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, int8)
     #[arg(long, default_value = "f16")]
     pub(super) weights: String,
-    /// KV-cache positions per sequence [default: the model's context window]
+    /// KV-cache positions per sequence [default: the model's context window, at most 4096, as `generate`]
     #[arg(long)]
     pub(super) ctx: Option<usize>,
     /// Sequences whose KV cache is resident
     #[arg(long, default_value_t = 1)]
     pub(super) batch: usize,
+    /// Prompt tokens per pipeline micro-batch (sizes each chip's scratch; as `generate`/`bench`)
+    #[arg(long, default_value_t = sramlm::chip::DEFAULT_MICROBATCH)]
+    pub(super) microbatch: usize,
     /// Output: a table, or the plan as JSON
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub(super) format: Format,
@@ -48,14 +51,14 @@ fn plan_ctx(ctx: Option<usize>, cfg: &model::LlamaConfig) -> Result<usize> {
             bail!("--ctx {c} is larger than the model's context window ({window})")
         }
         Some(c) => Ok(c),
-        None => Ok(window),
+        None => Ok(window.min(sramlm::chip::DEFAULT_CONTEXT)),
     }
 }
 
 pub(super) fn run(a: PlanArgs) -> Result<()> {
     let spec = a.chip.spec()?;
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
+    if a.batch == 0 || a.microbatch == 0 {
+        bail!("--batch and --microbatch must be at least 1");
     }
     if a.study {
         let cfg = match &a.config {
@@ -101,12 +104,13 @@ pub(super) fn run(a: PlanArgs) -> Result<()> {
             opts.max_chips = a.chip.chips;
             opts.context_len = plan_ctx(a.ctx, &cfg)?;
             opts.batch = a.batch;
+            opts.microbatch_tokens = a.microbatch.min(opts.context_len);
             place(&cfg, &tensors, &spec, &opts)?
         }
         None => {
             let m = load_model(a.model.as_ref())?;
             let ctx = plan_ctx(a.ctx, &m.config)?;
-            plan_for(&m, &spec, a.chip.chips, ctx, a.batch, 1)?
+            plan_for(&m, &spec, a.chip.chips, ctx, a.batch, a.microbatch)?
         }
     };
     match a.format {

@@ -28,7 +28,7 @@ pub(super) const BATCH_LIMIT: &str = "at most 32 sequences are decoded together 
 /// KV-cache length when --ctx is not given and the model's window is longer:
 /// the cache is allocated up front, so a model declaring 131,072 positions
 /// would otherwise take gigabytes to generate a few tokens.
-const DEFAULT_CTX: usize = 4096;
+const DEFAULT_CTX: usize = sramlm::chip::DEFAULT_CONTEXT;
 
 /// VRAM mode keeps each layer's K and V cache (and the RoPE table) in one
 /// buffer of `ctx` rows: refuse a --ctx the adapter cannot hold, naming the

@@ -38,6 +38,7 @@ shaders! {
     Argmax => "argmax",
     Topk => "topk",
     SramMatmul => "sram_matmul",
+    SramEmbed => "sram_embed",
     LinkCopy => "link_copy",
     Copy => "copy",
     Penalty => "penalty",

@@ -14,6 +14,7 @@ pub mod penalty;
 pub mod rmsnorm;
 pub mod rope;
 pub mod silu_mul;
+pub mod sram_embed;
 pub mod sram_matmul;
 pub mod topk;
 
@@ -318,6 +319,12 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
         v.push((s, ShaderVariant::new("main")));
     }
     v.extend(sram_variants(crate::chip::DEFAULT_SLICE_BYTES, 576));
+    for dt in DType::ALL {
+        v.push((Shader::SramEmbed, embed::variant(dt, 576)));
+    }
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        v.push((Shader::SramEmbed, embed::variant(dt, 575)));
+    }
     v.extend(copy::variants());
     v
 }
@@ -345,4 +352,53 @@ pub fn sram_variants(
     }
     v.push((Shader::Rmsnorm, rmsnorm::sram_variant(hidden)));
     v
+}
+
+/// Every kernel variant SRAM mode runs for a model of `cfg` (weights in any
+/// encoding) on chips whose slice is `slice_bytes`: the matmul and norm
+/// variants of [`sram_variants`], attention blocks, RoPE / KV write, SiLU,
+/// the embedding gather, link copies, arg-max and top-k.
+pub fn sram_kernels(
+    slice_bytes: usize,
+    cfg: &crate::model::LlamaConfig,
+) -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
+    use crate::gpu::{Shader, ShaderVariant};
+    let mut v = sram_variants(slice_bytes, cfg.hidden_size);
+    v.push((Shader::Attention, attention::partial_variant(cfg.head_dim)));
+    for s in [
+        Shader::Rope,
+        Shader::SiluMul,
+        Shader::LinkCopy,
+        Shader::Argmax,
+        Shader::Topk,
+    ] {
+        v.push((s, ShaderVariant::new("main")));
+    }
+    for dt in DType::ALL {
+        let d = cfg.hidden_size;
+        if d.is_multiple_of(dt.block_len()) && (d.is_multiple_of(4) || dt.block_len() == 1) {
+            v.push((Shader::SramEmbed, embed::variant(dt, d)));
+        }
+    }
+    v
+}
+
+/// Checks with naga that every SRAM-mode kernel for `cfg` fits a slice of
+/// `slice_bytes`; the error names the kernel and both sizes.
+pub fn check_sram_kernels(
+    slice_bytes: usize,
+    cfg: &crate::model::LlamaConfig,
+) -> Result<(), String> {
+    for (shader, v) in sram_kernels(slice_bytes, cfg) {
+        let src = shader.source(&v);
+        let bytes = crate::gpu::shader::workgroup_bytes(&src, &v)
+            .map_err(|e| format!("{}: {e}", shader.name()))?;
+        if bytes as usize > slice_bytes {
+            return Err(format!(
+                "SRAM kernel `{}` needs {bytes} bytes of workgroup memory, more than the chip's {slice_bytes}-byte slice",
+                shader.name()
+            ));
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,328 @@
+//! SRAM mode: runs a placement [`Plan`]'s program on an emulated cluster of
+//! SRAM-only chips.
+//!
+//! What each chip does for one decoded token, top to bottom (the program in
+//! [`crate::chip::program`]; `sramlm plan --format json` lists it per stage):
+//!
+//! 1. **Embedding** — the chips holding the embedding (a tied one sits at
+//!    the tail, as the lm_head) gather the token's row, each from the rows it
+//!    holds (`sram_embed`), and pass `x` on; the last of them sends it to
+//!    chip 0 over the loopback link.
+//! 2. **Layers** — each chip runs, in order, its share of every node of the
+//!    graph: `rmsnorm` where the norm vector is, `sram_matmul` on the row
+//!    blocks it holds (rows staged into `var<workgroup>`, computed from
+//!    there), RoPE + KV write + one attention block over the KV cells it
+//!    holds (a running online-softmax state between blocks), `silu_mul`.
+//! 3. **Links** — between consecutive stages the activations live after the
+//!    boundary move through one link buffer (`link_copy`), only the columns
+//!    computed so far; every executed copy is counted ([`SramStats`]).
+//! 4. **Sampling** — the chip holding the last lm_head rows runs arg-max /
+//!    top-k over the logits; the id goes to the host (the sampler), which
+//!    hands the next token to the embedding chips.
+//!
+//! Pipelining ([`pipeline`]): the prompt is cut into micro-batches (several
+//! sequences decode as one micro-batch each); in pipeline step s stage k
+//! works on micro-batch s − k, and all active stages' dispatches of a step
+//! are recorded together.
+//!
+//! Emulation overheads (never costs of the emulated chip; reported apart):
+//! the weight bytes staged from GPU memory into workgroup memory each step
+//! (on a real chip they stay resident), and activations/KV cache kept in GPU
+//! storage buffers standing in for each chip's SRAM.
+
+mod build;
+mod pipeline;
+
+use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
+use crate::chip::{Plan, Program};
+use crate::gpu::Gpu;
+use crate::graph::Act;
+use crate::kernels::{rope, KernelOp};
+use crate::model::{LlamaConfig, ModelWeights};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use crate::chip::program::KvBlock;
+
+#[derive(Clone, Debug, Default)]
+pub struct SramOptions {
+    /// KV-cache length; `None` = the plan's.
+    pub context: Option<usize>,
+    /// Prompt tokens per pipeline micro-batch; 0 = the plan's.
+    pub microbatch: usize,
+    /// Sequences with a resident KV cache (decoded together by
+    /// `decode_batch`); 0 = the plan's.
+    pub batch: usize,
+}
+
+/// A link copy with what it moves per row (for counting).
+struct LinkOp {
+    op: KernelOp,
+    values: usize,
+    out_rows: bool,
+}
+
+/// One pipeline stage's emulated state: its chip's activation buffers (its
+/// scratch), step uniform, and dispatches.
+struct StageState {
+    chip: usize,
+    step_buf: wgpu::Buffer,
+    bufs: BTreeMap<Act, wgpu::Buffer>,
+    /// The token ids arriving at this stage (embedding stages only).
+    ids: Option<wgpu::Buffer>,
+    /// Receive (link → local), compute, send (local → link).
+    recv: Vec<KernelOp>,
+    compute: Vec<KernelOp>,
+    send: Vec<LinkOp>,
+}
+
+/// SRAM-mode accounting, per token unless said otherwise.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SramStats {
+    pub chip_preset: String,
+    pub chips_used: usize,
+    pub slice_bytes: usize,
+    pub sram_used_max_bytes: usize,
+    pub sram_used_mean_bytes: f64,
+    pub microbatch_tokens: usize,
+    /// Pipeline stages of the program (a chip may run more than one).
+    pub pipeline_stages: usize,
+    /// Activation bytes the plan says cross links per decoded token.
+    pub link_bytes_per_token: usize,
+    pub link_transfers_per_token: usize,
+    pub link_hops_per_token: usize,
+    /// Link bytes actually copied since the executor was built (counted as
+    /// each link copy is recorded into a submitted command buffer).
+    pub link_bytes_counted: u64,
+    /// Link copies executed since the executor was built.
+    pub link_copies_counted: u64,
+    /// Emulation overhead, not a cost of the emulated chip: weight bytes the
+    /// emulator copies from GPU memory into workgroup memory per step.
+    pub emulation_staged_bytes_per_step: u64,
+    pub pipeline_steps_last: usize,
+    /// Mean stages active per pipeline step in the last run.
+    pub stages_active_mean_last: f64,
+}
+
+/// Per-chip figures for `extra_stats`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChipStats {
+    pub chip: usize,
+    pub link_bytes_in_per_token: usize,
+    pub link_bytes_out_per_token: usize,
+    pub dispatches_compute: usize,
+}
+
+/// One pipeline micro-batch: `len` tokens from `start` of the step's ids, at
+/// position `pos0` of the sequence whose KV cache starts at row `kv_base`.
+#[derive(Clone, Copy, Debug)]
+struct Mb {
+    start: usize,
+    len: usize,
+    pos0: usize,
+    kv_base: usize,
+}
+
+pub struct SramExecutor {
+    gpu: Arc<Gpu>,
+    cfg: LlamaConfig,
+    program: Program,
+    ctx: usize,
+    mb: usize,
+    /// Tokens in each sequence's KV cache.
+    pos: Vec<usize>,
+    /// The sequence `step` works on.
+    seq: usize,
+    stages: Vec<StageState>,
+    result: wgpu::Buffer,
+    /// Batched decode: one [id, logit] per sequence.
+    batch_results: wgpu::Buffer,
+    argmax: KernelOp,
+    topk: Option<(usize, KernelOp)>,
+    last_logits: wgpu::Buffer,
+    all_logits: Option<(usize, wgpu::Buffer)>,
+    readback: wgpu::Buffer,
+    readback_size: u64,
+    weight_bytes: u64,
+    kv_bytes: u64,
+    counters: ExecCounters,
+    profiler: Option<crate::gpu::profiler::Profiler>,
+    stats: SramStats,
+    chip_stats: Vec<ChipStats>,
+    _keep: Vec<wgpu::Buffer>,
+}
+
+/// Architecture features SRAM mode does not run yet: the one-line refusal
+/// (VRAM mode runs them), so they are never silently skipped.
+pub fn unsupported_in_sram(cfg: &LlamaConfig) -> Option<String> {
+    let a = &cfg.arch;
+    let what = match (a.qkv_bias || a.o_bias, a.mlp_bias) {
+        (false, false) => return None,
+        (true, false) => "attention biases",
+        (false, true) => "MLP biases",
+        (true, true) => "attention and MLP biases",
+    };
+    Some(format!(
+        "SRAM mode does not run {what} yet ({}); use --mode vram",
+        a.name
+    ))
+}
+
+impl SramExecutor {
+    /// Builds the emulated cluster that runs `plan` (see [`build`]).
+    pub fn new(
+        gpu: Arc<Gpu>,
+        cfg: &LlamaConfig,
+        w: &ModelWeights,
+        plan: &Plan,
+        opts: &SramOptions,
+    ) -> Result<Self, ExecError> {
+        build::build(gpu, cfg, w, plan, opts)
+    }
+
+    pub fn sram_stats(&self) -> &SramStats {
+        &self.stats
+    }
+
+    /// The program this executor runs.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    fn ensure_readback(&mut self, size: u64) {
+        if size > self.readback_size {
+            self.readback = self.gpu.readback_buffer("readback", size);
+            self.readback_size = size;
+        }
+    }
+
+    /// Sequences whose KV caches are resident.
+    pub fn batch(&self) -> usize {
+        self.pos.len()
+    }
+
+    /// Makes `seq` the sequence that `step` (prefill, single decode) works on.
+    pub fn select_sequence(&mut self, seq: usize) -> Result<(), ExecError> {
+        if seq >= self.pos.len() {
+            return Err(ExecError::Invalid(format!(
+                "sequence {seq} does not exist (batch of {})",
+                self.pos.len()
+            )));
+        }
+        self.seq = seq;
+        Ok(())
+    }
+
+    /// One greedy decode step for every sequence at once: `tokens[s]` is
+    /// sequence s's last token. The sequences are the pipeline's micro-batches,
+    /// so in each pipeline step different chips work on different sequences.
+    pub fn decode_all(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
+        if tokens.len() != self.pos.len() {
+            return Err(ExecError::Invalid(format!(
+                "{} tokens for a batch of {} sequences",
+                tokens.len(),
+                self.pos.len()
+            )));
+        }
+        for (s, t) in tokens.iter().enumerate() {
+            super::check_step(
+                std::slice::from_ref(t),
+                self.pos[s],
+                self.ctx,
+                self.cfg.vocab_size,
+            )?;
+        }
+        let mbs: Vec<Mb> = (0..tokens.len())
+            .map(|s| Mb {
+                start: s,
+                len: 1,
+                pos0: self.pos[s],
+                kv_base: s * self.ctx,
+            })
+            .collect();
+        let out = self.run(tokens, &mbs, Readback::Argmax, true)?;
+        for p in &mut self.pos {
+            *p += 1;
+        }
+        match out {
+            StepOutput::Candidates(c) => Ok(c.into_iter().map(|p| p.0).collect()),
+            _ => Err(ExecError::Invalid(
+                "batched decode returned no tokens".into(),
+            )),
+        }
+    }
+}
+
+impl Executor for SramExecutor {
+    fn mode(&self) -> &'static str {
+        "sram"
+    }
+    fn context_len(&self) -> usize {
+        self.ctx
+    }
+    fn position(&self) -> usize {
+        self.pos[self.seq]
+    }
+    /// Forgets every sequence and selects sequence 0.
+    fn reset(&mut self) {
+        self.pos.iter_mut().for_each(|p| *p = 0);
+        self.seq = 0;
+    }
+    fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
+        let seq = self.seq;
+        super::check_step(ids, self.pos[seq], self.ctx, self.cfg.vocab_size)?;
+        rope::check_step(&self.cfg.rope_scaling, self.pos[seq], ids.len())
+            .map_err(ExecError::Invalid)?;
+        let mbs: Vec<Mb> = (0..ids.len())
+            .step_by(self.mb)
+            .map(|start| Mb {
+                start,
+                len: (ids.len() - start).min(self.mb),
+                pos0: self.pos[seq] + start,
+                kv_base: seq * self.ctx,
+            })
+            .collect();
+        let out = self.run(ids, &mbs, rb, false)?;
+        self.pos[seq] += ids.len();
+        Ok(out)
+    }
+    fn counters(&self) -> &ExecCounters {
+        &self.counters
+    }
+    fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+    fn kv_bytes(&self) -> u64 {
+        self.kv_bytes
+    }
+    fn profile(&self) -> Option<BTreeMap<crate::kernels::KernelClass, (f64, u64)>> {
+        self.profiler.as_ref().map(|p| p.by_class.clone())
+    }
+    fn select(&mut self, seq: usize) -> Result<(), ExecError> {
+        self.select_sequence(seq)
+    }
+    fn sequences(&self) -> usize {
+        self.pos.len()
+    }
+    fn truncate(&mut self, pos: usize) -> Result<(), ExecError> {
+        super::check_truncate(pos, self.pos[self.seq])?;
+        self.pos[self.seq] = pos;
+        Ok(())
+    }
+    fn decode_batch(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
+        self.decode_all(tokens)
+    }
+    fn set_profiling(&mut self, on: bool) -> bool {
+        self.profiler = if on {
+            crate::gpu::profiler::Profiler::new(&self.gpu)
+        } else {
+            None
+        };
+        self.profiler.is_some()
+    }
+    fn extra_stats(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
+        v["chips"] = serde_json::to_value(&self.chip_stats).unwrap_or_default();
+        v
+    }
+}

@@ -1,0 +1,78 @@
+//! One set of defaults: `plan`, `generate --mode sram` and `bench` place
+//! stories260K on the same number of chips for the same --ctx (their
+//! --microbatch defaults are the same constant).
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn run(args: &[&str]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_sramlm"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "sramlm {args:?}\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+#[test]
+fn plan_generate_and_bench_agree_on_the_chip_count() {
+    if sramlm::testing::gpu().is_none() {
+        return;
+    }
+    let plan: serde_json::Value = serde_json::from_slice(
+        &run(&[
+            "plan", "--chip", "mini-64k", "--ctx", "128", "--format", "json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let planned = plan["totals"]["chips_used"].as_u64().unwrap();
+    assert!(planned > 1);
+    assert_eq!(
+        plan["model"]["microbatch_tokens"].as_u64().unwrap() as usize,
+        sramlm::chip::DEFAULT_MICROBATCH
+    );
+    let g = run(&[
+        "generate", "--chip", "mini-64k", "--ctx", "128", "-n", "2", "Once",
+    ]);
+    let err = String::from_utf8_lossy(&g.stderr);
+    let want = format!("chip mini-64k x {planned} ");
+    assert!(err.contains(&want), "generate: {err}");
+    let dir = std::env::temp_dir().join(format!("sramlm-defaults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json: PathBuf = dir.join("bench.json");
+    run(&[
+        "bench",
+        "--chip",
+        "mini-64k",
+        "--modes",
+        "sram",
+        "--ctx",
+        "128",
+        "--gen",
+        "2",
+        "--repeat",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&json).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let records: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let chips: Vec<u64> = records
+        .iter()
+        .filter_map(|v| v["result"]["chips_used"].as_u64())
+        .collect();
+    assert!(!chips.is_empty(), "bench json: {text}");
+    assert!(
+        chips.iter().all(|&c| c == planned),
+        "bench {chips:?} vs plan {planned}"
+    );
+}
