@@ -90,6 +90,12 @@ Examples:
         after_help = "Examples:\n  sramlm serve -m models/SmolLM2-135M-Instruct.Q4_1.gguf           # http://127.0.0.1:8080\n  sramlm serve --port 0 --parallel 8 --ctx 1024                     # port 0: a free one, printed\n  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":32}'"
     )]
     Serve(ServeArgs),
+    /// Model an SRAM-only chip cluster against a GPU fleet for a model and N
+    /// users: chips, tok/s per user, aggregate tok/s, dollars, watts (all modelled).
+    #[command(
+        after_help = "Examples:\n  sramlm study -m models/configs/llama-2-70b.json --users 64 --ctx 4096\n  sramlm study -m models/configs/mixtral-8x7b.json --users 32 --ctx 4096 --gpu h200 --format json\n  sramlm study -m models/configs/llama-2-70b.json --users 8 --svg study.svg   # timeline + speed vs cost\nSee docs/study.md for the model, its sources and its validation."
+    )]
+    Study(sramlm::study::cli::StudyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -418,6 +424,7 @@ pub fn run() -> Result<()> {
         Command::Plan(a) => cmd_plan(a),
         Command::Bench(a) => cmd_bench(a),
         Command::Serve(a) => cmd_serve(a),
+        Command::Study(a) => Ok(sramlm::study::cli::main(a)?),
     }
 }
 
@@ -1476,19 +1483,16 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
         if a.ctx.is_some() {
             plan_ctx(a.ctx, &cfg)?;
         }
-        let mut scenarios = sramlm::chip::llama2_70b_scenarios();
-        for s in &mut scenarios {
-            s.context_len = a.ctx;
-            s.batch = a.batch;
-        }
-        let rows = sramlm::chip::study(&cfg, &spec, &scenarios)?;
-        match a.format {
-            Format::Text => {
-                println!("All figures below are MODELED (cost model), not measured.");
-                print!("{}", sramlm::chip::study_table(&rows));
-            }
-            Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        }
+        let json = matches!(a.format, Format::Json);
+        let name = a
+            .config
+            .as_ref()
+            .or(a.model.as_ref())
+            .map_or("embedded".into(), |p| p.display().to_string());
+        print!(
+            "{}",
+            sramlm::study::plan_study(&cfg, &name, &spec, a.ctx, a.batch, json)?
+        );
         return Ok(());
     }
     let plan = match &a.config {
