@@ -45,6 +45,9 @@ fn us(s: f64) -> String {
     }
 }
 
+/// One row of the side-by-side table: how a side's cell is written.
+type Cell = dyn Fn(&SideSummary) -> String;
+
 /// The study as a text table (every number labelled modelled).
 pub fn table(r: &StudyReport) -> String {
     let mut out = String::new();
@@ -86,7 +89,7 @@ pub fn table(r: &StudyReport) -> String {
         o.electricity_usd_per_kwh,
         o.amortization_years
     );
-    let rows: [(&str, &dyn Fn(&SideSummary) -> String); 12] = [
+    let rows: [(&str, &Cell); 12] = [
         ("hardware", &|s| s.hardware.clone()),
         ("units needed (modelled)", &|s| s.units.to_string()),
         ("units deployed (whole nodes)", &|s| {
