@@ -13,5 +13,6 @@ pub mod kernels;
 pub mod model;
 pub mod sampling;
 pub mod serve;
+pub mod study;
 pub mod testing;
 pub mod tokenizer;

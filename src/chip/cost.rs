@@ -288,6 +288,121 @@ impl GpuSpec {
     }
 }
 
+/// A GPU for `sramlm study`'s fleet side: memory, rates, links, price and
+/// power, each an input with a sourced default. Every number printed from it
+/// is modelled.
+///
+/// # Sources
+///
+/// * H100 SXM: NVIDIA H100 datasheet — 80 GB HBM3, 3.35 TB/s, 989 TFLOP/s
+///   dense FP16/BF16 tensor, 1,979 TFLOP/s dense FP8 (3,958 with sparsity),
+///   700 W TDP, NVLink 900 GB/s per GPU (both directions); DGX H100: 8 GPUs,
+///   10.2 kW max system power.
+/// * H200 SXM: NVIDIA H200 datasheet — 141 GB HBM3e, 4.8 TB/s, same tensor
+///   rates as H100, up to 700 W, NVLink 900 GB/s.
+/// * B200: NVIDIA DGX B200 datasheet — 8 GPUs, 1,440 GB HBM3e (180 GB per
+///   GPU), 64 TB/s (8 TB/s per GPU), 72 PFLOP/s FP8 training for 8 GPUs
+///   (9 PFLOP/s per GPU with sparsity, 4.5 dense), so 2.25 PFLOP/s dense
+///   FP16; NVLink 5 1.8 TB/s per GPU; ~14.3 kW max system power.
+/// * Prices are not published by NVIDIA. Inputs: an 8×H100 server at about
+///   US$300,000 (the figure the widely quoted Feb 2024 "38x" Groq-vs-H100
+///   estimate used) → $37,500 per GPU, host included; H200 $45,000 and B200
+///   $64,000 per GPU (DGX B200 list ~US$515,000 / 8, as reported in 2024
+///   press) — modelled inputs, override them.
+/// * Power per GPU is the 8-GPU system's max power / 8 (host, NICs and fans
+///   included): 1,275 W (H100, H200), 1,790 W (B200).
+/// * NVLink all-reduce step latency 3 µs and 50 GB/s, 5 µs between nodes
+///   (one 400 Gb/s NIC per GPU) are sramlm's assumptions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuFleetSpec {
+    pub name: String,
+    /// Device memory per GPU, bytes.
+    pub hbm_bytes: f64,
+    /// Device memory bandwidth, B/s.
+    pub hbm_bandwidth: f64,
+    /// Dense FP16 FLOP/s.
+    pub flops_fp16: f64,
+    /// Dense 8-bit (FP8/INT8) op/s.
+    pub ops_8bit: f64,
+    /// GPUs per NVLink domain (tensor parallelism stays inside it).
+    pub gpus_per_node: usize,
+    /// NVLink bandwidth per GPU per direction, B/s.
+    pub nvlink_bandwidth: f64,
+    /// Latency of one collective step over NVLink, s.
+    pub nvlink_latency_s: f64,
+    /// Between nodes (pipeline stages): B/s per GPU and latency.
+    pub node_link_bandwidth: f64,
+    pub node_link_latency_s: f64,
+    /// Share of device memory kept for the runtime, activations and
+    /// fragmentation (not for weights or KV).
+    pub reserved_fraction: f64,
+    /// US dollars per GPU, its share of the server included (modelled input).
+    pub price_usd: f64,
+    /// Watts per GPU, its share of the server included (modelled input).
+    pub power_w: f64,
+}
+
+impl GpuFleetSpec {
+    pub const PRESET_NAMES: [&'static str; 3] = ["h100-sxm", "h200", "b200"];
+
+    pub fn h100_sxm() -> Self {
+        GpuFleetSpec {
+            name: "h100-sxm".into(),
+            hbm_bytes: 80e9,
+            hbm_bandwidth: 3.35e12,
+            flops_fp16: 989e12,
+            ops_8bit: 1979e12,
+            gpus_per_node: 8,
+            nvlink_bandwidth: 450e9,
+            nvlink_latency_s: 3e-6,
+            node_link_bandwidth: 50e9,
+            node_link_latency_s: 5e-6,
+            reserved_fraction: 0.1,
+            price_usd: 37_500.0,
+            power_w: 1275.0,
+        }
+    }
+    pub fn h200() -> Self {
+        GpuFleetSpec {
+            name: "h200".into(),
+            hbm_bytes: 141e9,
+            hbm_bandwidth: 4.8e12,
+            price_usd: 45_000.0,
+            ..Self::h100_sxm()
+        }
+    }
+    pub fn b200() -> Self {
+        GpuFleetSpec {
+            name: "b200".into(),
+            hbm_bytes: 180e9,
+            hbm_bandwidth: 8e12,
+            flops_fp16: 2.25e15,
+            ops_8bit: 4.5e15,
+            nvlink_bandwidth: 900e9,
+            price_usd: 64_000.0,
+            power_w: 1790.0,
+            ..Self::h100_sxm()
+        }
+    }
+    /// A preset by name (`h100-sxm`/`h100`, `h200`, `b200`).
+    pub fn preset(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "h100-sxm" | "h100" => Some(Self::h100_sxm()),
+            "h200" => Some(Self::h200()),
+            "b200" => Some(Self::b200()),
+            _ => None,
+        }
+    }
+    /// Ring all-reduce of `bytes` over `n` GPUs of one NVLink domain.
+    pub fn all_reduce_s(&self, n: usize, bytes: f64) -> f64 {
+        if n <= 1 {
+            return 0.0;
+        }
+        2.0 * (n - 1) as f64 / n as f64 * bytes / self.nvlink_bandwidth
+            + 2.0 * self.nvlink_latency_s
+    }
+}
+
 /// Modeled GPU time per token.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GpuCostBreakdown {

@@ -19,8 +19,8 @@ pub mod spec;
 
 pub use cost::{
     gpu_inputs_from_plan, modeled_gpu_token_latency, modeled_token_latency,
-    modeled_token_latency_with, CarryModel, CostBreakdown, CostOptions, GpuCostBreakdown, GpuSpec,
-    ModeledChipCost, Precision,
+    modeled_token_latency_with, CarryModel, CostBreakdown, CostOptions, GpuCostBreakdown,
+    GpuFleetSpec, GpuSpec, ModeledChipCost, Precision,
 };
 pub use placement::{
     place, Carried, ChipPlan, KvPlacement, ModelSummary, PlaceOptions, Placement, Plan, SliceRange,
@@ -32,7 +32,7 @@ pub use report::{
     chip_contents, fmt_bytes, fmt_seconds, llama2_70b_scenarios, plan_json, plan_table,
     plan_table_fit, study, study_table, Scenario, StudyRow, StudyVariant,
 };
-pub use spec::{ChipSpec, DEFAULT_SLICE_BYTES, PRESET_NAMES};
+pub use spec::{ChipSpec, Economics, Interconnect, Topology, DEFAULT_SLICE_BYTES, PRESET_NAMES};
 
 /// Everything that can go wrong between a chip description and a plan.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

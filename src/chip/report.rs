@@ -421,10 +421,20 @@ pub fn study(
     scenarios
         .iter()
         .map(|sc| {
+            // A block format whose block does not divide a row falls back
+            // to f16 for that tensor (as llama.cpp's quantizer does), so the
+            // study runs on every model (stories260K's rows are 172 long).
             let tensors = TensorInfo::from_config_with(cfg, |w| match w {
                 WeightName::FinalNorm
                 | WeightName::Layer(_, LayerTensor::AttnNorm)
                 | WeightName::Layer(_, LayerTensor::FfnNorm) => sc.norms,
+                _ if w
+                    .shape(cfg)
+                    .last()
+                    .is_some_and(|&c| c % sc.matrices.block_len() != 0) =>
+                {
+                    WeightFormat::F16
+                }
                 _ => sc.matrices,
             })?;
             let mut opts = PlaceOptions::for_config(cfg);

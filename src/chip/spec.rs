@@ -22,6 +22,33 @@
 //!   sramlm assumes 0.6 µs per chip-to-chip hop (an assumption consistent with
 //!   that bound, not a published per-hop figure).
 //!
+//! # Interconnect and economics of `groq-v1`
+//!
+//! * Nodes: 8 GroqCards per GroqNode, fully connected — each card cables 7
+//!   pairs (one per direction) to the 7 other cards (Abts, Hot Chips 34,
+//!   2022, "Scale-out Organization"; ISCA 2022): `chips_per_node` 8,
+//!   `local_links_per_peer` 1 (7 local + 4 global = 11 of the 16 links; the
+//!   exact split of the rest is not modelled).
+//! * Global: 4 global (inter-node) ports per card (Hot Chips 34, "Groq
+//!   Scale-out Dragonfly Topology"); nodes form a software-scheduled
+//!   Dragonfly (ISCA 2022): 9 nodes (72 chips) per rack are directly
+//!   connected, racks are connected to each other (up to 10,440 TSPs).
+//!   `global_links` 4, `nodes_per_rack` 9.
+//! * Striping: the ISCA 2022 network spreads one tensor over several paths
+//!   (software-scheduled, non-minimal routing); sramlm models a
+//!   point-to-point transfer as striped over `stripe_links` = 4 links.
+//! * Price: about US$20,000 per GroqCard (the quantity-1 distributor list
+//!   price quoted in Feb 2024 analyses, e.g. isopack.blogspot.com "About that
+//!   Groq demo" and the Llama-2-70B "38x" estimate) — an *input*, not a
+//!   published Groq price. Power: 215 W per chip (the TDP quoted by
+//!   01.me/en/2024/02/groq, Feb 2024); the "10x operating cost" estimate used
+//!   ~185 W average per card. Both are labelled modelled wherever printed.
+//!
+//! Spec files may set every one of these (`topology`, `chips_per_node`,
+//! `nodes_per_rack`, `local_links_per_peer`, `global_links`, `stripe_links`,
+//! `price_usd`, `power_w`); a file without them keeps the old assumption: a
+//! chain of chips, one link per hop, no price or power.
+//!
 //! # Scale models
 //!
 //! `mini-64k` and `mini-4m` are *scale models* of `groq-v1` so the small
@@ -70,6 +97,125 @@ pub struct ChipSpec {
     pub link_latency_s: f64,
     /// Core clock, Hz (informational).
     pub clock_hz: f64,
+    /// How the chips are wired (nodes, links, topology, striping).
+    #[serde(default)]
+    pub interconnect: Interconnect,
+    /// Price and power per chip (inputs for `sramlm study`).
+    #[serde(default)]
+    pub economics: Economics,
+}
+
+/// The network between chips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Topology {
+    /// Chip i talks to chip i+1 only (collectives run as rings).
+    Chain,
+    /// Fully connected nodes of `chips_per_node` chips; nodes in a chain.
+    FullyConnectedNode,
+    /// Fully connected nodes; nodes of a rack directly connected over global
+    /// links; racks connected to each other (ISCA 2022's Dragonfly).
+    Dragonfly,
+}
+
+impl Topology {
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::Chain => "chain",
+            Topology::FullyConnectedNode => "fully_connected_node",
+            Topology::Dragonfly => "dragonfly",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Topology> {
+        match s {
+            "chain" => Some(Topology::Chain),
+            "fully_connected_node" => Some(Topology::FullyConnectedNode),
+            "dragonfly" => Some(Topology::Dragonfly),
+            _ => None,
+        }
+    }
+}
+
+/// Chip-to-chip wiring. Link bandwidth and latency are the chip's
+/// (`link_bandwidth`, `link_latency_s`, per link, per direction, per hop).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Interconnect {
+    pub topology: Topology,
+    /// Chips per fully connected node (1 for a chain).
+    pub chips_per_node: usize,
+    /// Nodes per Dragonfly group (rack), directly connected to each other.
+    pub nodes_per_rack: usize,
+    /// Links from a chip to each other chip of its node.
+    pub local_links_per_peer: usize,
+    /// Links from a chip to other nodes.
+    pub global_links: usize,
+    /// Links a point-to-point transfer is striped over.
+    pub stripe_links: usize,
+}
+
+impl Default for Interconnect {
+    /// The pre-interconnect assumption: a chain, one link per hop.
+    fn default() -> Self {
+        Interconnect {
+            topology: Topology::Chain,
+            chips_per_node: 1,
+            nodes_per_rack: 1,
+            local_links_per_peer: 0,
+            global_links: 1,
+            stripe_links: 1,
+        }
+    }
+}
+
+impl Interconnect {
+    /// groq-v1: 8-chip fully connected nodes, 9-node racks, Dragonfly (see
+    /// the module docs for sources).
+    pub fn groq_v1() -> Self {
+        Interconnect {
+            topology: Topology::Dragonfly,
+            chips_per_node: 8,
+            nodes_per_rack: 9,
+            local_links_per_peer: 1,
+            global_links: 4,
+            stripe_links: 4,
+        }
+    }
+}
+
+/// Price and power of one chip, as inputs (`None`: not known).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Economics {
+    /// US dollars per chip (card), modelled input.
+    pub price_usd: Option<f64>,
+    /// Watts per chip (card) while serving, modelled input.
+    pub power_w: Option<f64>,
+}
+
+/// The modelled cost of one collective or transfer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CollectiveCost {
+    /// `"one_shot"`, `"reduce_scatter_all_gather"`, `"ring"`,
+    /// `"hierarchical"`, `"direct"`, `"none"`.
+    pub algorithm: String,
+    /// Bytes each chip sends.
+    pub bytes_sent_per_chip: f64,
+    /// Bytes over all links (every chip's sends).
+    pub link_bytes_total: f64,
+    /// Sequential communication steps (each pays one hop latency at least).
+    pub steps: usize,
+    pub modeled_s: f64,
+}
+
+impl CollectiveCost {
+    fn none() -> Self {
+        CollectiveCost {
+            algorithm: "none".into(),
+            bytes_sent_per_chip: 0.0,
+            link_bytes_total: 0.0,
+            steps: 0,
+            modeled_s: 0.0,
+        }
+    }
 }
 
 const GROQ_SRAM: usize = 220 * MIB;
@@ -88,6 +234,11 @@ impl ChipSpec {
             link_bandwidth: 14e9,
             link_latency_s: 0.6e-6,
             clock_hz: 900e6,
+            interconnect: Interconnect::groq_v1(),
+            economics: Economics {
+                price_usd: Some(20_000.0),
+                power_w: Some(215.0),
+            },
         }
     }
 
@@ -106,6 +257,8 @@ impl ChipSpec {
             link_bandwidth: g.link_bandwidth * r.sqrt(),
             link_latency_s: g.link_latency_s,
             clock_hz: g.clock_hz,
+            interconnect: g.interconnect,
+            economics: Economics::default(),
         }
     }
 
@@ -184,7 +337,7 @@ impl ChipSpec {
         let obj = v
             .as_object()
             .ok_or_else(|| malformed("(file)", "must hold a JSON object".into()))?;
-        const FIELDS: [&str; 10] = [
+        const FIELDS: [&str; 18] = [
             "name",
             "sram_bytes",
             "slice_bytes",
@@ -195,6 +348,14 @@ impl ChipSpec {
             "link_bandwidth",
             "link_latency_s",
             "clock_hz",
+            "topology",
+            "chips_per_node",
+            "nodes_per_rack",
+            "local_links_per_peer",
+            "global_links",
+            "stripe_links",
+            "price_usd",
+            "power_w",
         ];
         for key in obj.keys() {
             if !FIELDS.contains(&key.as_str()) && !key.starts_with('_') {
@@ -297,7 +458,61 @@ impl ChipSpec {
             link_bandwidth: positive("link_bandwidth")?,
             link_latency_s: latency,
             clock_hz: positive("clock_hz")?,
+            interconnect: Interconnect::default(),
+            economics: Economics::default(),
         };
+        let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+        let count = |key: &str, min: f64| -> Result<Option<usize>, PlacementError> {
+            if !present(key) {
+                return Ok(None);
+            }
+            let x = number(key)?;
+            if x.fract() != 0.0 || x < min || x > 1e6 {
+                return Err(malformed(
+                    key,
+                    format!("must be a whole number from {min} to 1000000, got {x}"),
+                ));
+            }
+            Ok(Some(x as usize))
+        };
+        let mut spec = spec;
+        let ic = &mut spec.interconnect;
+        if present("topology") {
+            let t = obj["topology"]
+                .as_str()
+                .and_then(Topology::parse)
+                .ok_or_else(|| {
+                    malformed(
+                        "topology",
+                        format!(
+                            "must be \"chain\", \"fully_connected_node\" or \"dragonfly\", got {}",
+                            obj["topology"]
+                        ),
+                    )
+                })?;
+            ic.topology = t;
+        }
+        if let Some(x) = count("chips_per_node", 1.0)? {
+            ic.chips_per_node = x;
+        }
+        if let Some(x) = count("nodes_per_rack", 1.0)? {
+            ic.nodes_per_rack = x;
+        }
+        if let Some(x) = count("local_links_per_peer", 0.0)? {
+            ic.local_links_per_peer = x;
+        }
+        if let Some(x) = count("global_links", 1.0)? {
+            ic.global_links = x;
+        }
+        if let Some(x) = count("stripe_links", 1.0)? {
+            ic.stripe_links = x;
+        }
+        if present("price_usd") {
+            spec.economics.price_usd = Some(positive("price_usd")?);
+        }
+        if present("power_w") {
+            spec.economics.power_w = Some(positive("power_w")?);
+        }
         spec.validate()?;
         Ok(spec)
     }
@@ -336,6 +551,56 @@ impl ChipSpec {
                 format!("must not be negative, got {}", self.link_latency_s),
             ));
         }
+        let ic = &self.interconnect;
+        if ic.chips_per_node == 0 || ic.nodes_per_rack == 0 || ic.stripe_links == 0 {
+            return Err(bad(
+                "chips_per_node",
+                "chips_per_node, nodes_per_rack and stripe_links must be positive".into(),
+            ));
+        }
+        if ic.topology != Topology::Chain && ic.chips_per_node > 1 && ic.local_links_per_peer == 0 {
+            return Err(bad(
+                "local_links_per_peer",
+                format!(
+                    "must be at least 1 for a {} topology with {} chips per node",
+                    ic.topology.name(),
+                    ic.chips_per_node
+                ),
+            ));
+        }
+        let wired = ic.local_links_per_peer * (ic.chips_per_node - 1) + ic.global_links;
+        if ic.topology != Topology::Chain && wired > self.links {
+            return Err(bad(
+                "links",
+                format!(
+                    "{} local links ({} per peer × {} peers) + {} global links exceed the chip's {} links",
+                    ic.local_links_per_peer * (ic.chips_per_node - 1),
+                    ic.local_links_per_peer,
+                    ic.chips_per_node - 1,
+                    ic.global_links,
+                    self.links
+                ),
+            ));
+        }
+        if ic.stripe_links > self.links {
+            return Err(bad(
+                "stripe_links",
+                format!(
+                    "{} is more than the chip's {} links",
+                    ic.stripe_links, self.links
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("price_usd", self.economics.price_usd),
+            ("power_w", self.economics.power_w),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(bad(field, format!("must be positive, got {v}")));
+                }
+            }
+        }
         if self.slice_bytes > self.sram_bytes {
             return Err(PlacementError::SliceLargerThanChip {
                 spec: self.name.clone(),
@@ -364,6 +629,203 @@ impl ChipSpec {
             });
         }
         Ok(())
+    }
+
+    /// Time to move `bytes` over `links` parallel links, plus one hop.
+    fn hop_s(&self, bytes: f64, links: usize) -> f64 {
+        bytes / (links.max(1) as f64 * self.link_bandwidth) + self.link_latency_s
+    }
+
+    /// Hops on the shortest path from chip `a` to chip `b` (chips numbered
+    /// node by node, rack by rack).
+    pub fn hops_between(&self, a: usize, b: usize) -> usize {
+        if a == b {
+            return 0;
+        }
+        let ic = &self.interconnect;
+        let (na, nb) = (a / ic.chips_per_node, b / ic.chips_per_node);
+        match ic.topology {
+            Topology::Chain => a.abs_diff(b),
+            _ if na == nb => 1,
+            Topology::FullyConnectedNode => na.abs_diff(nb) + 1,
+            Topology::Dragonfly => {
+                if na / ic.nodes_per_rack == nb / ic.nodes_per_rack {
+                    2 // global link to the node, local link to the chip
+                } else {
+                    3 // local, global (rack to rack), local
+                }
+            }
+        }
+    }
+
+    /// A point-to-point transfer of `bytes` over `hops` hops, striped over
+    /// `stripe_links` links (store-and-forward per hop is not modelled: the
+    /// TSP forwards streams, so only latency is paid per extra hop).
+    pub fn p2p(&self, bytes: f64, hops: usize) -> CollectiveCost {
+        if hops == 0 {
+            return CollectiveCost::none();
+        }
+        let s = self.interconnect.stripe_links.min(self.links).max(1);
+        CollectiveCost {
+            algorithm: "direct".into(),
+            bytes_sent_per_chip: bytes,
+            link_bytes_total: bytes,
+            steps: hops,
+            modeled_s: bytes / (s as f64 * self.link_bandwidth) + hops as f64 * self.link_latency_s,
+        }
+    }
+
+    /// Ring all-reduce over `n` chips, `links` links per neighbour.
+    fn ring_all_reduce(&self, n: usize, bytes: f64, links: usize, hops: usize) -> CollectiveCost {
+        let steps = 2 * (n - 1);
+        let per = bytes / n as f64;
+        CollectiveCost {
+            algorithm: "ring".into(),
+            bytes_sent_per_chip: steps as f64 * per,
+            link_bytes_total: n as f64 * steps as f64 * per,
+            steps,
+            modeled_s: steps as f64
+                * (per / (links.max(1) as f64 * self.link_bandwidth)
+                    + hops as f64 * self.link_latency_s),
+        }
+    }
+
+    /// All-reduce (sum) of a `bytes`-long vector held by each of `n` chips
+    /// (the first `n` chips of a group aligned to a node). Fully connected
+    /// groups pick the faster of one-shot (each chip sends its whole vector
+    /// to every peer: one step, `(n−1)·bytes` per chip) and reduce-scatter +
+    /// all-gather (two steps, `2(n−1)/n·bytes` per chip); a chain runs a
+    /// ring (`2(n−1)` steps); groups wider than a node reduce within each
+    /// node, all-reduce the node's shard between counterpart chips of the
+    /// nodes over global links, and gather within each node.
+    pub fn all_reduce(&self, n: usize, bytes: f64) -> CollectiveCost {
+        if n <= 1 || bytes <= 0.0 {
+            return CollectiveCost::none();
+        }
+        let ic = &self.interconnect;
+        if ic.topology == Topology::Chain || ic.chips_per_node == 1 {
+            let mut c = self.ring_all_reduce(n, bytes, ic.stripe_links.min(self.links), 1);
+            if ic.topology != Topology::Chain {
+                c.algorithm = "ring".into();
+            }
+            return c;
+        }
+        let lpp = ic.local_links_per_peer.max(1);
+        if n <= ic.chips_per_node {
+            let one_shot = CollectiveCost {
+                algorithm: "one_shot".into(),
+                bytes_sent_per_chip: (n - 1) as f64 * bytes,
+                link_bytes_total: (n * (n - 1)) as f64 * bytes,
+                steps: 1,
+                modeled_s: self.hop_s(bytes, lpp),
+            };
+            let per = bytes / n as f64;
+            let rs_ag = CollectiveCost {
+                algorithm: "reduce_scatter_all_gather".into(),
+                bytes_sent_per_chip: 2.0 * (n - 1) as f64 * per,
+                link_bytes_total: 2.0 * (n * (n - 1)) as f64 * per,
+                steps: 2,
+                modeled_s: 2.0 * self.hop_s(per, lpp),
+            };
+            return if one_shot.modeled_s < rs_ag.modeled_s {
+                one_shot
+            } else {
+                rs_ag
+            };
+        }
+        // Hierarchical: c chips per node, g nodes.
+        let c = ic.chips_per_node;
+        let g = n.div_ceil(c);
+        let shard = bytes / c as f64;
+        let intra = self.hop_s(shard, lpp);
+        let intra_bytes = (c - 1) as f64 * shard;
+        let gl = ic.global_links.max(1);
+        let hops = match ic.topology {
+            Topology::Dragonfly if g <= ic.nodes_per_rack => 1,
+            Topology::Dragonfly => 2,
+            _ => 1,
+        };
+        let ring = self.ring_all_reduce(g, shard, gl, hops);
+        let inter = if ic.topology == Topology::Dragonfly {
+            let one_shot_s = shard * (g - 1) as f64 / (gl as f64 * self.link_bandwidth)
+                + hops as f64 * self.link_latency_s;
+            if one_shot_s < ring.modeled_s {
+                ((g - 1) as f64 * shard, one_shot_s, 1)
+            } else {
+                (ring.bytes_sent_per_chip, ring.modeled_s, ring.steps)
+            }
+        } else {
+            (ring.bytes_sent_per_chip, ring.modeled_s, ring.steps)
+        };
+        let per_chip = 2.0 * intra_bytes + inter.0;
+        CollectiveCost {
+            algorithm: "hierarchical".into(),
+            bytes_sent_per_chip: per_chip,
+            link_bytes_total: n as f64 * per_chip,
+            steps: 2 + inter.2,
+            modeled_s: 2.0 * intra + inter.1,
+        }
+    }
+
+    /// All-gather: each of `n` chips holds `piece` bytes and ends with all
+    /// `n·piece` (one step in a fully connected node, `n−1` on a chain, node
+    /// blocks exchanged between counterparts across nodes).
+    pub fn all_gather(&self, n: usize, piece: f64) -> CollectiveCost {
+        if n <= 1 || piece <= 0.0 {
+            return CollectiveCost::none();
+        }
+        let ic = &self.interconnect;
+        if ic.topology == Topology::Chain || ic.chips_per_node == 1 {
+            let steps = n - 1;
+            let s = ic.stripe_links.min(self.links);
+            return CollectiveCost {
+                algorithm: "ring".into(),
+                bytes_sent_per_chip: steps as f64 * piece,
+                link_bytes_total: (n * steps) as f64 * piece,
+                steps,
+                modeled_s: steps as f64 * self.hop_s(piece, s),
+            };
+        }
+        let lpp = ic.local_links_per_peer.max(1);
+        let c = ic.chips_per_node.min(n);
+        let intra = self.hop_s(piece, lpp);
+        let intra_bytes = (c - 1) as f64 * piece;
+        if n <= ic.chips_per_node {
+            return CollectiveCost {
+                algorithm: "one_shot".into(),
+                bytes_sent_per_chip: intra_bytes,
+                link_bytes_total: n as f64 * intra_bytes,
+                steps: 1,
+                modeled_s: intra,
+            };
+        }
+        let g = n.div_ceil(c);
+        let block = c as f64 * piece;
+        let gl = ic.global_links.max(1) as f64;
+        let hops = if ic.topology == Topology::Dragonfly && g > ic.nodes_per_rack {
+            2
+        } else {
+            1
+        };
+        let (inter_s, inter_steps) = match ic.topology {
+            Topology::Dragonfly => (
+                block * (g - 1) as f64 / (gl * self.link_bandwidth)
+                    + hops as f64 * self.link_latency_s,
+                1,
+            ),
+            _ => (
+                (g - 1) as f64 * (block / (gl * self.link_bandwidth) + self.link_latency_s),
+                g - 1,
+            ),
+        };
+        let per_chip = intra_bytes + (g - 1) as f64 * block;
+        CollectiveCost {
+            algorithm: "hierarchical".into(),
+            bytes_sent_per_chip: per_chip,
+            link_bytes_total: n as f64 * per_chip,
+            steps: 1 + inter_steps,
+            modeled_s: intra + inter_s,
+        }
     }
 
     /// Whole slices per chip.

@@ -101,6 +101,12 @@ Examples:
         after_help = "Examples:\n  sramlm serve -m models/SmolLM2-135M-Instruct.Q4_1.gguf           # http://127.0.0.1:8080\n  sramlm serve --port 0 --parallel 8 --ctx 1024                     # port 0: a free one, printed\n  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":32}'"
     )]
     Serve(ServeArgs),
+    /// Model an SRAM-only chip cluster against a GPU fleet for a model and N
+    /// users: chips, tok/s per user, aggregate tok/s, dollars, watts (all modelled).
+    #[command(
+        after_help = "Examples:\n  sramlm study -m models/configs/llama-2-70b.json --users 64 --ctx 4096\n  sramlm study -m models/configs/mixtral-8x7b.json --users 32 --ctx 4096 --gpu h200 --format json\n  sramlm study -m models/configs/llama-2-70b.json --users 8 --svg study.svg   # timeline + speed vs cost\nSee docs/study.md for the model, its sources and its validation."
+    )]
+    Study(sramlm::study::cli::StudyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -271,6 +277,7 @@ pub fn run() -> Result<()> {
         Command::Plan(a) => plan::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Study(a) => Ok(sramlm::study::cli::main(a)?),
     }
 }
 

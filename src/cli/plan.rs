@@ -69,19 +69,16 @@ pub(super) fn run(a: PlanArgs) -> Result<()> {
         if a.ctx.is_some() {
             plan_ctx(a.ctx, &cfg)?;
         }
-        let mut scenarios = sramlm::chip::llama2_70b_scenarios();
-        for s in &mut scenarios {
-            s.context_len = a.ctx;
-            s.batch = a.batch;
-        }
-        let rows = sramlm::chip::study(&cfg, &spec, &scenarios)?;
-        match a.format {
-            Format::Text => {
-                println!("All figures below are MODELED (cost model), not measured.");
-                print!("{}", sramlm::chip::study_table(&rows));
-            }
-            Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        }
+        let json = matches!(a.format, Format::Json);
+        let name = a
+            .config
+            .as_ref()
+            .or(a.model.as_ref())
+            .map_or("embedded".into(), |p| p.display().to_string());
+        print!(
+            "{}",
+            sramlm::study::plan_study(&cfg, &name, &spec, a.ctx, a.batch, json)?
+        );
         return Ok(());
     }
     let plan = match &a.config {

@@ -755,6 +755,100 @@ impl LlamaConfig {
     }
 }
 
+/// Mixture-of-experts shape, as Mixtral's Hugging Face config writes it
+/// (`num_local_experts`, `num_experts_per_tok`) or GGUF's `*.expert_count` /
+/// `*.expert_used_count`. Config-only: `sramlm study` models MoE models; the
+/// executors run dense models only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoeConfig {
+    /// Experts per layer (each one a full gate/up/down MLP of
+    /// `intermediate_size` features).
+    pub num_local_experts: usize,
+    /// Experts each token is routed to.
+    pub num_experts_per_tok: usize,
+}
+
+impl MoeConfig {
+    /// The MoE keys of a Hugging Face config object: `None` when absent (a
+    /// dense model), an error when inconsistent.
+    pub fn from_hf_object(
+        obj: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<MoeConfig>, String> {
+        let get = |k: &str| -> Result<Option<usize>, String> {
+            match obj.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|x| Some(x as usize))
+                    .ok_or_else(|| format!("field `{k}` must be a non-negative integer, got {v}")),
+            }
+        };
+        match (get("num_local_experts")?, get("num_experts_per_tok")?) {
+            (None, None) => Ok(None),
+            (Some(e), Some(k)) => Self::checked(e, k).map(Some),
+            (Some(_), None) => {
+                Err("`num_local_experts` is set but `num_experts_per_tok` is missing".into())
+            }
+            (None, Some(_)) => {
+                Err("`num_experts_per_tok` is set but `num_local_experts` is missing".into())
+            }
+        }
+    }
+
+    /// `experts` per layer, `per_tok` routed; 1 ≤ per_tok ≤ experts ≤ 4096.
+    pub fn checked(experts: usize, per_tok: usize) -> Result<MoeConfig, String> {
+        if experts == 0 || per_tok == 0 || per_tok > experts || experts > 4096 {
+            return Err(format!(
+                "experts per token ({per_tok}) must be between 1 and the number of experts ({experts}, at most 4096)"
+            ));
+        }
+        Ok(MoeConfig {
+            num_local_experts: experts,
+            num_experts_per_tok: per_tok,
+        })
+    }
+}
+
+impl LlamaConfig {
+    /// Config-only parsing for studies (no weights): the shapes of a Llama-
+    /// family config.json, Mixtral and Mistral included (their attention and
+    /// MLP shapes are Llama's; sliding windows are ignored), and the MoE keys.
+    /// The executors still load only what [`LlamaConfig::from_hf_str`] accepts.
+    pub fn shapes_from_hf_str(
+        text: &str,
+        path: &Path,
+    ) -> Result<(LlamaConfig, Option<MoeConfig>), LoadError> {
+        let mut v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| LoadError::Config(format!("{} is not valid JSON: {e}", path.display())))?;
+        let obj = v.as_object_mut().ok_or_else(|| {
+            LoadError::Config(format!("{} must hold a JSON object", path.display()))
+        })?;
+        let moe = MoeConfig::from_hf_object(obj)
+            .map_err(|m| LoadError::Config(format!("{}: {m}", path.display())))?;
+        let shape_alike = ["MixtralForCausalLM", "MistralForCausalLM"];
+        let named = obj
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|s| s.as_str().is_some_and(|s| shape_alike.contains(&s)))
+            });
+        let typed = obj
+            .get("model_type")
+            .and_then(|s| s.as_str())
+            .is_some_and(|t| t == "mixtral" || t == "mistral");
+        if named || typed {
+            obj.insert(
+                "architectures".into(),
+                serde_json::json!(["LlamaForCausalLM"]),
+            );
+            obj.insert("model_type".into(), serde_json::json!("llama"));
+        }
+        let text = serde_json::to_string(&v).expect("a JSON value serializes");
+        Ok((LlamaConfig::from_hf_str(&text, path)?, moe))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
