@@ -177,9 +177,11 @@ CASES = [
     # Architectures (tests/archs.rs): group "archs", no 4.x RoPE layout.
     Case(name="llama-bias", group="archs", arch="llama", config=dict(attention_bias=True, mlp_bias=True)),
     Case(name="qwen2", group="archs", arch="qwen2", config=dict()),
-    # Window 16 < prompt + generation (48): the window matters from position 16 on.
-    Case(name="mistral", group="archs", arch="mistral", config=dict(sliding_window=16)),
-    Case(name="qwen3", group="archs", arch="qwen3", config=dict()),
+    # Window 4 < prompt (8) + generation (40): every step past position 3
+    # drops keys (the prompt's own last tokens already see only 4).
+    Case(name="mistral", group="archs", arch="mistral", config=dict(sliding_window=4)),
+    # head_dim 24 given explicitly: q is 4 x 24 = 96 wide, hidden 64.
+    Case(name="qwen3", group="archs", arch="qwen3", config=dict(head_dim=24)),
 ]
 
 
@@ -244,6 +246,21 @@ def check_generate(model, prompt, ids):
     assert got == ids, f"generate disagrees with the cached loop: {got} vs {ids}"
 
 
+def check_full_forward(model, prompt, ids, margins):
+    """The cached loop against one full causal forward (no cache) over the
+    prompt and the generated ids: the same picks wherever the margin is
+    clear, logits within 1e-4. For sliding-window models this pins the
+    window semantics of the mask (`kv_idx > q_idx - sliding_window`) and
+    of the cache to each other."""
+    with torch.no_grad():
+        full = model(torch.tensor([prompt + ids[:-1]]), use_cache=False).logits[0]
+    n = len(prompt)
+    for i, (want, m) in enumerate(zip(ids, margins)):
+        got = int(torch.argmax(full[n - 1 + i]))
+        assert m < 1e-3 or got == want, f"full forward picks {got} at step {i}, cached loop {want}"
+    return full
+
+
 def write_v4_config(folder, case):
     cfg = json.loads((folder / "config.json").read_text())
     cfg.pop("rope_parameters", None)
@@ -300,6 +317,20 @@ def make(case, llama_cpp, out_root):
     ref = load(case.arch, folder)
     ids, margins, first = greedy(ref, PROMPT, N_NEW)
     check_generate(ref, PROMPT, ids)
+    full = check_full_forward(ref, PROMPT, ids, margins)
+    assert (full[len(PROMPT) - 1] - first).abs().max() < 1e-4
+    if ref.config.__dict__.get("sliding_window") and case.arch == "mistral":
+        # The same weights with full attention must pick differently, or
+        # the window would not be tested.
+        cfg = json.loads((folder / "config.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for f in folder.iterdir():
+                shutil.copy(f, tmp / f.name)
+            cfg["sliding_window"] = None
+            (tmp / "config.json").write_text(json.dumps(cfg))
+            no_window_ids, no_window_margins, _ = greedy(load(case.arch, tmp), PROMPT, N_NEW)
+        assert no_window_ids != ids, f"{case.name}: the sliding window changes nothing"
 
     out = {
         "name": case.name,
@@ -314,6 +345,10 @@ def make(case, llama_cpp, out_root):
         "dtype": "float32 compute, float16 weights on disk",
         "context_needed": len(PROMPT) + N_NEW,
     }
+    if "no_window_ids" in locals():
+        # What a runner without the window (the GGUF, see below) must give.
+        out["new_ids_if_full_attention"] = no_window_ids
+        out["margins_if_full_attention"] = no_window_margins
 
     if case.v4_rope is not None:
         write_v4_config(folder, case)
