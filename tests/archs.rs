@@ -298,6 +298,7 @@ fn qwen3_qk_norm() {
         let what = format!("qwen3 {src}");
         let a = &m.config.arch;
         assert!(a.qk_norm && !a.any_bias(), "{what}: {a:?}");
+        assert_eq!(a.describe(), "Qwen3ForCausalLM (per-head q/k RMSNorm)");
         assert_eq!(
             (m.config.head_dim, m.config.q_dim(), m.config.hidden_size),
             (24, 96, 64),
@@ -337,6 +338,10 @@ fn mistral_sliding_window() {
     let folder = model::load(&c.dir).unwrap();
     assert_eq!(folder.config.arch.name, "MistralForCausalLM");
     assert_eq!(folder.config.arch.sliding_window, Some(4));
+    assert_eq!(
+        folder.config.arch.describe(),
+        "MistralForCausalLM (sliding-window attention (4 positions))"
+    );
     check_runs(
         &c,
         &folder,

@@ -432,6 +432,30 @@ impl ArchFeatures {
             ..Default::default()
         }
     }
+    /// One line for `info`: the name and what differs from plain Llama.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let bias = [
+            (self.qkv_bias, "q/k/v"),
+            (self.o_bias, "o"),
+            (self.mlp_bias, "MLP"),
+        ];
+        let b: Vec<&str> = bias.iter().filter(|x| x.0).map(|x| x.1).collect();
+        if !b.is_empty() {
+            parts.push(format!("{} biases", b.join(", ")));
+        }
+        if self.qk_norm {
+            parts.push("per-head q/k RMSNorm".to_string());
+        }
+        if let Some(w) = self.sliding_window {
+            parts.push(format!("sliding-window attention ({w} positions)"));
+        }
+        if parts.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, parts.join("; "))
+        }
+    }
     pub fn any_bias(&self) -> bool {
         self.qkv_bias || self.o_bias || self.mlp_bias
     }
