@@ -293,8 +293,20 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu) {
             let kc = f32_buffer(gpu, "kc", ctx * hkv * hd, 2);
             let vc = f32_buffer(gpu, "vc", ctx * hkv * hd, 3);
             let out = gpu.storage_buffer("o", (h * hd * 4) as u64).unwrap();
-            let op = attention::build(gpu, &case.step_buf, "attn", h, hkv, hd, &q, &kc, &vc, &out)
-                .expect("build attention");
+            let op = attention::build(
+                gpu,
+                &case.step_buf,
+                "attn",
+                h,
+                hkv,
+                hd,
+                &q,
+                &kc,
+                &vc,
+                &out,
+                0,
+            )
+            .expect("build attention");
             case.ops.push(vec![op]);
             case.keep((q, kc, vc, out));
             case

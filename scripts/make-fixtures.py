@@ -92,12 +92,36 @@ def _like_llama(config_cls, model_cls, **extra):
     return f
 
 
+def gemma3_archs():
+    """Gemma 3 text: 6 layers in transformers' default pattern (5 sliding,
+    1 full: the pattern llama.cpp's gemma3 graph assumes, as the GGUF
+    carries no per-layer list), window 4, RoPE bases 10000 / 1e6."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    base = dict(llama_archs()["base"])
+    base.pop("hidden_act")
+    base.update(
+        intermediate_size=96,
+        num_hidden_layers=6,
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=16,
+        sliding_window=4,
+        rms_norm_eps=1e-6,
+        # Tied, the scaled input embedding dominates and every step repeats
+        # the last token; an lm_head of its own gives separated varied picks.
+        tie_word_embeddings=False,
+        pad_token_id=0,
+    )
+    return {"cls": Gemma3ForCausalLM, "config_cls": Gemma3TextConfig, "base": base}
+
+
 # name -> () -> {"cls", "config_cls", "base"}.
 ARCHS = {
     "llama": llama_archs,
     "qwen2": _like_llama("Qwen2Config", "Qwen2ForCausalLM"),
     "mistral": _like_llama("MistralConfig", "MistralForCausalLM"),
     "qwen3": _like_llama("Qwen3Config", "Qwen3ForCausalLM"),
+    "gemma3": gemma3_archs,
 }
 
 
@@ -177,9 +201,13 @@ CASES = [
     # Architectures (tests/archs.rs): group "archs", no 4.x RoPE layout.
     Case(name="llama-bias", group="archs", arch="llama", config=dict(attention_bias=True, mlp_bias=True)),
     Case(name="qwen2", group="archs", arch="qwen2", config=dict()),
-    # Window 16 < prompt + generation (48): the window matters from position 16 on.
-    Case(name="mistral", group="archs", arch="mistral", config=dict(sliding_window=16)),
-    Case(name="qwen3", group="archs", arch="qwen3", config=dict()),
+    # Window 4 < prompt (8) + generation (40): every step past position 3
+    # drops keys (the prompt's own last tokens already see only 4).
+    Case(name="mistral", group="archs", arch="mistral", config=dict(sliding_window=4)),
+    # head_dim 24 given explicitly: q is 4 x 24 = 96 wide, hidden 64.
+    Case(name="qwen3", group="archs", arch="qwen3", config=dict(head_dim=24)),
+    # Not run by sramlm yet (refused; tests/archs.rs): the reference for when it is.
+    Case(name="gemma3", group="archs", arch="gemma3", config=dict()),
 ]
 
 
@@ -195,8 +223,14 @@ def build_model(case):
         for name, p in model.named_parameters():
             if name.endswith(".bias"):  # attention / MLP biases
                 p.copy_(0.5 * torch.randn_like(p))
+            elif p.dim() == 1 and case.arch == "gemma3":  # Gemma: scale (1 + w)
+                p.copy_(0.1 * torch.randn_like(p))
             elif p.dim() == 1:  # norm weights
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif "embed" in name and case.arch == "gemma3":
+                # Gemma scales embeddings by sqrt(hidden) = 8: keep the
+                # residual from being only the input token's embedding.
+                p.copy_(0.3 * torch.randn_like(p))
             elif "embed" in name:
                 p.copy_(torch.randn_like(p))
             else:
@@ -244,6 +278,21 @@ def check_generate(model, prompt, ids):
     assert got == ids, f"generate disagrees with the cached loop: {got} vs {ids}"
 
 
+def check_full_forward(model, prompt, ids, margins):
+    """The cached loop against one full causal forward (no cache) over the
+    prompt and the generated ids: the same picks wherever the margin is
+    clear, logits within 1e-4. For sliding-window models this pins the
+    window semantics of the mask (`kv_idx > q_idx - sliding_window`) and
+    of the cache to each other."""
+    with torch.no_grad():
+        full = model(torch.tensor([prompt + ids[:-1]]), use_cache=False).logits[0]
+    n = len(prompt)
+    for i, (want, m) in enumerate(zip(ids, margins)):
+        got = int(torch.argmax(full[n - 1 + i]))
+        assert m < 1e-3 or got == want, f"full forward picks {got} at step {i}, cached loop {want}"
+    return full
+
+
 def write_v4_config(folder, case):
     cfg = json.loads((folder / "config.json").read_text())
     cfg.pop("rope_parameters", None)
@@ -260,6 +309,8 @@ import runpy, sys
 sys.path.insert(0, sys.argv[1])
 import conversion.qwen as q
 q.Qwen2Model.set_vocab = lambda self: self._set_vocab_llama_hf()
+import conversion.gemma as g
+g.Gemma3Model.set_vocab = lambda self: self._set_vocab_llama_hf()
 sys.argv = [sys.argv[1] + '/convert_hf_to_gguf.py'] + sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
@@ -300,6 +351,20 @@ def make(case, llama_cpp, out_root):
     ref = load(case.arch, folder)
     ids, margins, first = greedy(ref, PROMPT, N_NEW)
     check_generate(ref, PROMPT, ids)
+    full = check_full_forward(ref, PROMPT, ids, margins)
+    assert (full[len(PROMPT) - 1] - first).abs().max() < 1e-4
+    if ref.config.__dict__.get("sliding_window") and case.arch == "mistral":
+        # The same weights with full attention must pick differently, or
+        # the window would not be tested.
+        cfg = json.loads((folder / "config.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for f in folder.iterdir():
+                shutil.copy(f, tmp / f.name)
+            cfg["sliding_window"] = None
+            (tmp / "config.json").write_text(json.dumps(cfg))
+            no_window_ids, no_window_margins, _ = greedy(load(case.arch, tmp), PROMPT, N_NEW)
+        assert no_window_ids != ids, f"{case.name}: the sliding window changes nothing"
 
     out = {
         "name": case.name,
@@ -314,6 +379,10 @@ def make(case, llama_cpp, out_root):
         "dtype": "float32 compute, float16 weights on disk",
         "context_needed": len(PROMPT) + N_NEW,
     }
+    if "no_window_ids" in locals():
+        # What a runner without the window (the GGUF, see below) must give.
+        out["new_ids_if_full_attention"] = no_window_ids
+        out["margins_if_full_attention"] = no_window_margins
 
     if case.v4_rope is not None:
         write_v4_config(folder, case)

@@ -1,6 +1,7 @@
 // Causal multi-head attention with grouped KV heads, over the KV cache.
 // For token t (position pos0 + t) and head h:
 //   out[t, h] = softmax(q · K[0..=pos]^T * scale) · V[0..=pos]
+// (with a sliding window W > 0: positions pos - W + 1 ..= pos only)
 // PyTorch: attn = softmax(q @ repeat_kv(k).T * head_dim**-0.5 + causal_mask) @ repeat_kv(v)
 //
 // One workgroup per (head, token), WG={{WG}} threads (64 on CPU adapters and in
@@ -42,7 +43,8 @@ struct Params {
     init: u32,
     finalize: u32,
     pair_layout: u32, // ROPE: 0 rotate_half, pairs (i, i + hd/2); 1 GGUF, pairs (2i, 2i + 1)
-    _pad1: u32,
+    window: u32,      // sliding window (Mistral): keys pos - window + 1 ..= pos; 0: all
+
 }
 #include step
 
@@ -259,6 +261,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
 #endif
     var s_begin = P.pos_begin;
+    if (P.window > 0u && pos + 1u > P.window) {
+        // transformers' sliding window: kv_idx > q_idx - sliding_window.
+        s_begin = max(s_begin, pos + 1u - P.window);
+    }
     var s_end = min(P.pos_end, pos + 1u);
     if (kvh < P.kv_head_begin || kvh >= P.kv_head_end || s_end < s_begin) {
         s_end = s_begin; // not this block's head: nothing to fold in

@@ -1,7 +1,8 @@
 //! Architectures other than plain Llama (issue 11, point 3) against Hugging
 //! Face transformers: Llama with `attention_bias`/`mlp_bias`, Qwen2 (q/k/v
-//! biases); Mistral (sliding-window attention) and Qwen3 (q/k RMSNorm) are
-//! refused with a one-line message, never run wrong.
+//! biases), Qwen3 (per-head q/k RMSNorm, explicit head_dim), Mistral
+//! (sliding-window attention, window 4 < the 48 positions run) in VRAM mode
+//! and the CPU reference; SRAM mode refuses each with one line.
 //!
 //! `tests/fixtures/archs/<case>/` holds a tiny random-weight model that
 //! scripts/make-fixtures.py built with transformers 5 (float16 weights,
@@ -37,6 +38,11 @@ struct Reference {
     first_step_logits: Vec<f32>,
     gguf: Option<String>,
     context_needed: usize,
+    /// Mistral: transformers' ids and margins with the window removed.
+    #[serde(default)]
+    new_ids_if_full_attention: Option<Vec<u32>>,
+    #[serde(default)]
+    margins_if_full_attention: Option<Vec<f32>>,
 }
 
 struct Case {
@@ -72,7 +78,17 @@ fn sources(c: &Case) -> Vec<(&'static str, Model)> {
 /// Prompt, then the reference's ids one by one; compares each pick where the
 /// margin is at least `MARGIN`. Returns the largest first-step logit error.
 fn run(exec: &mut dyn Executor, c: &Case, what: &str) -> Result<f32, String> {
-    let r = &c.r;
+    run_ids(exec, &c.r, &c.r.new_ids, &c.r.top1_minus_top2_margin, what)
+}
+
+/// [`run`] against `ids` / `margins` (e.g. the full-attention ids).
+fn run_ids(
+    exec: &mut dyn Executor,
+    r: &Reference,
+    ids: &[u32],
+    margins: &[f32],
+    what: &str,
+) -> Result<f32, String> {
     exec.reset();
     let StepOutput::Logits { data, .. } = exec
         .step(&r.prompt_ids, Readback::LastLogits)
@@ -83,18 +99,18 @@ fn run(exec: &mut dyn Executor, c: &Case, what: &str) -> Result<f32, String> {
     assert_eq!(data.len(), r.first_step_logits.len(), "{what}: vocab");
     let err = max_err(&data, &r.first_step_logits, what);
     let mut got = argmax_of(&StepOutput::Logits { rows: 1, data });
-    for (i, &want) in r.new_ids.iter().enumerate() {
+    for (i, &want) in ids.iter().enumerate() {
         if i > 0 {
             let out = exec
-                .step(&[r.new_ids[i - 1]], Readback::Argmax)
+                .step(&[ids[i - 1]], Readback::Argmax)
                 .unwrap_or_else(|e| panic!("{what}: step {i}: {e}"));
             got = argmax_of(&out);
         }
-        if r.top1_minus_top2_margin[i] >= MARGIN && got != want {
+        if margins[i] >= MARGIN && got != want {
             return Err(format!(
                 "{what}: step {i} (position {}): sramlm picks {got}, transformers {want} (margin {})",
                 r.prompt_ids.len() + i,
-                r.top1_minus_top2_margin[i]
+                margins[i]
             ));
         }
     }
@@ -111,16 +127,75 @@ fn max_err(got: &[f32], want: &[f32], what: &str) -> f32 {
 }
 
 fn vram(cfg: &LlamaConfig, w: &ModelWeights, ctx: usize) -> VramExecutor {
+    vram_chunk(cfg, w, ctx, VramOptions::default().chunk)
+}
+
+/// VRAM mode with prompts run in passes of `chunk` tokens.
+fn vram_chunk(cfg: &LlamaConfig, w: &ModelWeights, ctx: usize, chunk: usize) -> VramExecutor {
     VramExecutor::new(
         gpu().unwrap(),
         cfg,
         w,
         &VramOptions {
             context: Some(ctx),
-            ..Default::default()
+            chunk,
         },
     )
     .unwrap()
+}
+
+/// The CPU reference, VRAM mode (whole prompt, and prompt in passes of 3
+/// tokens) against transformers; SRAM mode's one-line refusal `sram_msg`;
+/// and the same model with its feature removed by `strip` failing the check.
+fn check_runs(
+    c: &Case,
+    m: &Model,
+    what: &str,
+    sram_msg: &str,
+    strip: impl Fn(&mut LlamaConfig, &mut ModelWeights),
+) {
+    let mut rm = RefModel::new(&m.config, &m.weights);
+    let all = rm.forward(&c.r.prompt_ids);
+    let last = &all[all.len() - m.config.vocab_size..];
+    let e = max_err(last, &c.r.first_step_logits, what);
+    eprintln!("{what} cpu reference: first-step max logit error {e:.2e}");
+    assert!(
+        e <= TOL,
+        "{what} cpu reference: max |logit error| {e} > {TOL}"
+    );
+    if gpu().is_none() {
+        return;
+    }
+    let ctx = c.r.context_needed;
+    for chunk in [VramOptions::default().chunk, 3] {
+        let what_v = format!("{what} vram (prefill chunk {chunk})");
+        let e = run(
+            &mut vram_chunk(&m.config, &m.weights, ctx, chunk),
+            c,
+            &what_v,
+        )
+        .unwrap();
+        eprintln!("{what_v}: first-step max logit error {e:.2e}");
+        assert!(e <= TOL, "{what_v}: max |logit error| {e} > {TOL}");
+    }
+
+    let e = sram(m, ctx)
+        .err()
+        .expect("SRAM mode must refuse this model");
+    assert_eq!(e, sram_msg, "{what} sram");
+
+    // The check can fail: the same weights without the feature.
+    let mut cfg = m.config.clone();
+    let mut w = m.weights.clone();
+    strip(&mut cfg, &mut w);
+    let e = match run(&mut vram(&cfg, &w, ctx), c, "stripped") {
+        Err(e) => e,
+        Ok(err) => {
+            assert!(err > 100.0 * TOL, "{what}: the feature changes nothing");
+            format!("first-step logits off by {err}")
+        }
+    };
+    eprintln!("{what} without the feature fails as it should: {e}");
 }
 
 /// SRAM mode's answer on the first preset the model fits (placement's
@@ -186,45 +261,12 @@ fn check_bias_case(name: &str, want: [bool; 3], sram_msg: &str) {
         };
         assert_eq!(m.config.rope_layout, layout, "{what}");
 
-        // The plain CPU reference (tests' spec) with the same flags.
-        let mut rm = RefModel::new(&m.config, &m.weights);
-        let all = rm.forward(&c.r.prompt_ids);
-        let last = &all[all.len() - m.config.vocab_size..];
-        let e = max_err(last, &c.r.first_step_logits, &what);
-        eprintln!("{what} cpu reference: first-step max logit error {e:.2e}");
-        assert!(
-            e <= TOL,
-            "{what} cpu reference: max |logit error| {e} > {TOL}"
-        );
-
-        if gpu().is_none() {
-            continue;
-        }
-        let ctx = c.r.context_needed;
-        let what_v = format!("{what} vram");
-        let e = run(&mut vram(&m.config, &m.weights, ctx), &c, &what_v).unwrap();
-        eprintln!("{what_v}: first-step max logit error {e:.2e}");
-        assert!(e <= TOL, "{what_v}: max |logit error| {e} > {TOL}");
-
-        let e = sram(&m, ctx).err().expect("SRAM mode must refuse biases");
-        assert_eq!(e, sram_msg, "{what} sram");
-
-        // The check can fail: the same weights without their biases.
-        let mut cfg = m.config.clone();
-        let mut w = m.weights.clone();
-        cfg.arch.qkv_bias = false;
-        cfg.arch.o_bias = false;
-        cfg.arch.mlp_bias = false;
-        w.layers.iter_mut().for_each(|l| l.biases.clear());
-        let e = run(&mut vram(&cfg, &w, ctx), &c, "no biases");
-        let e = match e {
-            Err(e) => e,
-            Ok(err) => {
-                assert!(err > 100.0 * TOL, "{what}: biases change nothing");
-                format!("first-step logits off by {err}")
-            }
-        };
-        eprintln!("{what} without biases fails as it should: {e}");
+        check_runs(&c, &m, &what, sram_msg, |cfg, w| {
+            cfg.arch.qkv_bias = false;
+            cfg.arch.o_bias = false;
+            cfg.arch.mlp_bias = false;
+            w.layers.iter_mut().for_each(|l| l.biases.clear());
+        });
     }
 }
 
@@ -246,38 +288,158 @@ fn qwen2_qkv_bias() {
     );
 }
 
-/// Mistral (sliding-window attention) and Qwen3 (q/k RMSNorm) are refused
-/// at load time with one line naming the architecture, in both formats.
+/// Qwen3: per-head q/k RMSNorm before RoPE, head_dim 24 given explicitly
+/// (q is 96 wide for a hidden size of 64); folder and GGUF (`qwen3`, NeoX
+/// RoPE halves, `blk.N.attn_{q,k}_norm.weight`).
 #[test]
-fn mistral_and_qwen3_are_refused_up_front() {
-    for name in ["mistral", "qwen3"] {
-        let c = case(name);
-        let gguf = c.dir.join(c.r.gguf.as_ref().unwrap());
-        // convert_hf_to_gguf.py writes Mistral as GGUF `llama` without any
-        // sliding-window key: the file cannot be told from a Llama (llama.cpp
-        // runs it without a window too). Not refusable; see docs/models.md.
-        let paths = if name == "mistral" {
-            let g = model::load(&gguf).unwrap();
-            assert_eq!(g.config.arch.name, "LlamaForCausalLM");
-            vec![c.dir.clone()]
-        } else {
-            vec![c.dir.clone(), gguf]
-        };
-        for path in paths {
-            let e = match model::load(&path) {
-                Ok(_) => panic!(
-                    "{}: loaded, but sramlm cannot run it exactly",
-                    path.display()
-                ),
-                Err(e) => e.to_string(),
-            };
-            eprintln!("{name}: {e}");
-            assert!(!e.contains('\n'), "{e}");
-            let named = e.contains("MistralForCausalLM")
-                || e.contains("sliding")
-                || e.contains("Qwen3ForCausalLM")
-                || e.contains("`qwen3`");
-            assert!(named, "{name}: {e}");
+fn qwen3_qk_norm() {
+    let c = case("qwen3");
+    for (src, m) in sources(&c) {
+        let what = format!("qwen3 {src}");
+        let a = &m.config.arch;
+        assert!(a.qk_norm && !a.any_bias(), "{what}: {a:?}");
+        assert_eq!(a.describe(), "Qwen3ForCausalLM (per-head q/k RMSNorm)");
+        assert_eq!(
+            (m.config.head_dim, m.config.q_dim(), m.config.hidden_size),
+            (24, 96, 64),
+            "{what}"
+        );
+        assert_eq!(m.config.rope_layout, RopeLayout::Halves, "{what}");
+        for l in 0..m.config.num_layers {
+            for t in [LayerTensor::Q, LayerTensor::K] {
+                let n = m.weights.get(WeightName::HeadNorm(l, t));
+                assert_eq!(
+                    n.map(|n| n.shape.clone()),
+                    Some(vec![24]),
+                    "{what}: {t:?} norm of layer {l}"
+                );
+            }
         }
+        check_runs(
+            &c,
+            &m,
+            &what,
+            "SRAM mode does not run per-head q/k RMSNorm yet (Qwen3ForCausalLM); use --mode vram",
+            |cfg, w| {
+                cfg.arch.qk_norm = false;
+                w.layers.iter_mut().for_each(|l| l.head_norms.clear());
+            },
+        );
+    }
+}
+
+/// Mistral with `sliding_window` 4: every position past 3 attends to its
+/// last 4 keys only (transformers 5: `kv_idx > q_idx - sliding_window`;
+/// scripts/make-fixtures.py checks its cached loop against one full
+/// forward). Without the window the ids differ from step 0.
+#[test]
+fn mistral_sliding_window() {
+    let c = case("mistral");
+    let folder = model::load(&c.dir).unwrap();
+    assert_eq!(folder.config.arch.name, "MistralForCausalLM");
+    assert_eq!(folder.config.arch.sliding_window, Some(4));
+    assert_eq!(
+        folder.config.arch.describe(),
+        "MistralForCausalLM (sliding-window attention (4 positions))"
+    );
+    check_runs(
+        &c,
+        &folder,
+        "mistral folder",
+        "SRAM mode does not run sliding-window attention yet (MistralForCausalLM); use --mode vram",
+        |cfg, _| cfg.arch.sliding_window = None,
+    );
+
+    // convert_hf_to_gguf.py writes Mistral as GGUF `llama` with no
+    // sliding-window key (llama.cpp's llama graph has no window either):
+    // the file describes a full-attention model, and sramlm runs it as one.
+    // It matches transformers on the same weights with the window removed.
+    let gguf = model::load(&c.dir.join(c.r.gguf.as_ref().unwrap())).unwrap();
+    assert_eq!(gguf.config.arch.name, "LlamaForCausalLM");
+    assert_eq!(gguf.config.arch.sliding_window, None);
+    let ids = c.r.new_ids_if_full_attention.as_ref().unwrap();
+    let margins = c.r.margins_if_full_attention.as_ref().unwrap();
+    assert_ne!(ids, &c.r.new_ids);
+    let mut rm = RefModel::new(&gguf.config, &gguf.weights);
+    let mut pos_ids = c.r.prompt_ids.clone();
+    pos_ids.extend(&ids[..ids.len() - 1]);
+    let all = rm.forward(&pos_ids);
+    let v = gguf.config.vocab_size;
+    let n = c.r.prompt_ids.len();
+    for (i, (&want, &mg)) in ids.iter().zip(margins).enumerate() {
+        let row = &all[(n - 1 + i) * v..(n + i) * v];
+        let got = sramlm::testing::reference::top1_margin(row).0;
+        assert!(
+            mg < MARGIN || got == want,
+            "mistral gguf cpu reference: step {i}: {got} vs transformers (no window) {want}"
+        );
+    }
+    if gpu().is_some() {
+        let ctx = c.r.context_needed;
+        run_ids(
+            &mut vram(&gguf.config, &gguf.weights, ctx),
+            &c.r,
+            ids,
+            margins,
+            "mistral gguf vram (full attention)",
+        )
+        .unwrap();
+    }
+}
+
+/// Per-layer sliding windows (Qwen2/Qwen3 `use_sliding_window`) are refused
+/// at load time with one line naming the setting.
+#[test]
+fn per_layer_sliding_window_is_refused() {
+    for name in ["qwen2", "qwen3"] {
+        let c = case(name);
+        let tmp =
+            std::env::temp_dir().join(format!("sramlm-archs-{name}-swa-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        for f in [
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            std::fs::copy(c.dir.join(f), tmp.join(f)).unwrap();
+        }
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(c.dir.join("config.json")).unwrap())
+                .unwrap();
+        cfg["use_sliding_window"] = serde_json::json!(true);
+        cfg["sliding_window"] = serde_json::json!(4);
+        std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+        let e = model::load(&tmp).err().map(|e| e.to_string());
+        std::fs::remove_dir_all(&tmp).unwrap();
+        let e = e.expect("use_sliding_window must be refused");
+        assert!(
+            !e.contains('\n') && e.contains("use_sliding_window"),
+            "{name}: {e}"
+        );
+    }
+}
+
+/// Gemma 3 text (scaled embeddings, (1+w) norms before and after each block,
+/// GELU-tanh, q/k norm, query_pre_attn_scalar, 5 sliding + 1 full layers
+/// with their own RoPE bases) is not run yet: both formats are refused at
+/// load time with one line naming it. The fixture (transformers' reference
+/// and llama.cpp's GGUF) is ready for when it is.
+#[test]
+fn gemma3_is_refused_up_front() {
+    let c = case("gemma3");
+    for (path, name) in [
+        (c.dir.clone(), "Gemma3ForCausalLM"),
+        (c.dir.join(c.r.gguf.as_ref().unwrap()), "`gemma3`"),
+    ] {
+        let e = match model::load(&path) {
+            Ok(_) => panic!("{}: loaded, but sramlm cannot run it", path.display()),
+            Err(e) => e.to_string(),
+        };
+        eprintln!("gemma3: {e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.starts_with("unsupported architecture") && e.contains(name),
+            "{e}"
+        );
     }
 }

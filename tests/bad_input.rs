@@ -389,15 +389,15 @@ fn config_absurd_sizes() {
 
 #[test]
 fn unsupported_architecture_is_named() {
-    let d = stories_copy("mistral");
+    let d = stories_copy("phi3");
     edit_config(&d, |c| {
         c.insert(
             "architectures".into(),
-            serde_json::json!(["MistralForCausalLM"]),
+            serde_json::json!(["Phi3ForCausalLM"]),
         );
-        c.insert("model_type".into(), serde_json::json!("mistral"));
+        c.insert("model_type".into(), serde_json::json!("phi3"));
     });
-    expect_model_error(&d, &["unsupported architecture", "MistralForCausalLM"]);
+    expect_model_error(&d, &["unsupported architecture", "Phi3ForCausalLM"]);
 }
 
 // ---------------------------------------------------------------- tensors

@@ -565,11 +565,11 @@ fn other_architecture_is_named() {
     set_kv(
         &mut kv,
         "general.architecture",
-        GgufValue::String("qwen3".into()),
+        GgufValue::String("phi3".into()),
     );
     let e = load_bytes(&write(&kv, &t)).err().unwrap();
     assert!(matches!(e, LoadError::UnsupportedArchitecture(_)), "{e}");
-    assert_contains(&e.to_string(), &["qwen3"]);
+    assert_contains(&e.to_string(), &["phi3"]);
 }
 
 #[test]

@@ -142,6 +142,7 @@ fn print_model(m: &Model) {
         yes(c.tie_word_embeddings)
     );
     println!("    rope: {}", c.rope_scaling.describe());
+    println!("    architecture: {}", c.arch.describe());
     println!(
         "    parameters: {} | weight memory on the GPU (file encoding): {}",
         c.param_count(),

@@ -169,6 +169,8 @@ impl VramExecutor {
             layout: cfg.rope_layout,
         };
         let mut mats = Vec::new();
+        // Mistral's sliding window (0: full causal attention).
+        let window = cfg.arch.sliding_window.unwrap_or(0);
         // Gate and up outputs, for layers whose gate/up weights cannot stack.
         let mut glu_scratch: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
         // RMSNorm of the residual x into xn as a dispatch of its own, on the
@@ -324,6 +326,26 @@ impl VramExecutor {
             ] {
                 body.extend(bias_op(t, y)?);
             }
+            // q, k = per-head rms_norm(q) * q_norm, … * k_norm (Qwen3; before RoPE)
+            for (t, y, heads) in [
+                (LayerTensor::Q, &act.q, cfg.num_heads),
+                (LayerTensor::K, &act.k, cfg.num_kv_heads),
+            ] {
+                let Some(hw) = lw.head_norm(t) else { continue };
+                let hn = WeightName::HeadNorm(i, t);
+                let hb = norm(&gpu, hn, hw)?;
+                body.push(crate::kernels::head_norm::build(
+                    &gpu,
+                    &step_buf,
+                    &hn.to_string(),
+                    heads,
+                    cfg.head_dim,
+                    cfg.rms_norm_eps,
+                    &hb,
+                    y,
+                )?);
+                keep.push(hb);
+            }
             // q, k = rope(q, k, pos); k_cache[pos], v_cache[pos] = k, v
             // (decode steps: inside the attention kernel below)
             body.push(
@@ -354,6 +376,7 @@ impl VramExecutor {
                     &k_cache,
                     &v_cache,
                     &act.att,
+                    window,
                 )?
                 .only_when(|s| s.n_tokens > 1 && !s.per_row()),
             );
@@ -370,6 +393,7 @@ impl VramExecutor {
                 &v_cache,
                 &act.att,
                 &act.rows,
+                window,
             )?);
             // x += att @ Wo.T                                     [T, D]
             body.extend(mm("wo", &wo, &act.att, &act.x, true)?);

@@ -35,6 +35,7 @@ shaders! {
     Attention => "attention",
     SiluMul => "silu_mul",
     BiasAdd => "bias_add",
+    HeadNorm => "head_norm",
     Argmax => "argmax",
     Topk => "topk",
     SramMatmul => "sram_matmul",

@@ -18,7 +18,9 @@ pub struct Params {
     pub finalize: u32,
     /// ROPE variant: [`crate::model::RopeLayout::as_u32`].
     pub pair_layout: u32,
-    pub _pad: u32,
+    /// Sliding window (Mistral): the token at `pos` attends to keys
+    /// `pos - window + 1 ..= pos`; 0 for plain causal attention.
+    pub window: u32,
 }
 
 /// One KV block's share of a layer's attention (SRAM mode).
@@ -123,6 +125,7 @@ pub fn build_decode_rope(
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
     row_table: &wgpu::Buffer,
+    window: usize,
 ) -> Result<KernelOp, GpuError> {
     build_decode_rope_wg(
         gpu,
@@ -132,11 +135,13 @@ pub fn build_decode_rope(
         cos_sin,
         [q, k, v, k_cache, v_cache, out, row_table],
         workgroup_size(gpu, rope.head_dim),
+        window,
     )
 }
 
 /// [`build_decode_rope`] with `wg` threads per workgroup; `bufs` is
-/// `[q, k, v, k_cache, v_cache, out, row_table]`.
+/// `[q, k, v, k_cache, v_cache, out, row_table]`; `window` as [`Params::window`].
+#[allow(clippy::too_many_arguments)]
 pub fn build_decode_rope_wg(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -145,9 +150,11 @@ pub fn build_decode_rope_wg(
     cos_sin: &wgpu::Buffer,
     bufs: [&wgpu::Buffer; 7],
     wg: u32,
+    window: usize,
 ) -> Result<KernelOp, GpuError> {
     let [q, k, v, k_cache, v_cache, out, row_table] = bufs;
     check_head_dim(rope.head_dim)?;
+    let window = check_window(window);
     let p = Params {
         n_heads: rope.n_heads as u32,
         n_kv_heads: rope.n_kv_heads as u32,
@@ -160,7 +167,7 @@ pub fn build_decode_rope_wg(
         init: 1,
         finalize: 1,
         pair_layout: rope.layout.as_u32(),
-        _pad: 0,
+        window,
     };
     let params = gpu.uniform("attention.params", &p);
     let pipe = gpu.pipeline(Shader::Attention, &rope_variant(rope.head_dim, wg))?;
@@ -213,7 +220,7 @@ pub fn build_block(
         init: block.init as u32,
         finalize: block.finalize as u32,
         pair_layout: 0,
-        _pad: 0,
+        window: 0,
     };
     let params = gpu.uniform("attention.params", &p);
     let pipe = gpu.pipeline(Shader::Attention, &partial_variant(head_dim))?;
@@ -240,6 +247,7 @@ pub fn build(
     k_cache: &wgpu::Buffer,
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
+    window: usize,
 ) -> Result<KernelOp, GpuError> {
     let wg = workgroup_size(gpu, head_dim);
     build_wg(
@@ -249,11 +257,17 @@ pub fn build(
         (n_heads, n_kv_heads, head_dim),
         [q, k_cache, v_cache, out],
         wg,
+        window,
     )
 }
 
+/// `window` as the kernel's u32 (0: none); one past any u32 position means none.
+fn check_window(window: usize) -> u32 {
+    u32::try_from(window).unwrap_or(0)
+}
+
 /// [`build`] with `wg` threads per workgroup; `bufs` is
-/// `[q, k_cache, v_cache, out]`.
+/// `[q, k_cache, v_cache, out]`; `window` as [`Params::window`].
 pub fn build_wg(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -261,9 +275,11 @@ pub fn build_wg(
     (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
     bufs: [&wgpu::Buffer; 4],
     wg: u32,
+    window: usize,
 ) -> Result<KernelOp, GpuError> {
     let [q, k_cache, v_cache, out] = bufs;
     check_head_dim(head_dim)?;
+    let window = check_window(window);
     let p = Params {
         n_heads: n_heads as u32,
         n_kv_heads: n_kv_heads as u32,
@@ -276,7 +292,7 @@ pub fn build_wg(
         init: 1,
         finalize: 1,
         pair_layout: 0,
-        _pad: 0,
+        window,
     };
     let params = gpu.uniform("attention.params", &p);
     let pipe = gpu.pipeline(Shader::Attention, &variant_wg(head_dim, wg))?;
@@ -301,13 +317,30 @@ pub fn cpu(
     hkv: usize,
     hd: usize,
 ) -> Vec<f32> {
+    cpu_window(q, kc, vc, pos, (h, hkv, hd), 0)
+}
+
+/// [`cpu`] with a sliding window (keys `pos - window + 1 ..= pos`; 0: all).
+pub fn cpu_window(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    pos: usize,
+    (h, hkv, hd): (usize, usize, usize),
+    window: usize,
+) -> Vec<f32> {
+    let first = if window > 0 {
+        (pos + 1).saturating_sub(window)
+    } else {
+        0
+    };
     let kv_dim = hkv * hd;
     let scale = (hd as f64).powf(-0.5);
     let mut out = vec![0f32; h * hd];
     for head in 0..h {
         let kvh = head / (h / hkv);
         let qh = &q[head * hd..(head + 1) * hd];
-        let scores: Vec<f64> = (0..=pos)
+        let scores: Vec<f64> = (first..=pos)
             .map(|s| {
                 let kr = &kc[s * kv_dim + kvh * hd..s * kv_dim + (kvh + 1) * hd];
                 qh.iter()
@@ -321,8 +354,8 @@ pub fn cpu(
         let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
         let z: f64 = e.iter().sum();
         for d in 0..hd {
-            let v: f64 = (0..=pos)
-                .map(|s| e[s] * vc[s * kv_dim + kvh * hd + d] as f64)
+            let v: f64 = (first..=pos)
+                .map(|s| e[s - first] * vc[s * kv_dim + kvh * hd + d] as f64)
                 .sum();
             out[head * hd + d] = (v / z) as f32;
         }
@@ -342,10 +375,11 @@ mod tests {
         vc: &[f32],
         pos0: usize,
         (h, hkv, hd): (usize, usize, usize),
+        window: usize,
     ) -> Vec<f32> {
         q.chunks(h * hd)
             .enumerate()
-            .flat_map(|(i, qt)| cpu(qt, kc, vc, pos0 + i, h, hkv, hd))
+            .flat_map(|(i, qt)| cpu_window(qt, kc, vc, pos0 + i, (h, hkv, hd), window))
             .collect()
     }
 
@@ -364,7 +398,8 @@ mod tests {
         let (qb, kb, vb) = (up("q", &q), up("kc", &kc), up("vc", &vc));
         let ob = gpu.storage_buffer("o", (t * h * hd * 4) as u64).unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
-        for wg in [64, 256] {
+        // Sliding windows: none, shorter than the first token's keys, one key.
+        for (wg, window) in [(64, 0), (256, 0), (64, 3), (256, 2), (64, 1)] {
             let op = build_wg(
                 &gpu,
                 &step_buf,
@@ -372,16 +407,17 @@ mod tests {
                 (h, hkv, hd),
                 [&qb, &kb, &vb, &ob],
                 wg,
+                window,
             )
             .unwrap();
             run(&gpu, &step_buf, Step::tokens(t as u32, pos0 as u32), &[&op]);
             let got = read_f32(&gpu, &ob, t * h * hd);
-            let want = cpu_tokens(&q, &kc, &vc, pos0, (h, hkv, hd));
+            let want = cpu_tokens(&q, &kc, &vc, pos0, (h, hkv, hd), window);
             assert_close(
                 &got,
                 &want,
                 1e-5,
-                &format!("attention h={h} hkv={hkv} hd={hd} wg={wg}"),
+                &format!("attention h={h} hkv={hkv} hd={hd} wg={wg} window={window}"),
             );
         }
     }
@@ -409,6 +445,8 @@ mod tests {
             (RopeLayout::Adjacent, 256, 130),
         ] {
             let kv_dim = hkv * hd;
+            // A sliding window (Mistral) of 4 of the 8 positions on the wide workgroups.
+            let window = if wg == 256 { 4 } else { 0 };
             let q: Vec<f32> = seeded(h * hd, 21).iter().map(|v| v * 3.0).collect();
             let k = seeded(kv_dim, 22);
             let v = seeded(kv_dim, 23);
@@ -435,6 +473,7 @@ mod tests {
                 &cs,
                 [&qb, &kb, &vb, &kcb, &vcb, &ob, &row_table(&gpu)],
                 wg,
+                window,
             )
             .unwrap();
             let step = Step::tokens(1, pos as u32);
@@ -450,8 +489,8 @@ mod tests {
             let (mut kc, mut vc) = (kc0.clone(), vc0.clone());
             kc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&kr);
             vc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&v);
-            let tag = format!("{layout:?} wg={wg} hd={hd}");
-            let want = cpu(&qr, &kc, &vc, pos, h, hkv, hd);
+            let tag = format!("{layout:?} wg={wg} hd={hd} window={window}");
+            let want = cpu_window(&qr, &kc, &vc, pos, (h, hkv, hd), window);
             assert_close(
                 &read_f32(&gpu, &ob, h * hd),
                 &want,
@@ -522,7 +561,7 @@ mod tests {
         let refs: Vec<_> = ops.iter().collect();
         run(&gpu, &step_buf, Step::tokens(t as u32, pos0 as u32), &refs);
         let got = read_f32(&gpu, &ob, t * h * hd);
-        let want = cpu_tokens(&q, &kc, &vc, pos0, (h, hkv, hd));
+        let want = cpu_tokens(&q, &kc, &vc, pos0, (h, hkv, hd), 0);
         assert_close(&got, &want, 1e-5, &format!("attention in blocks hd={hd}"));
     }
 

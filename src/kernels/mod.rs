@@ -8,6 +8,7 @@ pub mod attention;
 pub mod bias_add;
 pub mod copy;
 pub mod embed;
+pub mod head_norm;
 pub mod link_copy;
 pub mod matmul;
 pub mod penalty;
@@ -311,6 +312,7 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
         Shader::Rope,
         Shader::SiluMul,
         Shader::BiasAdd,
+        Shader::HeadNorm,
         Shader::Argmax,
         Shader::Topk,
         Shader::Penalty,

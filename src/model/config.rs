@@ -420,6 +420,15 @@ pub struct ArchFeatures {
     pub o_bias: bool,
     /// gate, up and down projections have biases (Llama `mlp_bias`).
     pub mlp_bias: bool,
+    /// Per-head RMSNorm of q and k (weights `[head_dim]`) after the
+    /// projections, before RoPE (Qwen3 `q_norm` / `k_norm`).
+    #[serde(default)]
+    pub qk_norm: bool,
+    /// Sliding-window attention in every layer (Mistral `sliding_window`):
+    /// the token at position p attends to keys p - window + 1 ..= p
+    /// (transformers' `kv_idx > q_idx - sliding_window`). `None`: full causal.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
 }
 
 impl ArchFeatures {
@@ -435,6 +444,46 @@ impl ArchFeatures {
             name: "Qwen2ForCausalLM".into(),
             qkv_bias: true,
             ..Default::default()
+        }
+    }
+    /// Qwen3: per-head q/k RMSNorm; biases as its `attention_bias` says.
+    pub fn qwen3() -> Self {
+        ArchFeatures {
+            name: "Qwen3ForCausalLM".into(),
+            qk_norm: true,
+            ..Default::default()
+        }
+    }
+    /// Mistral: Llama with (optionally) sliding-window attention.
+    pub fn mistral(sliding_window: Option<usize>) -> Self {
+        ArchFeatures {
+            name: "MistralForCausalLM".into(),
+            sliding_window,
+            ..Default::default()
+        }
+    }
+    /// One line for `info`: the name and what differs from plain Llama.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let bias = [
+            (self.qkv_bias, "q/k/v"),
+            (self.o_bias, "o"),
+            (self.mlp_bias, "MLP"),
+        ];
+        let b: Vec<&str> = bias.iter().filter(|x| x.0).map(|x| x.1).collect();
+        if !b.is_empty() {
+            parts.push(format!("{} biases", b.join(", ")));
+        }
+        if self.qk_norm {
+            parts.push("per-head q/k RMSNorm".to_string());
+        }
+        if let Some(w) = self.sliding_window {
+            parts.push(format!("sliding-window attention ({w} positions)"));
+        }
+        if parts.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, parts.join("; "))
         }
     }
     pub fn any_bias(&self) -> bool {
@@ -594,6 +643,14 @@ impl LlamaConfig {
             || (archs.is_empty() && model_type == "qwen2")
         {
             ArchFeatures::qwen2()
+        } else if archs.iter().any(|a| a == "Qwen3ForCausalLM")
+            || (archs.is_empty() && model_type == "qwen3")
+        {
+            ArchFeatures::qwen3()
+        } else if archs.iter().any(|a| a == "MistralForCausalLM")
+            || (archs.is_empty() && model_type == "mistral")
+        {
+            ArchFeatures::mistral(None)
         } else if !archs.is_empty() {
             return Err(LoadError::UnsupportedArchitecture(archs.join(", ")));
         } else {
@@ -653,11 +710,29 @@ impl LlamaConfig {
             arch.o_bias = flag("attention_bias");
             arch.mlp_bias = flag("mlp_bias");
         }
-        if arch.name == "Qwen2ForCausalLM" && flag("use_sliding_window") {
+        if arch.name == "Qwen3ForCausalLM" {
+            // Qwen3's `attention_bias` covers q, k, v and o.
+            arch.qkv_bias = flag("attention_bias");
+            arch.o_bias = flag("attention_bias");
+        }
+        if (arch.name == "Qwen2ForCausalLM" || arch.name == "Qwen3ForCausalLM")
+            && flag("use_sliding_window")
+        {
+            let short = arch.name.trim_end_matches("ForCausalLM");
             return Err(LoadError::Config(format!(
-                "{}: Qwen2 `use_sliding_window: true` (sliding-window attention) is not supported",
+                "{}: {short} `use_sliding_window: true` (sliding-window attention on some layers) is not supported",
                 path.display()
             )));
+        }
+        if arch.name == "MistralForCausalLM" {
+            // `sliding_window: null` (Mistral 7B v0.2+) is full attention.
+            arch.sliding_window = opt_usize("sliding_window")?;
+            if arch.sliding_window == Some(0) {
+                return Err(LoadError::Config(format!(
+                    "{}: `sliding_window` must be positive or null, got 0",
+                    path.display()
+                )));
+            }
         }
         let hidden_size = get_usize("hidden_size")?;
         let num_heads = get_usize("num_attention_heads")?;
@@ -873,9 +948,9 @@ mod tests {
 
     #[test]
     fn rejects_other_architectures_by_name() {
-        let s = BASE.replace("LlamaForCausalLM", "MistralForCausalLM");
+        let s = BASE.replace("LlamaForCausalLM", "Phi3ForCausalLM");
         let e = parse(&s).unwrap_err().to_string();
-        assert!(e.contains("MistralForCausalLM"), "{e}");
+        assert!(e.contains("Phi3ForCausalLM"), "{e}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub enum LoadError {
     },
     #[error("{0} is missing from the model folder")]
     MissingFile(PathBuf),
-    #[error("unsupported architecture: {0} (sramlm runs LlamaForCausalLM / GGUF `llama` and Qwen2ForCausalLM / GGUF `qwen2` models)")]
+    #[error("unsupported architecture: {0} (sramlm runs LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM folders; GGUF `llama`, `qwen2` and `qwen3`)")]
     UnsupportedArchitecture(String),
     #[error("invalid config: {0}")]
     Config(String),

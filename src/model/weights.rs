@@ -457,6 +457,16 @@ impl LayerTensor {
             LayerTensor::Down => "w_down",
         }
     }
+    /// The projections whose heads can be RMS-normed (Qwen3 q/k norm).
+    pub const HEAD_NORMED: [LayerTensor; 2] = [LayerTensor::Q, LayerTensor::K];
+    /// `q` or `k` (file names of the head norms); other tensors never ask.
+    fn qk(self) -> &'static str {
+        if self == LayerTensor::K {
+            "k"
+        } else {
+            "q"
+        }
+    }
     /// The projections that can carry a bias (attention and MLP matrices).
     pub const PROJECTIONS: [LayerTensor; 7] = [
         LayerTensor::Q,
@@ -486,6 +496,9 @@ pub enum WeightName {
     Layer(usize, LayerTensor),
     /// The bias of a projection (`[rows]`), when the architecture has one.
     Bias(usize, LayerTensor),
+    /// Per-head RMSNorm weight (`[head_dim]`) of q (`Q`) or k (`K`), when
+    /// the architecture has them (Qwen3 `q_norm` / `k_norm`).
+    HeadNorm(usize, LayerTensor),
     FinalNorm,
     /// Absent when the embedding is tied.
     LmHead,
@@ -500,6 +513,9 @@ impl WeightName {
                 "model.layers.{i}.{}.bias",
                 t.hf_suffix().trim_end_matches(".weight")
             ),
+            WeightName::HeadNorm(i, t) => {
+                format!("model.layers.{i}.self_attn.{}_norm.weight", t.qk())
+            }
             WeightName::FinalNorm => "model.norm.weight".into(),
             WeightName::LmHead => "lm_head.weight".into(),
         }
@@ -512,6 +528,7 @@ impl WeightName {
                 "blk.{i}.{}.bias",
                 t.gguf_suffix().trim_end_matches(".weight")
             ),
+            WeightName::HeadNorm(i, t) => format!("blk.{i}.attn_{}_norm.weight", t.qk()),
             WeightName::FinalNorm => "output_norm.weight".into(),
             WeightName::LmHead => "output.weight".into(),
         }
@@ -521,6 +538,7 @@ impl WeightName {
             WeightName::Embed | WeightName::LmHead => vec![c.vocab_size, c.hidden_size],
             WeightName::Layer(_, t) => t.shape(c),
             WeightName::Bias(_, t) => vec![t.shape(c)[0]],
+            WeightName::HeadNorm(..) => vec![c.head_dim],
             WeightName::FinalNorm => vec![c.hidden_size],
         }
     }
@@ -535,6 +553,9 @@ impl WeightName {
                     .filter(|t| t.has_bias(c))
                     .map(|&t| WeightName::Bias(i, t)),
             );
+            if c.arch.qk_norm {
+                v.extend(LayerTensor::HEAD_NORMED.map(|t| WeightName::HeadNorm(i, t)));
+            }
         }
         v.push(WeightName::FinalNorm);
         if !c.tie_word_embeddings {
@@ -556,6 +577,12 @@ impl WeightName {
         let rest = s.strip_prefix("layers.")?;
         let (i, t) = rest.split_once('.')?;
         let i: usize = i.parse().ok()?;
+        if let Some(t) = t.strip_suffix(".norm") {
+            let t = LayerTensor::HEAD_NORMED
+                .into_iter()
+                .find(|lt| lt.short() == t)?;
+            return Some(WeightName::HeadNorm(i, t));
+        }
         let (t, bias) = match t.strip_suffix(".bias") {
             Some(t) => (t, true),
             None => (t, false),
@@ -575,6 +602,7 @@ impl fmt::Display for WeightName {
             WeightName::Embed => f.write_str("embed"),
             WeightName::Layer(i, t) => write!(f, "layers.{i}.{}", t.short()),
             WeightName::Bias(i, t) => write!(f, "layers.{i}.{}.bias", t.short()),
+            WeightName::HeadNorm(i, t) => write!(f, "layers.{i}.{}.norm", t.short()),
             WeightName::FinalNorm => f.write_str("final_norm"),
             WeightName::LmHead => f.write_str("lm_head"),
         }
@@ -595,12 +623,22 @@ pub struct LayerWeights {
     /// Projection biases (`[rows]`), for the projections the architecture
     /// gives one (see [`LayerTensor::has_bias`]).
     pub biases: Vec<(LayerTensor, Tensor)>,
+    /// Per-head q/k RMSNorm weights (`[head_dim]`, keyed `Q` and `K`), when
+    /// the architecture has them (`ArchFeatures::qk_norm`).
+    pub head_norms: Vec<(LayerTensor, Tensor)>,
 }
 
 impl LayerWeights {
     /// The bias of projection `t`, if it has one.
     pub fn bias(&self, t: LayerTensor) -> Option<&Tensor> {
         self.biases.iter().find(|(b, _)| *b == t).map(|(_, x)| x)
+    }
+    /// The per-head RMSNorm weight of q (`Q`) or k (`K`), if it has one.
+    pub fn head_norm(&self, t: LayerTensor) -> Option<&Tensor> {
+        self.head_norms
+            .iter()
+            .find(|(b, _)| *b == t)
+            .map(|(_, x)| x)
     }
     pub fn get(&self, t: LayerTensor) -> &Tensor {
         match t {
@@ -661,6 +699,14 @@ impl ModelWeights {
                     .filter(|t| t.has_bias(c))
                     .map(|t| Ok((t, get(WeightName::Bias(i, t))?)))
                     .collect::<Result<_, LoadError>>()?,
+                head_norms: if c.arch.qk_norm {
+                    LayerTensor::HEAD_NORMED
+                        .into_iter()
+                        .map(|t| Ok((t, get(WeightName::HeadNorm(i, t))?)))
+                        .collect::<Result<_, LoadError>>()?
+                } else {
+                    Vec::new()
+                },
             });
         }
         let final_norm = get(WeightName::FinalNorm)?;
@@ -682,6 +728,7 @@ impl ModelWeights {
             WeightName::Embed => Some(&self.embed),
             WeightName::Layer(i, t) => self.layers.get(i).map(|l| l.get(t)),
             WeightName::Bias(i, t) => self.layers.get(i).and_then(|l| l.bias(t)),
+            WeightName::HeadNorm(i, t) => self.layers.get(i).and_then(|l| l.head_norm(t)),
             WeightName::FinalNorm => Some(&self.final_norm),
             WeightName::LmHead => self.lm_head.as_ref(),
         }
@@ -703,6 +750,10 @@ impl ModelWeights {
                     .map(|&t| l.get(t).byte_len())
                     .sum::<usize>()
                     + l.biases.iter().map(|(_, b)| b.byte_len()).sum::<usize>()
+                    + l.head_norms
+                        .iter()
+                        .map(|(_, b)| b.byte_len())
+                        .sum::<usize>()
             })
             .sum();
         self.embed.byte_len()

@@ -10,9 +10,11 @@
 //! for each layer:
 //!     h = rmsnorm(x) * attn_norm
 //!     q, k, v = h @ Wq.T (+ bq), h @ Wk.T (+ bk), h @ Wv.T (+ bv)   (biases: ArchFeatures)
+//!     q, k = per head: rmsnorm(q_h) * q_norm, rmsnorm(k_h) * k_norm      (Qwen3 qk_norm)
 //!     rotate q and k (RoPE, the config's pair layout), append k, v to the cache
-//!     o = per head: softmax(q · K[0..=pos] / sqrt(head_dim)) · V[0..=pos]
-//!         (q head h reads KV head h / (heads / kv_heads))
+//!     o = per head: softmax(q · K[s..=pos] / sqrt(head_dim)) · V[s..=pos]
+//!         (q head h reads KV head h / (heads / kv_heads); s = 0, or
+//!         pos - window + 1 with a sliding window)
 //!     x += o @ Wo.T (+ bo)
 //!     h = rmsnorm(x) * ffn_norm
 //!     x += (silu(h @ Wgate.T + bg) * (h @ Wup.T + bu)) @ Wdown.T (+ bd)
@@ -40,6 +42,9 @@ struct Layer {
     b_gate: Vec<f32>,
     b_up: Vec<f32>,
     b_down: Vec<f32>,
+    /// Per-head q/k norm weights (empty where the architecture has none).
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
 }
 
 /// `y += b` (a missing bias is all zeros).
@@ -129,6 +134,7 @@ impl RefModel {
             .iter()
             .map(|l| {
                 let b = |t: LayerTensor| l.bias(t).map(|x| x.to_f32()).unwrap_or_default();
+                let hn = |t: LayerTensor| l.head_norm(t).map(|x| x.to_f32()).unwrap_or_default();
                 Layer {
                     attn_norm: l.attn_norm.to_f32(),
                     wq: l.wq.to_f32(),
@@ -146,6 +152,8 @@ impl RefModel {
                     b_gate: b(LayerTensor::Gate),
                     b_up: b(LayerTensor::Up),
                     b_down: b(LayerTensor::Down),
+                    q_norm: hn(LayerTensor::Q),
+                    k_norm: hn(LayerTensor::K),
                 }
             })
             .collect();
@@ -187,12 +195,27 @@ impl RefModel {
             let mut q = add(matvec(&l.wq, &h), &l.bq);
             let mut k = add(matvec(&l.wk, &h), &l.bk);
             let v = add(matvec(&l.wv, &h), &l.bv);
+            if !l.q_norm.is_empty() {
+                q = q
+                    .chunks(hd)
+                    .flat_map(|x| rmsnorm(x, &l.q_norm, c.rms_norm_eps))
+                    .collect();
+                k = k
+                    .chunks(hd)
+                    .flat_map(|x| rmsnorm(x, &l.k_norm, c.rms_norm_eps))
+                    .collect();
+            }
             for head in q.chunks_mut(hd).chain(k.chunks_mut(hd)) {
                 rope(head, pos, &freqs, c.rope_layout);
             }
             self.k_cache[li].push(k);
             self.v_cache[li].push(v);
-            let (keys, values) = (&self.k_cache[li], &self.v_cache[li]);
+            // Sliding window: only the last `window` positions (this one included).
+            let first = match c.arch.sliding_window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            let (keys, values) = (&self.k_cache[li][first..], &self.v_cache[li][first..]);
             let scale = 1.0 / (hd as f64).sqrt();
             let mut o = vec![0f32; heads * hd];
             for qh in 0..heads {

@@ -157,6 +157,8 @@ pub struct SramExecutor {
 pub fn unsupported_in_sram(cfg: &LlamaConfig) -> Option<String> {
     let a = &cfg.arch;
     let what = match (a.qkv_bias || a.o_bias, a.mlp_bias) {
+        _ if a.qk_norm => "per-head q/k RMSNorm",
+        _ if a.sliding_window.is_some() => "sliding-window attention",
         (false, false) => return None,
         (true, false) => "attention biases",
         (false, true) => "MLP biases",

@@ -27,6 +27,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
         // adjacent-pair RoPE; Qwen2 keeps Hugging Face's halves (NeoX).
         "llama" => (ArchFeatures::llama(), RopeLayout::Adjacent),
         "qwen2" => (ArchFeatures::qwen2(), RopeLayout::Halves),
+        "qwen3" => (ArchFeatures::qwen3(), RopeLayout::Halves),
         _ => {
             return Err(LoadError::UnsupportedArchitecture(format!(
                 "GGUF architecture `{arch}`"
@@ -60,8 +61,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
             )));
         }
     }
-    if arch == "llama" {
-        // Llama's `attention_bias` / `mlp_bias`: GGUF says it by the tensors.
+    if arch == "llama" || arch == "qwen3" {
+        // Llama's `attention_bias` / `mlp_bias` (Qwen3's `attention_bias`):
+        // GGUF says it by the tensors.
         let has = |s: &str| g.tensor(&format!("blk.0.{s}.bias")).is_some();
         features.qkv_bias = has("attn_q");
         features.o_bias = has("attn_output");
