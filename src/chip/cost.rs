@@ -463,27 +463,10 @@ pub fn gpu_inputs_from_plan(plan: &Plan, kv_positions: Option<usize>) -> (usize,
 mod tests {
     use super::*;
     use crate::chip::{place, PlaceOptions, TensorInfo};
-    use crate::model::{DType, LlamaConfig, RopeLayout};
+    use crate::model::{DType, LlamaConfig};
 
     fn cfg() -> LlamaConfig {
-        LlamaConfig {
-            hidden_size: 64,
-            intermediate_size: 172,
-            num_layers: 5,
-            num_heads: 8,
-            num_kv_heads: 4,
-            head_dim: 8,
-            vocab_size: 512,
-            max_position_embeddings: 512,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: Default::default(),
-            tie_word_embeddings: true,
-            rope_layout: RopeLayout::Halves,
-            bos_token_id: Some(1),
-            eos_token_ids: vec![2],
-            arch: Default::default(),
-        }
+        LlamaConfig::tiny_for_tests(5, 512, true)
     }
 
     #[test]

@@ -1848,27 +1848,9 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::chip::spec::KIB;
-    use crate::model::RopeLayout;
 
     fn tiny(tied: bool) -> LlamaConfig {
-        LlamaConfig {
-            hidden_size: 64,
-            intermediate_size: 172,
-            num_layers: 5,
-            num_heads: 8,
-            num_kv_heads: 4,
-            head_dim: 8,
-            vocab_size: 512,
-            max_position_embeddings: 512,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: Default::default(),
-            tie_word_embeddings: tied,
-            rope_layout: RopeLayout::Halves,
-            bos_token_id: Some(1),
-            eos_token_ids: vec![2],
-            arch: Default::default(),
-        }
+        LlamaConfig::tiny_for_tests(5, 512, tied)
     }
 
     #[test]

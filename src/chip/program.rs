@@ -542,27 +542,10 @@ impl Program {
 mod tests {
     use super::*;
     use crate::chip::{place, ChipSpec, PlaceOptions, TensorInfo};
-    use crate::model::{DType, RopeLayout};
+    use crate::model::DType;
 
     fn cfg(tied: bool) -> LlamaConfig {
-        LlamaConfig {
-            hidden_size: 64,
-            intermediate_size: 172,
-            num_layers: 2,
-            num_heads: 8,
-            num_kv_heads: 4,
-            head_dim: 8,
-            vocab_size: 512,
-            max_position_embeddings: 64,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: Default::default(),
-            tie_word_embeddings: tied,
-            rope_layout: RopeLayout::Halves,
-            bos_token_id: Some(1),
-            eos_token_ids: vec![2],
-            arch: Default::default(),
-        }
+        LlamaConfig::tiny_for_tests(2, 64, tied)
     }
 
     fn program(tied: bool) -> (Program, crate::chip::Plan) {

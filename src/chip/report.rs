@@ -552,28 +552,11 @@ pub fn study_table(rows: &[StudyRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DType, RopeLayout};
+    use crate::model::DType;
 
     #[test]
     fn table_names_tensors_and_totals() {
-        let c = LlamaConfig {
-            hidden_size: 64,
-            intermediate_size: 172,
-            num_layers: 2,
-            num_heads: 8,
-            num_kv_heads: 4,
-            head_dim: 8,
-            vocab_size: 512,
-            max_position_embeddings: 64,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: Default::default(),
-            tie_word_embeddings: true,
-            rope_layout: RopeLayout::Halves,
-            bos_token_id: None,
-            eos_token_ids: vec![],
-            arch: Default::default(),
-        };
+        let c = LlamaConfig::tiny_for_tests(2, 64, true);
         let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
         let spec = ChipSpec::preset("mini-64k").unwrap();
         let plan = place(&c, &t, &spec, &PlaceOptions::for_config(&c)).unwrap();
@@ -588,24 +571,7 @@ mod tests {
     #[test]
     fn fitted_plan_table_is_at_most_100_columns() {
         // A config whose plan has lines wider than 100 columns.
-        let c = LlamaConfig {
-            hidden_size: 64,
-            intermediate_size: 172,
-            num_layers: 2,
-            num_heads: 8,
-            num_kv_heads: 4,
-            head_dim: 8,
-            vocab_size: 512,
-            max_position_embeddings: 64,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: Default::default(),
-            tie_word_embeddings: true,
-            rope_layout: RopeLayout::Halves,
-            bos_token_id: None,
-            eos_token_ids: vec![],
-            arch: Default::default(),
-        };
+        let c = LlamaConfig::tiny_for_tests(2, 64, true);
         let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
         let spec = ChipSpec::preset("mini-64k").unwrap();
         let plan = place(&c, &t, &spec, &PlaceOptions::for_config(&c)).unwrap();

@@ -925,6 +925,33 @@ impl LlamaConfig {
 }
 
 #[cfg(test)]
+impl LlamaConfig {
+    /// stories260K's shape (hidden 64, FFN 172, 8 query / 4 KV heads of 8,
+    /// vocabulary 512) with `num_layers` layers and a `window`-position
+    /// context: the config the placement, graph and cost unit tests use.
+    pub(crate) fn tiny_for_tests(num_layers: usize, window: usize, tied: bool) -> LlamaConfig {
+        LlamaConfig {
+            hidden_size: 64,
+            intermediate_size: 172,
+            num_layers,
+            num_heads: 8,
+            num_kv_heads: 4,
+            head_dim: 8,
+            vocab_size: 512,
+            max_position_embeddings: window,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: Default::default(),
+            tie_word_embeddings: tied,
+            rope_layout: RopeLayout::Halves,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            arch: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
