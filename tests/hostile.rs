@@ -871,6 +871,43 @@ fn mutated_model_files_fail_cleanly() {
 
 // ------------------------------------------------------------ resource sizing
 
+/// A --ctx within the model's window but beyond what the adapter's largest
+/// storage buffer holds for one layer's KV cache is refused up front, naming
+/// --ctx and the largest that fits (not a failed `rope.cos_sin` allocation).
+#[test]
+fn ctx_beyond_the_adapter_names_ctx_and_its_limit() {
+    if !have_gpu() {
+        return;
+    }
+    let window = 4_194_304u64; // the largest window a config may declare
+    let d = stories_copy("bigctx");
+    edit_json(&d.file("config.json"), |c| {
+        c["max_position_embeddings"] = window.into();
+    });
+    // stories260K: 4 KV heads x head_dim 8 x 4 bytes per position and layer.
+    let row = 4 * 8 * 4u64;
+    let gpu = sramlm::testing::gpu().unwrap();
+    let limit = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    // The largest --ctx that fits leaves a few words for the RoPE table's tail.
+    let fits = (limit - 64) / row;
+    if fits >= window {
+        eprintln!("this adapter holds a {window}-position KV cache; nothing to refuse");
+        return;
+    }
+    let ctx = window.to_string();
+    let most = format!("at most {fits}");
+    for mode in [&[][..], &["--chip", "mini-64k"], &["--chip", "groq-v1"]] {
+        let mut args = vec!["generate", "-m", d.arg(), "--ctx", &ctx, "-n", "2"];
+        args.extend_from_slice(mode);
+        args.push("Hi");
+        let r = expect_error(&args, &["--ctx", "more than this adapter can hold", &most]);
+        assert!(r.peak_rss < 1 << 30, "{} bytes\n{}", r.peak_rss, r.show);
+    }
+}
+
 #[test]
 fn kv_cache_is_sized_to_the_run_by_default() {
     if !have_gpu() {

@@ -30,16 +30,18 @@ pub(super) const BATCH_LIMIT: &str = "at most 32 sequences are decoded together 
 /// would otherwise take gigabytes to generate a few tokens.
 const DEFAULT_CTX: usize = sramlm::chip::DEFAULT_CONTEXT;
 
-/// VRAM mode keeps each layer's K and V cache (and the RoPE table) in one
+/// Both modes keep each layer's K and V cache (and the RoPE table) in one
 /// buffer of `ctx` rows: refuse a --ctx the adapter cannot hold, naming the
 /// flag and the largest value that fits, before anything is allocated.
 fn check_ctx_fits(cfg: &model::LlamaConfig, ctx: usize, gpu: &Gpu) -> Result<()> {
+    // Per position: a layer's K (or V) cache row, or the RoPE table's cos/sin
+    // row (head_dim floats; the table has a few words more at its end).
     let row = 4u64 * (cfg.num_kv_heads * cfg.head_dim).max(cfg.head_dim).max(1) as u64;
     let limit = gpu
         .limits
         .max_storage_buffer_binding_size
         .min(gpu.limits.max_buffer_size);
-    let max_ctx = limit / row;
+    let max_ctx = limit.saturating_sub(64) / row;
     if ctx as u64 > max_ctx {
         bail!(
             "--ctx {ctx} is more than this adapter can hold: each layer's KV cache needs {} bytes per position in one buffer of at most {limit} bytes, so --ctx can be at most {max_ctx}",
@@ -141,9 +143,9 @@ impl RunArgs {
         }
         let gpu = Gpu::new(&self.gpu.options()?)?;
         eprintln!("adapter: {}", gpu.describe());
-        if spec.is_none() {
-            check_ctx_fits(&m.config, ctx, &gpu)?;
-        }
+        // Both modes keep each layer's KV cache and the RoPE table in one
+        // buffer of `ctx` rows.
+        check_ctx_fits(&m.config, ctx, &gpu)?;
         let pb = spinner(match spec {
             None => "building GPU pipelines and uploading weights",
             Some(_) => "placing the model on chips, building pipelines",
