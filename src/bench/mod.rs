@@ -411,20 +411,8 @@ pub fn table_narrow(results: &[ModeResult]) -> String {
         "", "tok/s", "ms", "tok/s", "ms/tok", "ms/tok", "/tok"
     );
     for r in results {
-        let mut name = match (&r.chip, r.chips_used) {
-            (Some(c), Some(n)) => format!("{} · {} {}×{}", r.model, r.mode, c, n),
-            _ => format!("{} · {}", r.model, r.mode),
-        };
-        if r.batch > 1 {
-            name.push_str(&format!(" batch {}", r.batch));
-        }
-        let speed = |v: f64| {
-            if r.valid {
-                format!("{v:.1}")
-            } else {
-                "INVALID".into()
-            }
-        };
+        let name = row_name(r);
+        let speed = |v: f64| speed_cell(r, v);
         let verdict = match (r.valid, r.matches_reference) {
             (false, _) => "MISMATCH",
             (true, Some(true)) => "= reference",
@@ -510,20 +498,8 @@ pub fn table(results: &[ModeResult]) -> String {
         "", "tok/s", "ms", "tok/s", "ms/tok", "ms/tok", "/tok", "B/tok", "B", "ms/tok"
     );
     for r in results {
-        let mut name = match (&r.chip, r.chips_used) {
-            (Some(c), Some(n)) => format!("{} · {} {}×{}", r.model, r.mode, c, n),
-            _ => format!("{} · {}", r.model, r.mode),
-        };
-        if r.batch > 1 {
-            name.push_str(&format!(" batch {}", r.batch));
-        }
-        let speed = |v: f64| {
-            if r.valid {
-                format!("{v:.1}")
-            } else {
-                "INVALID".into()
-            }
-        };
+        let name = row_name(r);
+        let speed = |v: f64| speed_cell(r, v);
         let verdict = match (r.valid, r.matches_reference) {
             (false, _) => "MISMATCH: speed not valid".to_string(),
             (true, Some(true)) => "= reference, = other modes".into(),
@@ -574,6 +550,27 @@ pub fn table(results: &[ModeResult]) -> String {
         }
     }
     o
+}
+
+/// A table row's name: model · mode, the chip and its count, the batch.
+fn row_name(r: &ModeResult) -> String {
+    let mut name = match (&r.chip, r.chips_used) {
+        (Some(c), Some(n)) => format!("{} · {} {}×{}", r.model, r.mode, c, n),
+        _ => format!("{} · {}", r.model, r.mode),
+    };
+    if r.batch > 1 {
+        name.push_str(&format!(" batch {}", r.batch));
+    }
+    name
+}
+
+/// A speed cell: the figure, or INVALID when the run's output did not check.
+fn speed_cell(r: &ModeResult, v: f64) -> String {
+    if r.valid {
+        format!("{v:.1}")
+    } else {
+        "INVALID".into()
+    }
 }
 
 #[cfg(test)]

@@ -269,6 +269,23 @@ impl VramExecutor {
                     matmul::Rows::Tokens,
                 )
             };
+            // y = xn @ W.T for one projection of a layer whose q|k|v or
+            // gate|up are stored separately (decode steps: the norm inside).
+            let normed_mm =
+                |n: &str, wt: &GpuWeight, y: &wgpu::Buffer, nm: Option<matmul::Norm<'_>>| {
+                    matmul::build_fused(
+                        &gpu,
+                        &step_buf,
+                        &format!("{l}.{n}"),
+                        wt,
+                        &act.xn,
+                        &[y],
+                        false,
+                        matmul::Rows::Tokens,
+                        matmul::Fuse::None,
+                        nm,
+                    )
+                };
             // xn = rms_norm(x) * attn_norm                        [T, D]
             // (decode steps: inside the QKV product, see matmul::Norm)
             body.push(norm_op(&format!("{l}.attn_norm"), &attn_norm, |s| {
@@ -302,18 +319,7 @@ impl VramExecutor {
                             .iter()
                             .zip([("wq", &act.q), ("wk", &act.k), ("wv", &act.v)])
                     {
-                        body.extend(matmul::build_fused(
-                            &gpu,
-                            &step_buf,
-                            &format!("{l}.{n}"),
-                            wt,
-                            &act.xn,
-                            &[y],
-                            false,
-                            matmul::Rows::Tokens,
-                            matmul::Fuse::None,
-                            attn_nm,
-                        )?);
+                        body.extend(normed_mm(n, wt, y, attn_nm)?);
                     }
                 }
                 (None, None) => unreachable!("q/k/v weights are stacked or separate"),
@@ -432,18 +438,7 @@ impl VramExecutor {
                     }
                     let (g, u) = glu_scratch.as_ref().expect("allocated above");
                     for (wt, n, y) in [(wg, "w_gate", g), (wu, "w_up", u)] {
-                        body.extend(matmul::build_fused(
-                            &gpu,
-                            &step_buf,
-                            &format!("{l}.{n}"),
-                            wt,
-                            &act.xn,
-                            &[y],
-                            false,
-                            matmul::Rows::Tokens,
-                            matmul::Fuse::None,
-                            ffn_nm,
-                        )?);
+                        body.extend(normed_mm(n, wt, y, ffn_nm)?);
                     }
                     body.extend(bias_op(LayerTensor::Gate, g)?);
                     body.extend(bias_op(LayerTensor::Up, u)?);
