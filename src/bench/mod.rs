@@ -264,7 +264,7 @@ impl Timings {
 
 /// A [`ModeResult`] from one mode's timed runs, with the bytes the mode
 /// reports (weights shared by `batch` sequences, KV read at the mean
-/// position, link and staging figures from [`Executor::extra_stats`]).
+/// position, link and staging figures from [`Executor::sram_report`]).
 #[allow(clippy::too_many_arguments)]
 fn mode_result(
     exec: &dyn Executor,
@@ -277,8 +277,8 @@ fn mode_result(
     ids: Vec<u32>,
     dispatches: u64,
 ) -> ModeResult {
-    let x = exec.extra_stats();
-    let stat = |k: &str| x.get(k).and_then(|v| v.as_u64());
+    let x = exec.sram_report().map(|r| r.stats);
+    let stat = |f: fn(&crate::exec::sram::SramStats) -> u64| x.as_ref().map(f);
     let mean_pos = prompt_tokens + gen / 2;
     let kv_read = (m.config.num_layers * 2 * mean_pos * m.config.kv_dim() * 4) as u64;
     ModeResult {
@@ -296,11 +296,11 @@ fn mode_result(
         ms_per_token_all: t.ms_per_token_all,
         dispatches_per_token: dispatches,
         gpu_memory_bytes_read_per_token_counted: exec.weight_bytes() / batch as u64 + kv_read,
-        link_bytes_per_token: stat("link_bytes_per_token"),
-        link_transfers_per_token: stat("link_transfers_per_token"),
-        emulation_staged_bytes_per_step: stat("emulation_staged_bytes_per_step"),
-        pipeline_stages: stat("pipeline_stages"),
-        stages_active_per_step: x.get("stages_active_mean_last").and_then(|v| v.as_f64()),
+        link_bytes_per_token: stat(|s| s.link_bytes_per_token as u64),
+        link_transfers_per_token: stat(|s| s.link_transfers_per_token as u64),
+        emulation_staged_bytes_per_step: stat(|s| s.emulation_staged_bytes_per_step),
+        pipeline_stages: stat(|s| s.pipeline_stages as u64),
+        stages_active_per_step: x.as_ref().map(|s| s.stages_active_mean_last),
         ids,
         valid: true,
         matches_other_modes: true,

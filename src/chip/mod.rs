@@ -23,9 +23,9 @@ pub use cost::{
     GpuFleetSpec, GpuSpec, ModeledChipCost, Precision,
 };
 pub use placement::{
-    place, Carried, ChipPlan, KvPlacement, ModelSummary, PlaceOptions, Placement, Plan, SliceRange,
-    TensorInfo, TensorSummary, Tile, TilePart, Totals, WeightFormat, DEFAULT_CONTEXT,
-    DEFAULT_MICROBATCH,
+    place, Carried, ChipPlan, KvPlacement, ModelSummary, PlaceOptions, Placement, Plan,
+    PlanCheckError, SliceRange, TensorInfo, TensorSummary, Tile, TilePart, Totals, WeightFormat,
+    DEFAULT_CONTEXT, DEFAULT_MICROBATCH,
 };
 pub use program::{Program, ProgramError, StagePlan};
 pub use report::{

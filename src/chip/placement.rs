@@ -1690,13 +1690,103 @@ pub fn place(
     })
 }
 
+/// A broken invariant found by [`Plan::check`]: a placement compiler bug,
+/// never a user error (the messages name the chip and the piece).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanCheckError {
+    #[error("chip {chip}: {piece} tiles add to {tiles} bytes, placement says {placed}")]
+    TileBytes {
+        chip: usize,
+        piece: String,
+        tiles: usize,
+        placed: usize,
+    },
+    #[error("chip {chip}: {weight} slice range {first}+{count} disagrees with its tiles")]
+    SliceRange {
+        chip: usize,
+        weight: String,
+        first: usize,
+        count: usize,
+    },
+    #[error("chip {chip}: tiles hold {tiles} bytes, chip says {chip_says}")]
+    ChipBytes {
+        chip: usize,
+        tiles: usize,
+        chip_says: usize,
+    },
+    #[error("chip {chip}: tile of {name} at {at} overlaps the previous tile")]
+    TileOverlap {
+        chip: usize,
+        name: String,
+        at: usize,
+    },
+    #[error("chip {chip}: tile of {name} at {at} ({len} bytes) straddles a slice boundary")]
+    Straddles {
+        chip: usize,
+        name: String,
+        at: usize,
+        len: usize,
+    },
+    #[error("chip {chip}: tile of {name} lies beyond the chip's {slices} slices")]
+    BeyondSlices {
+        chip: usize,
+        name: String,
+        slices: usize,
+    },
+    #[error("chip {chip}: scratch at {scratch} overlaps tiles ending at {end}")]
+    ScratchOverlap {
+        chip: usize,
+        scratch: usize,
+        end: usize,
+    },
+    #[error("chip {chip}: slice {slice} holds {used} bytes, over its {capacity}")]
+    SliceOver {
+        chip: usize,
+        slice: usize,
+        used: usize,
+        capacity: usize,
+    },
+    #[error("chip {chip}: uses {used} bytes (high water {high_water}), over its {capacity}")]
+    OverSram {
+        chip: usize,
+        used: usize,
+        high_water: usize,
+        capacity: usize,
+    },
+    #[error("{tensor}: placed area {placed}, tensor has {values}")]
+    Area {
+        tensor: String,
+        placed: usize,
+        values: usize,
+    },
+    #[error("{tensor}: rectangle {rect:?} outside the tensor")]
+    RectOutside {
+        tensor: String,
+        rect: (usize, usize, usize, usize),
+    },
+    #[error("{tensor}: rectangles {a:?} and {b:?} overlap")]
+    RectOverlap {
+        tensor: String,
+        a: (usize, usize, usize, usize),
+        b: (usize, usize, usize, usize),
+    },
+    #[error("placement of unknown tensor {0}")]
+    UnknownTensor(String),
+    #[error("layer {layer}: KV cache covered {covered} of {want} head-positions")]
+    KvCover {
+        layer: usize,
+        covered: usize,
+        want: usize,
+    },
+}
+
 impl Plan {
     /// Checks the plan's invariants: every tile inside its chip's slices, no
     /// slice over `slice_bytes` (tiles and scratch together), no two tiles
     /// overlapping, no chip over its SRAM, every tensor covered exactly once
     /// by its rectangles and every KV cache exactly once, byte counts adding
     /// up. The SRAM executor can call this before uploading.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), PlanCheckError> {
         let s = self.spec.slice_bytes;
         let nsl = self.spec.slices_per_chip();
         let mut covered: std::collections::HashMap<&str, Vec<(usize, usize, usize, usize)>> =
@@ -1710,18 +1800,22 @@ impl Plan {
                 let tiles = p.tiles(s);
                 let sum: usize = tiles.iter().map(|t| t.bytes).sum();
                 if sum != p.bytes {
-                    return Err(format!(
-                        "chip {}: {} tiles add to {sum} bytes, placement says {}",
-                        chip.index, p.weight, p.bytes
-                    ));
+                    return Err(PlanCheckError::TileBytes {
+                        chip: chip.index,
+                        piece: p.weight.clone(),
+                        tiles: sum,
+                        placed: p.bytes,
+                    });
                 }
                 if tiles.last().map(|t| t.slice) != Some(p.slices.first + p.slices.count - 1)
                     || tiles.first().map(|t| t.slice) != Some(p.slices.first)
                 {
-                    return Err(format!(
-                        "chip {}: {} slice range {:?} disagrees with its tiles",
-                        chip.index, p.weight, p.slices
-                    ));
+                    return Err(PlanCheckError::SliceRange {
+                        chip: chip.index,
+                        weight: p.weight.clone(),
+                        first: p.slices.first,
+                        count: p.slices.count,
+                    });
                 }
                 for t in tiles {
                     spans.push((t.slice * s + t.offset_in_slice, t.bytes, p.weight.clone()));
@@ -1738,10 +1832,12 @@ impl Plan {
                 let tiles = k.tiles(s);
                 let sum: usize = tiles.iter().map(|t| t.bytes).sum();
                 if sum != k.bytes {
-                    return Err(format!(
-                        "chip {}: KV layer {} tiles add to {sum}, placement says {}",
-                        chip.index, k.layer, k.bytes
-                    ));
+                    return Err(PlanCheckError::TileBytes {
+                        chip: chip.index,
+                        piece: format!("KV layer {}", k.layer),
+                        tiles: sum,
+                        placed: k.bytes,
+                    });
                 }
                 for t in tiles {
                     spans.push((
@@ -1754,38 +1850,46 @@ impl Plan {
                 kv_cover[k.layer] += (k.head_end - k.head_start) * (k.pos_end - k.pos_start);
             }
             if tile_bytes != chip.weight_bytes + chip.kv_bytes {
-                return Err(format!(
-                    "chip {}: tiles hold {tile_bytes} bytes, chip says {}",
-                    chip.index,
-                    chip.weight_bytes + chip.kv_bytes
-                ));
+                return Err(PlanCheckError::ChipBytes {
+                    chip: chip.index,
+                    tiles: tile_bytes,
+                    chip_says: chip.weight_bytes + chip.kv_bytes,
+                });
             }
             spans.sort();
             let mut end = 0;
             for (start, len, name) in &spans {
                 if *start < end {
-                    return Err(format!(
-                        "chip {}: tile of {name} at {start} overlaps the previous tile",
-                        chip.index
-                    ));
+                    return Err(PlanCheckError::TileOverlap {
+                        chip: chip.index,
+                        name: name.clone(),
+                        at: *start,
+                    });
                 }
                 if start % s + len > s {
-                    return Err(format!("chip {}: tile of {name} at {start} ({len} bytes) straddles a slice boundary", chip.index));
+                    return Err(PlanCheckError::Straddles {
+                        chip: chip.index,
+                        name: name.clone(),
+                        at: *start,
+                        len: *len,
+                    });
                 }
                 if start / s >= nsl {
-                    return Err(format!(
-                        "chip {}: tile of {name} lies beyond the chip's {nsl} slices",
-                        chip.index
-                    ));
+                    return Err(PlanCheckError::BeyondSlices {
+                        chip: chip.index,
+                        name: name.clone(),
+                        slices: nsl,
+                    });
                 }
                 per_slice[start / s] += len;
                 end = start + len;
             }
             if chip.scratch_offset < end {
-                return Err(format!(
-                    "chip {}: scratch at {} overlaps tiles ending at {end}",
-                    chip.index, chip.scratch_offset
-                ));
+                return Err(PlanCheckError::ScratchOverlap {
+                    chip: chip.index,
+                    scratch: chip.scratch_offset,
+                    end,
+                });
             }
             // Scratch bytes counted against the slices they overlap.
             let (a, b) = (
@@ -1797,48 +1901,60 @@ impl Plan {
                 *used += b.min(hi).saturating_sub(a.max(lo));
             }
             if let Some((i, &u)) = per_slice.iter().enumerate().find(|(_, &u)| u > s) {
-                return Err(format!(
-                    "chip {}: slice {i} holds {u} bytes, over its {s}",
-                    chip.index
-                ));
+                return Err(PlanCheckError::SliceOver {
+                    chip: chip.index,
+                    slice: i,
+                    used: u,
+                    capacity: s,
+                });
             }
             if chip.sram_high_water > chip.sram_capacity || chip.sram_used > chip.sram_capacity {
-                return Err(format!(
-                    "chip {}: uses {} bytes (high water {}), over its {}",
-                    chip.index, chip.sram_used, chip.sram_high_water, chip.sram_capacity
-                ));
+                return Err(PlanCheckError::OverSram {
+                    chip: chip.index,
+                    used: chip.sram_used,
+                    high_water: chip.sram_high_water,
+                    capacity: chip.sram_capacity,
+                });
             }
         }
         for t in &self.model.tensors {
             let rects = covered.remove(t.weight.as_str()).unwrap_or_default();
             let area: usize = rects.iter().map(|r| (r.1 - r.0) * (r.3 - r.2)).sum();
             if area != t.rows * t.cols {
-                return Err(format!(
-                    "{}: placed area {area}, tensor has {}",
-                    t.weight,
-                    t.rows * t.cols
-                ));
+                return Err(PlanCheckError::Area {
+                    tensor: t.weight.clone(),
+                    placed: area,
+                    values: t.rows * t.cols,
+                });
             }
             for (i, a) in rects.iter().enumerate() {
                 if a.1 > t.rows || a.3 > t.cols || a.0 >= a.1 || a.2 >= a.3 {
-                    return Err(format!("{}: rectangle {a:?} outside the tensor", t.weight));
+                    return Err(PlanCheckError::RectOutside {
+                        tensor: t.weight.clone(),
+                        rect: *a,
+                    });
                 }
                 for b in &rects[i + 1..] {
                     if a.0 < b.1 && b.0 < a.1 && a.2 < b.3 && b.2 < a.3 {
-                        return Err(format!("{}: rectangles {a:?} and {b:?} overlap", t.weight));
+                        return Err(PlanCheckError::RectOverlap {
+                            tensor: t.weight.clone(),
+                            a: *a,
+                            b: *b,
+                        });
                     }
                 }
             }
         }
         if let Some(k) = covered.keys().next() {
-            return Err(format!("placement of unknown tensor {k}"));
+            return Err(PlanCheckError::UnknownTensor(k.to_string()));
         }
         let want = self.model.num_kv_heads * self.model.context_len;
         if let Some((l, _)) = kv_cover.iter().enumerate().find(|(_, &c)| c != want) {
-            return Err(format!(
-                "layer {l}: KV cache covered {} of {want} head-positions",
-                kv_cover[l]
-            ));
+            return Err(PlanCheckError::KvCover {
+                layer: l,
+                covered: kv_cover[l],
+                want,
+            });
         }
         Ok(())
     }
@@ -1897,6 +2013,44 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{} tied={tied}: {e}", spec.name));
             }
         }
+    }
+
+    #[test]
+    fn check_names_each_broken_invariant() {
+        let cfg = tiny(false);
+        let t = TensorInfo::from_config(&cfg, DType::F32, DType::F32).unwrap();
+        let spec = ChipSpec::preset("mini-64k").unwrap();
+        let good = place(&cfg, &t, &spec, &PlaceOptions::for_config(&cfg)).unwrap();
+        good.check().unwrap();
+        let broken = |f: &dyn Fn(&mut Plan)| {
+            let mut p = good.clone();
+            f(&mut p);
+            p.check().unwrap_err()
+        };
+        let e = broken(&|p| p.chips[1].sram_used = p.chips[1].sram_capacity + 1);
+        assert!(matches!(e, PlanCheckError::OverSram { chip: 1, .. }), "{e}");
+        let e = broken(&|p| p.chips[0].weight_bytes += 4);
+        assert!(
+            matches!(e, PlanCheckError::ChipBytes { chip: 0, .. }),
+            "{e}"
+        );
+        let e = broken(&|p| p.model.num_kv_heads += 1);
+        assert!(matches!(e, PlanCheckError::KvCover { layer: 0, .. }), "{e}");
+        let e = broken(&|p| {
+            let c = p.chips.iter_mut().find(|c| !c.tensors.is_empty()).unwrap();
+            let dup = c.tensors[0].clone();
+            p.chips.last_mut().unwrap().tensors.push(dup);
+        });
+        assert!(
+            matches!(
+                e,
+                PlanCheckError::ChipBytes { .. } | PlanCheckError::TileOverlap { .. }
+            ),
+            "{e}"
+        );
+        let e = broken(&|p| p.model.tensors[0].rows += 1);
+        assert!(matches!(e, PlanCheckError::Area { .. }), "{e}");
+        assert!(e.to_string().contains("placed area"), "{e}");
     }
 
     #[test]

@@ -183,7 +183,7 @@ struct BatchStats {
     decode_tok_s_all_sequences: f64,
     generated_tokens: usize,
     /// The executor's own figures (SRAM mode), passed through as it reports them.
-    sram: serde_json::Value,
+    sram: Option<sramlm::exec::sram::SramReport>,
     adapter: String,
 }
 
@@ -300,7 +300,7 @@ fn run_batch(a: GenerateArgs) -> Result<()> {
             0.0
         },
         generated_tokens: tokens,
-        sram: s.exec.extra_stats(),
+        sram: s.exec.sram_report(),
         adapter: s.gpu.info.name.clone(),
     };
     match a.format {

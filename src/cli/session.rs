@@ -233,7 +233,7 @@ impl Session {
             human_bytes(s.weight_bytes_gpu)
         );
         if let Some(plan) = &self.plan {
-            let x = self.exec.extra_stats();
+            let x = self.exec.sram_report().map(|r| r.stats).unwrap_or_default();
             eprintln!(
                 "[sram] chip {} x {} (slice {}) | SRAM used per chip: max {} / mean {} of {} | link traffic: {}/token over {} transfers | emulation overhead (not a chip cost): {} staged from GPU memory into workgroup SRAM per step",
                 plan.spec.name,
@@ -242,9 +242,9 @@ impl Session {
                 human_bytes(plan.totals.sram_used_max as u64),
                 human_bytes(plan.totals.sram_used_mean as u64),
                 human_bytes(plan.spec.sram_bytes as u64),
-                human_bytes(x["link_bytes_per_token"].as_u64().unwrap_or(0)),
-                x["link_transfers_per_token"].as_u64().unwrap_or(0),
-                human_bytes(x["emulation_staged_bytes_per_step"].as_u64().unwrap_or(0)),
+                human_bytes(x.link_bytes_per_token as u64),
+                x.link_transfers_per_token,
+                human_bytes(x.emulation_staged_bytes_per_step),
             );
         }
     }
@@ -255,11 +255,19 @@ impl Session {
         stats["backend"] = serde_json::json!(format!("{:?}", self.gpu.info.backend));
         stats["model"] = serde_json::json!(self.m.name);
         if let Some(plan) = &self.plan {
-            let mut x = self.exec.extra_stats();
-            x["sram_capacity_bytes"] = serde_json::json!(plan.spec.sram_bytes);
-            x["placement_link_bytes_per_token"] =
-                serde_json::json!(plan.totals.link_bytes_per_token);
-            stats["sram"] = x;
+            /// SRAM mode's part of the JSON: the executor's report and the plan's figures.
+            #[derive(serde::Serialize)]
+            struct SramJson {
+                #[serde(flatten)]
+                report: Option<sramlm::exec::sram::SramReport>,
+                sram_capacity_bytes: usize,
+                placement_link_bytes_per_token: usize,
+            }
+            stats["sram"] = serde_json::to_value(SramJson {
+                report: self.exec.sram_report(),
+                sram_capacity_bytes: plan.spec.sram_bytes,
+                placement_link_bytes_per_token: plan.totals.link_bytes_per_token,
+            })?;
         }
         Ok(stats)
     }

@@ -257,9 +257,9 @@ pub trait Executor {
     ) -> Result<bool, ExecError> {
         Ok(false)
     }
-    /// Mode-specific stats for the JSON output.
-    fn extra_stats(&self) -> serde_json::Value {
-        serde_json::Value::Null
+    /// SRAM mode's accounting (links, staging, pipeline); None in VRAM mode.
+    fn sram_report(&self) -> Option<sram::SramReport> {
+        None
     }
 }
 pub mod sram;

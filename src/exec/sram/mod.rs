@@ -104,7 +104,16 @@ pub struct SramStats {
     pub stages_active_mean_last: f64,
 }
 
-/// Per-chip figures for `extra_stats`.
+/// What [`Executor::sram_report`] returns (and the JSON outputs carry):
+/// the executor's totals and its per-chip figures.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SramReport {
+    #[serde(flatten)]
+    pub stats: SramStats,
+    pub chips: Vec<ChipStats>,
+}
+
+/// Per-chip figures of a [`SramReport`].
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ChipStats {
     pub chip: usize,
@@ -322,9 +331,10 @@ impl Executor for SramExecutor {
         };
         self.profiler.is_some()
     }
-    fn extra_stats(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
-        v["chips"] = serde_json::to_value(&self.chip_stats).unwrap_or_default();
-        v
+    fn sram_report(&self) -> Option<SramReport> {
+        Some(SramReport {
+            stats: self.stats.clone(),
+            chips: self.chip_stats.clone(),
+        })
     }
 }
