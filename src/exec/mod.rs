@@ -17,6 +17,55 @@ pub enum ExecError {
     BadToken { id: u32, vocab: usize },
     #[error("{0}")]
     Invalid(String),
+    #[error("a step needs at least one token")]
+    EmptyStep,
+    #[error("a batch needs at least one sequence")]
+    EmptyBatch,
+    #[error("cannot keep {keep} tokens of a sequence that holds {holds}")]
+    Truncate { keep: usize, holds: usize },
+    #[error("sequence {seq} does not exist ({resident} resident)")]
+    NoSuchSequence { seq: usize, resident: usize },
+    #[error("sequence {seq} appears twice in a batched step")]
+    DuplicateSequence { seq: usize },
+    #[error("{tokens} tokens for a batch of {sequences} sequences")]
+    BatchMismatch { tokens: usize, sequences: usize },
+    #[error("{rows} rows in one batched step; at most {max}")]
+    TooManyRows { rows: usize, max: usize },
+    #[error("{mode} mode {what}")]
+    ModeCannot { mode: &'static str, what: String },
+    /// A step the RoPE scaling cannot cover (`kernels::rope::check_step`).
+    #[error("{0}")]
+    Position(String),
+    /// The model or plan cannot run in SRAM mode on this adapter.
+    #[error(transparent)]
+    Sram(#[from] SramBuildError),
+}
+
+/// Why an SRAM-mode executor cannot be built from a plan.
+#[derive(Debug, thiserror::Error)]
+pub enum SramBuildError {
+    /// An architecture feature SRAM mode does not run (`sram::unsupported_in_sram`).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the chip's SRAM slice is {slice} bytes but this adapter allows {limit} bytes of workgroup storage per workgroup")]
+    SliceOverAdapter { slice: usize, limit: usize },
+    /// A kernel's workgroup footprint over the slice (`kernels::check_sram_kernels`).
+    #[error("{0}")]
+    KernelOverSlice(String),
+    #[error("SRAM mode cannot run this plan: {0}")]
+    Unrunnable(String),
+    #[error(transparent)]
+    Program(#[from] crate::chip::ProgramError),
+    #[error("a KV cache of {asked} positions was asked for, but the plan places {placed}: place with the same --ctx")]
+    Context { asked: usize, placed: usize },
+    #[error("micro-batches of {asked} tokens were asked for, but the plan's scratch holds {placed}: place with the same --microbatch")]
+    Microbatch { asked: usize, placed: usize },
+    #[error("the plan holds KV caches for {placed} sequence(s) but --batch is {asked}: place with the same batch")]
+    Batch { asked: usize, placed: usize },
+    #[error("missing weight {0}")]
+    MissingWeight(crate::model::WeightName),
+    #[error("the plan's program is empty")]
+    EmptyProgram,
 }
 
 /// What a step sends back to the CPU.
@@ -105,7 +154,7 @@ pub(crate) fn check_step(
     vocab: usize,
 ) -> Result<(), ExecError> {
     if ids.is_empty() {
-        return Err(ExecError::Invalid("a step needs at least one token".into()));
+        return Err(ExecError::EmptyStep);
     }
     if pos + ids.len() > ctx {
         return Err(ExecError::ContextFull {
@@ -123,9 +172,10 @@ pub(crate) fn check_step(
 /// The check of [`Executor::truncate`]: a sequence can only be cut shorter.
 pub(crate) fn check_truncate(pos: usize, current: usize) -> Result<(), ExecError> {
     if pos > current {
-        return Err(ExecError::Invalid(format!(
-            "cannot keep {pos} tokens of a sequence that holds {current}"
-        )));
+        return Err(ExecError::Truncate {
+            keep: pos,
+            holds: current,
+        });
     }
     Ok(())
 }
@@ -176,10 +226,10 @@ pub trait Executor {
         if seq == 0 {
             Ok(())
         } else {
-            Err(ExecError::Invalid(format!(
-                "{} mode keeps one sequence; sequence {seq} does not exist",
-                self.mode()
-            )))
+            Err(ExecError::ModeCannot {
+                mode: self.mode(),
+                what: format!("keeps one sequence; sequence {seq} does not exist"),
+            })
         }
     }
     /// Sequences with a KV cache of their own ([`Executor::select`] picks one).
@@ -197,10 +247,10 @@ pub trait Executor {
             self.reset();
             return Ok(());
         }
-        Err(ExecError::Invalid(format!(
-            "{} mode cannot cut a sequence to {pos} tokens",
-            self.mode()
-        )))
+        Err(ExecError::ModeCannot {
+            mode: self.mode(),
+            what: format!("cannot cut a sequence to {pos} tokens"),
+        })
     }
     /// One decode step for several resident sequences (continuous batching:
     /// any subset, in any order): `rows[i] = (sequence, token)` appends the
@@ -216,9 +266,7 @@ pub trait Executor {
         let mut out = Vec::with_capacity(rows.len());
         for (i, &(seq, tok)) in rows.iter().enumerate() {
             if rows[..i].iter().any(|r| r.0 == seq) {
-                return Err(ExecError::Invalid(format!(
-                    "sequence {seq} appears twice in a batched step"
-                )));
+                return Err(ExecError::DuplicateSequence { seq });
             }
             self.select(seq)?;
             out.push(self.step(&[tok], rb)?);
@@ -228,10 +276,10 @@ pub trait Executor {
     /// One greedy step for every resident sequence at once (`tokens[s]` is
     /// sequence s's last token); modes without batching refuse.
     fn decode_batch(&mut self, _tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
-        Err(ExecError::Invalid(format!(
-            "{} mode decodes one sequence at a time (several prompts need --mode sram)",
-            self.mode()
-        )))
+        Err(ExecError::ModeCannot {
+            mode: self.mode(),
+            what: "decodes one sequence at a time (several prompts need --mode sram)".into(),
+        })
     }
     /// Greedy decoding after `first` (the id the previous step picked): up
     /// to `n` steps, each fed the previous pick, stopping at the context.

@@ -115,9 +115,7 @@ impl VramExecutor {
         let ctx = opts.context.unwrap_or(cfg.max_position_embeddings).max(1);
         let chunk = opts.chunk.clamp(1, ctx);
         if batch == 0 {
-            return Err(ExecError::Invalid(
-                "a batch needs at least one sequence".into(),
-            ));
+            return Err(ExecError::EmptyBatch);
         }
         // Rows of a batched step live in the chunk-sized activations.
         let chunk = chunk.max(batch.min(attention::MAX_ROWS));
@@ -737,10 +735,10 @@ impl Executor for VramExecutor {
     }
     fn select(&mut self, seq: usize) -> Result<(), ExecError> {
         if seq >= self.pos.len() {
-            return Err(ExecError::Invalid(format!(
-                "sequence {seq} does not exist (KV caches for {} sequence(s))",
-                self.pos.len()
-            )));
+            return Err(ExecError::NoSuchSequence {
+                seq,
+                resident: self.pos.len(),
+            });
         }
         self.seq = seq;
         Ok(())
@@ -752,11 +750,10 @@ impl Executor for VramExecutor {
     }
     fn decode_batch(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
         if tokens.len() != self.pos.len() {
-            return Err(ExecError::Invalid(format!(
-                "{} tokens for a batch of {} sequences",
-                tokens.len(),
-                self.pos.len()
-            )));
+            return Err(ExecError::BatchMismatch {
+                tokens: tokens.len(),
+                sequences: self.pos.len(),
+            });
         }
         let rows: Vec<(usize, u32)> = tokens.iter().copied().enumerate().collect();
         Ok(self
@@ -780,19 +777,23 @@ impl Executor for VramExecutor {
             return Ok(Vec::new());
         }
         if b > self.max_rows() {
-            return Err(ExecError::Invalid(format!(
-                "{b} rows in one batched step; at most {}",
-                self.max_rows()
-            )));
+            return Err(ExecError::TooManyRows {
+                rows: b,
+                max: self.max_rows(),
+            });
         }
         let mut seen = vec![false; self.pos.len()];
         let mut table = Vec::with_capacity(b);
         for &(seq, tok) in rows {
             if seq >= self.pos.len() || std::mem::replace(&mut seen[seq], true) {
-                return Err(ExecError::Invalid(format!(
-                    "sequence {seq} does not exist or appears twice in a batched step ({} resident)",
-                    self.pos.len()
-                )));
+                return Err(if seq < self.pos.len() {
+                    ExecError::DuplicateSequence { seq }
+                } else {
+                    ExecError::NoSuchSequence {
+                        seq,
+                        resident: self.pos.len(),
+                    }
+                });
             }
             super::check_step(&[tok], self.pos[seq], self.ctx, self.cfg.vocab_size)?;
             table.push((self.pos[seq], seq * self.ctx));
@@ -862,7 +863,7 @@ impl Executor for VramExecutor {
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
         super::check_step(ids, self.pos[self.seq], self.ctx, self.cfg.vocab_size)?;
         rope::check_step(&self.cfg.rope_scaling, self.pos[self.seq], ids.len())
-            .map_err(ExecError::Invalid)?;
+            .map_err(ExecError::Position)?;
         self.counters.steps += 1;
         let chunks: Vec<&[u32]> = ids.chunks(self.chunk).collect();
         let last = chunks.len() - 1;
