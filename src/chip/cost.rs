@@ -31,9 +31,91 @@
 //! beyond `latency / bottleneck` sequences in flight the pipeline is full and
 //! adding more only makes each user slower. The bubble fraction is the share
 //! of chip-time that is idle.
+//!
+//! # Latency model (dependent stages)
+//!
+//! The roofline above has no latency for dependent operations, so a small
+//! model comes out as fast as its bytes allow (stories260K on groq-v1: a
+//! fraction of a µs per token), far faster than any published figure. The
+//! one latency model of sramlm (used by `sramlm study`, `plan --study` and the
+//! modelled columns of `bench` and `plan`) splits each token's critical path
+//! into **dependent stages**, the work between two synchronisation points:
+//!
+//! * per layer, the attention side (norm, q|k|v, RoPE, attention over the KV
+//!   cache, o projection; then its all-reduce), and the MLP (norm, gate|up,
+//!   down; then its all-reduce) — [`DENSE_STAGES_PER_LAYER`];
+//! * a MoE layer adds the router (router product and top-k: the experts to
+//!   read depend on it) — [`MOE_STAGES_PER_LAYER`]; expert dispatch and the
+//!   weighted combine ride on the MLP's all-reduce (every chip holds a slice
+//!   of every expert);
+//! * lm_head (final norm, product, top-1), once per token.
+//!
+//! A stage costs `max(its streaming work, ChipSpec::stage_latency_s)` on the
+//! critical path ([`dependent_stage_s`]): a streaming machine overlaps the
+//! pipeline latency of a dependent chain of operations with the weights it
+//! streams (as it overlaps compute and SRAM), so a stage is either
+//! bandwidth-bound or latency-bound. Links and collectives keep their own
+//! per-hop latency on top. groq-v1's floor is FITTED to one published point
+//! (see [`super::spec::GROQ_V1_STAGE_LATENCY_S`]); spec files without
+//! `stage_latency_s` have none.
+//!
+//! In the chain-of-chips model of this file a stage may span several chips
+//! (a layer straddling two); its work is the sum of its pieces'
+//! `max(compute, SRAM)`, and the floor's shortfall (`floor − work`, when
+//! positive) is charged to the chip holding the stage's last piece
+//! ([`ModeledChipCost::modeled_floor_s`]).
 
 use super::{ChipSpec, Plan};
 use serde::{Deserialize, Serialize};
+
+/// Dependent stages per dense layer: the attention side and the MLP.
+pub const DENSE_STAGES_PER_LAYER: usize = 2;
+/// Dependent stages per MoE layer: attention, router, experts.
+pub const MOE_STAGES_PER_LAYER: usize = 3;
+
+/// Dependent stages of one token: `layers × (2 dense | 3 MoE) + 1` (lm_head).
+pub fn dependent_stages_per_token(layers: usize, moe: bool) -> usize {
+    let per = if moe {
+        MOE_STAGES_PER_LAYER
+    } else {
+        DENSE_STAGES_PER_LAYER
+    };
+    layers * per + 1
+}
+
+/// One dependent stage's time on the critical path: its streaming work or
+/// the chip's latency floor, whichever is longer.
+pub fn dependent_stage_s(work_s: f64, spec: &ChipSpec) -> f64 {
+    work_s.max(spec.stage_latency_s)
+}
+
+/// What the floor adds on top of a stage's streaming work (0 when the stage
+/// is bandwidth- or compute-bound).
+pub fn stage_floor_extra_s(work_s: f64, spec: &ChipSpec) -> f64 {
+    dependent_stage_s(work_s, spec) - work_s
+}
+
+/// The dependent stage a placed tensor belongs to: `(layer, 0)` attention
+/// side, `(layer, 1)` MLP, `(usize::MAX, 0)` lm_head (and final norm; a tied
+/// embedding, whose product is lm_head's); an untied embedding (a gather)
+/// belongs to layer 0's attention side.
+fn stage_of(weight: &str, tied: bool) -> (usize, usize) {
+    const HEAD: (usize, usize) = (usize::MAX, 0);
+    match weight {
+        "embed" if tied => HEAD,
+        "embed" => (0, 0),
+        "lm_head" | "final_norm" => HEAD,
+        w => {
+            let mut parts = w.split('.');
+            let layer = match (parts.next(), parts.next().and_then(|i| i.parse().ok())) {
+                (Some("layers"), Some(i)) => i,
+                _ => return HEAD,
+            };
+            let mlp = matches!(parts.next(), Some("ffn_norm" | "w_gate" | "w_up" | "w_down"));
+            (layer, usize::from(mlp))
+        }
+    }
+}
 
 /// Which compute rate of the chip the matrix-vector products run at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,9 +181,12 @@ pub struct ModeledChipCost {
     pub modeled_sram_s: f64,
     /// `max(compute, sram)`.
     pub modeled_chip_s: f64,
+    /// The latency floor's shortfall for the dependent stages that end on
+    /// this chip (see the module docs, "Latency model").
+    pub modeled_floor_s: f64,
     /// The link to the next chip (last chip: the loopback).
     pub modeled_link_out_s: f64,
-    /// `chip + link out`: this stage's share of the pipeline cycle.
+    /// `chip + floor + link out`: this stage's share of the pipeline cycle.
     pub modeled_stage_s: f64,
     /// `"compute"` or `"sram"`: which one sets `modeled_chip_s`.
     pub modeled_bound: String,
@@ -122,6 +207,12 @@ pub struct CostBreakdown {
     pub modeled_compute_s: f64,
     pub modeled_sram_s: f64,
     pub modeled_chip_s: f64,
+    /// Dependent stages on the token's path, and the floor per stage
+    /// (`ChipSpec::stage_latency_s`; groq-v1's is fitted).
+    pub dependent_stages: usize,
+    pub stage_latency_s: f64,
+    /// What the latency floor adds over the streaming work (sum over chips).
+    pub modeled_floor_s: f64,
     /// Every link on the path, loopback included.
     pub modeled_link_s: f64,
     /// One token (one pass), batch 1, empty pipeline.
@@ -162,18 +253,39 @@ pub fn modeled_token_latency_with(plan: &Plan, spec: &ChipSpec, o: &CostOptions)
         .link_transfers_per_token
         .saturating_sub(plan.totals.hops);
     let mut chips = Vec::with_capacity(n);
+    // Streaming work of each dependent stage, and the chip its last piece is on.
+    let mut stage_work: std::collections::BTreeMap<(usize, usize), (f64, usize)> =
+        Default::default();
+    let mut add_work = |key: (usize, usize), work: f64, chip: usize| {
+        let e = stage_work.entry(key).or_insert((0.0, chip));
+        e.0 += work;
+        e.1 = e.1.max(chip);
+    };
+    let rate_piece = |params: f64, bytes: f64| (2.0 * params * mb / rate).max(bytes / spec.sram_bandwidth);
     for c in &plan.chips {
         // One sequence's share of the chip's KV cache, filled to `positions`.
         let kv_read = c.kv_bytes as f64 / m.batch.max(1) as f64 * fill;
         let kv_values = kv_read / m.kv_dtype_bytes.max(1) as f64;
         // An untied embedding is a gather: one row read per token, no product.
         let (mut params, mut weight_bytes) = (c.params as f64, c.weight_bytes as f64);
-        if !m.tie_word_embeddings {
-            for p in c.tensors.iter().filter(|p| p.weight == "embed") {
+        for p in &c.tensors {
+            let key = stage_of(&p.weight, m.tie_word_embeddings);
+            if p.weight == "embed" && !m.tie_word_embeddings {
                 let rows = (p.row_end - p.row_start).max(1) as f64;
                 params -= p.params as f64;
-                weight_bytes -= p.bytes as f64 - p.bytes as f64 / rows * mb.min(rows);
+                let read = p.bytes as f64 / rows * mb.min(rows);
+                weight_bytes -= p.bytes as f64 - read;
+                add_work(key, rate_piece(0.0, read), c.index);
+            } else {
+                add_work(key, rate_piece(p.params as f64, p.bytes as f64), c.index);
             }
+        }
+        for k in &c.kv {
+            let read = k.bytes as f64 / m.batch.max(1) as f64 * fill;
+            let values = read / m.kv_dtype_bytes.max(1) as f64;
+            let work = (2.0 * group * values * mb / spec.compute_flops_fp16)
+                .max(read * mb / spec.sram_bandwidth);
+            add_work((k.layer, 0), work, c.index);
         }
         let compute =
             2.0 * params * mb / rate + 2.0 * group * kv_values * mb / spec.compute_flops_fp16;
@@ -203,10 +315,19 @@ pub fn modeled_token_latency_with(plan: &Plan, spec: &ChipSpec, o: &CostOptions)
             modeled_compute_s: compute,
             modeled_sram_s: sram,
             modeled_chip_s: chip,
+            modeled_floor_s: 0.0,
             modeled_link_out_s: link,
             modeled_stage_s: chip + link,
             modeled_bound: if compute >= sram { "compute" } else { "sram" }.into(),
         });
+    }
+    let dependent_stages = stage_work.len();
+    for (work, last) in stage_work.into_values() {
+        if let Some(c) = chips.iter_mut().find(|c| c.index == last) {
+            let extra = stage_floor_extra_s(work, spec);
+            c.modeled_floor_s += extra;
+            c.modeled_stage_s += extra;
+        }
     }
     let sum = |f: fn(&ModeledChipCost) -> f64| chips.iter().map(f).sum::<f64>();
     let latency = sum(|c| c.modeled_stage_s);
@@ -225,6 +346,9 @@ pub fn modeled_token_latency_with(plan: &Plan, spec: &ChipSpec, o: &CostOptions)
         modeled_compute_s: sum(|c| c.modeled_compute_s),
         modeled_sram_s: sum(|c| c.modeled_sram_s),
         modeled_chip_s: sum(|c| c.modeled_chip_s),
+        dependent_stages,
+        stage_latency_s: spec.stage_latency_s,
+        modeled_floor_s: sum(|c| c.modeled_floor_s),
         modeled_link_s: sum(|c| c.modeled_link_out_s),
         modeled_token_latency_s: latency,
         modeled_tokens_per_s_per_user: 1.0 / latency,
