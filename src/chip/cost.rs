@@ -111,7 +111,10 @@ fn stage_of(weight: &str, tied: bool) -> (usize, usize) {
                 (Some("layers"), Some(i)) => i,
                 _ => return HEAD,
             };
-            let mlp = matches!(parts.next(), Some("ffn_norm" | "w_gate" | "w_up" | "w_down"));
+            let mlp = matches!(
+                parts.next(),
+                Some("ffn_norm" | "w_gate" | "w_up" | "w_down")
+            );
             (layer, usize::from(mlp))
         }
     }
@@ -261,7 +264,8 @@ pub fn modeled_token_latency_with(plan: &Plan, spec: &ChipSpec, o: &CostOptions)
         e.0 += work;
         e.1 = e.1.max(chip);
     };
-    let rate_piece = |params: f64, bytes: f64| (2.0 * params * mb / rate).max(bytes / spec.sram_bandwidth);
+    let rate_piece =
+        |params: f64, bytes: f64| (2.0 * params * mb / rate).max(bytes / spec.sram_bandwidth);
     for c in &plan.chips {
         // One sequence's share of the chip's KV cache, filled to `positions`.
         let kv_read = c.kv_bytes as f64 / m.batch.max(1) as f64 * fill;

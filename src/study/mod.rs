@@ -532,6 +532,8 @@ pub struct SweepPoint {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StudyReport {
     pub note: String,
+    /// The SRAM side's latency floor and where it comes from (fitted or not).
+    pub latency_floor: String,
     pub model: ModelShape,
     pub total_params: f64,
     pub active_params: f64,
@@ -550,6 +552,33 @@ pub struct StudyReport {
 }
 
 const MAX_CHIPS: f64 = 2e6;
+
+/// ", FITTED" when `spec`'s latency floor is groq-v1's fitted value (the
+/// preset or a scale model of it), ", from the spec" otherwise, "" with none.
+pub fn floor_label(spec: &ChipSpec) -> &'static str {
+    if spec.stage_latency_s == 0.0 {
+        ", none in the spec"
+    } else if spec.stage_latency_s == crate::chip::spec::GROQ_V1_STAGE_LATENCY_S {
+        " FITTED"
+    } else {
+        ", from the spec"
+    }
+}
+
+/// The latency floor of `spec` in words, for the report's JSON and text.
+pub fn floor_note(spec: &ChipSpec) -> String {
+    let us = spec.stage_latency_s * 1e6;
+    if spec.stage_latency_s == 0.0 {
+        format!("{}: no latency floor per dependent stage (stage_latency_s 0): speeds are roofline + links only, optimistic for small models", spec.name)
+    } else if spec.stage_latency_s == crate::chip::spec::GROQ_V1_STAGE_LATENCY_S {
+        format!("{}: latency floor {us:.1} µs per dependent stage, FITTED to one published point (Llama-2-70B at 270 tok/s per user), not sourced; see docs/study.md", spec.name)
+    } else {
+        format!(
+            "{}: latency floor {us:.2} µs per dependent stage, from the chip spec",
+            spec.name
+        )
+    }
+}
 
 fn kv_heads_total(m: &ModelShape, tp: usize) -> f64 {
     (m.kv_heads.div_ceil(tp) * tp) as f64
@@ -615,13 +644,11 @@ fn floor_extra_s(
         spec.compute_flops_fp16
     };
     let work = |bytes: f64, mm_flops: f64, fp16_flops: f64| {
-        (bytes / spec.sram_bandwidth)
-            .max(mm_flops / rate + fp16_flops / spec.compute_flops_fp16)
+        (bytes / spec.sram_bandwidth).max(mm_flops / rate + fp16_flops / spec.compute_flops_fp16)
     };
     // Per chip: its share of the stage.
     let attn_w = 2.0 * d * hd * q_heads_total(m, tp) + 2.0 * d * hd * kv_heads_total(m, tp);
-    let kv_layer = kv_bytes_per_user_position(m, tp, o) / m.layers.max(1) as f64
-        * o.context as f64;
+    let kv_layer = kv_bytes_per_user_position(m, tp, o) / m.layers.max(1) as f64 * o.context as f64;
     let attn = work(
         (wb * attn_w + kv_layer * b) / t,
         2.0 * m.attn_params() * b / t,
@@ -1091,6 +1118,7 @@ pub fn run(
     }
     Ok(StudyReport {
         note: "every figure is MODELLED (closed-form cost model and input prices/powers), not measured".into(),
+        latency_floor: floor_note(spec),
         total_params: m.total_params(),
         active_params: m.active_params(),
         model: m.clone(),

@@ -66,11 +66,15 @@ fn groq_with_floor(floor_s: f64) -> ChipSpec {
 /// tests/study.rs checks they agree. `dir` holds llama-2-70b.json.
 pub fn fit_stage_latency(dir: &Path) -> Result<f64, StudyError> {
     let speed = |floor: f64| -> Result<f64, StudyError> {
-        Ok(
-            scenario(dir, "llama-2-70b.json", 4096, "f16", &groq_with_floor(floor))?
-                .sram
-                .modeled_tokens_per_s_per_user,
-        )
+        Ok(scenario(
+            dir,
+            "llama-2-70b.json",
+            4096,
+            "f16",
+            &groq_with_floor(floor),
+        )?
+        .sram
+        .modeled_tokens_per_s_per_user)
     };
     let (mut lo, mut hi) = (0.0, 1e-3);
     if speed(lo)? <= FIT_TOKENS_PER_S {
@@ -175,9 +179,33 @@ pub fn validate(dir: &Path) -> Result<Vec<ValidationRow>, StudyError> {
     // The same three without the floor: what the roofline alone gives.
     let none = groq_with_floor(0.0);
     for (id, point, file, ctx, lo, hi, src) in [
-        ("l70-speed-roofline", "Llama-2-70B tok/s per user (no floor)", L70, 4096, 240.0, 300.0, groq),
-        ("mix-speed-roofline", "Mixtral 8x7B tok/s per user (no floor)", MIX, 4096, 450.0, 480.0, mixsrc),
-        ("l7-speed-roofline", "Llama-2-7B tok/s per user (no floor)", L7, 2048, 750.0, 750.0, l7src),
+        (
+            "l70-speed-roofline",
+            "Llama-2-70B tok/s per user (no floor)",
+            L70,
+            4096,
+            240.0,
+            300.0,
+            groq,
+        ),
+        (
+            "mix-speed-roofline",
+            "Mixtral 8x7B tok/s per user (no floor)",
+            MIX,
+            4096,
+            450.0,
+            480.0,
+            mixsrc,
+        ),
+        (
+            "l7-speed-roofline",
+            "Llama-2-7B tok/s per user (no floor)",
+            L7,
+            2048,
+            750.0,
+            750.0,
+            l7src,
+        ),
     ] {
         let r = scenario(dir, file, ctx, "f16", &none)?;
         row(
