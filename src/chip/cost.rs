@@ -468,6 +468,9 @@ pub struct GpuFleetSpec {
     pub price_usd: f64,
     /// Watts per GPU, its share of the server included (modelled input).
     pub power_w: f64,
+    /// Where the numbers come from (free text; a spec file's `source`).
+    #[serde(default)]
+    pub source: String,
 }
 
 impl GpuFleetSpec {
@@ -488,6 +491,7 @@ impl GpuFleetSpec {
             reserved_fraction: 0.1,
             price_usd: 37_500.0,
             power_w: 1275.0,
+            source: "NVIDIA H100 SXM datasheet (80 GB, 3.35 TB/s, 989/1,979 TFLOP/s dense fp16/fp8, NVLink 900 GB/s both directions); DGX H100 10.2 kW / 8; price: 8-GPU server ~$300k / 8 (Feb 2024 estimate); link latencies: sramlm's assumptions".into(),
         }
     }
     pub fn h200() -> Self {
@@ -496,6 +500,7 @@ impl GpuFleetSpec {
             hbm_bytes: 141e9,
             hbm_bandwidth: 4.8e12,
             price_usd: 45_000.0,
+            source: "NVIDIA H200 datasheet (141 GB, 4.8 TB/s, H100's tensor rates and NVLink); power as DGX H100 / 8; price $45k per GPU (press-reported, modelled input)".into(),
             ..Self::h100_sxm()
         }
     }
@@ -509,6 +514,7 @@ impl GpuFleetSpec {
             nvlink_bandwidth: 900e9,
             price_usd: 64_000.0,
             power_w: 1790.0,
+            source: "NVIDIA DGX B200 datasheet / 8 (180 GB, 8 TB/s, 4.5 PFLOP/s dense fp8, NVLink 5 1.8 TB/s, ~14.3 kW); price DGX B200 ~$515k / 8 (press-reported, modelled input)".into(),
             ..Self::h100_sxm()
         }
     }
@@ -521,6 +527,206 @@ impl GpuFleetSpec {
             _ => None,
         }
     }
+    /// A preset name, or the path of a JSON GPU spec file (see
+    /// [`GpuFleetSpec::from_json_str`] and `models/gpus/`). Errors are one
+    /// line naming the file and the field.
+    pub fn resolve(name_or_path: &str) -> Result<Self, String> {
+        if let Some(g) = Self::preset(name_or_path) {
+            return Ok(g);
+        }
+        let path = std::path::Path::new(name_or_path);
+        let looks_like_path =
+            path.exists() || name_or_path.contains(['/', '\\']) || path.extension().is_some();
+        if !looks_like_path {
+            return Err(format!(
+                "unknown GPU preset `{name_or_path}` (known: {}; or give a JSON GPU spec file)",
+                Self::PRESET_NAMES.join(", ")
+            ));
+        }
+        Self::load(path)
+    }
+
+    /// Largest GPU spec file read (a spec is a few hundred bytes).
+    pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+    /// Reads a GPU spec from a JSON file, at most [`Self::MAX_FILE_BYTES`].
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        use std::io::Read;
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| format!("--gpu {shown}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!(
+                "--gpu {shown}: not a regular file (a directory, FIFO or device); give a JSON GPU spec file"
+            ));
+        }
+        let file = std::fs::File::open(path).map_err(|e| format!("--gpu {shown}: {e}"))?;
+        let mut bytes = Vec::new();
+        file.take(Self::MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("--gpu {shown}: {e}"))?;
+        if bytes.len() as u64 > Self::MAX_FILE_BYTES {
+            return Err(format!(
+                "--gpu {shown}: larger than {} bytes, too large for a GPU spec file",
+                Self::MAX_FILE_BYTES
+            ));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| format!("--gpu {shown}: not valid JSON: not UTF-8 text"))?;
+        Self::from_json_str(&text, &format!("--gpu {shown}"))
+    }
+
+    /// Parses a JSON GPU spec; `origin` starts every error message.
+    ///
+    /// Required: `name` (string), `hbm_bytes` (a number or a size such as
+    /// `"80 GB"`), `hbm_bandwidth` (B/s), `flops_fp16`, `ops_8bit` (dense,
+    /// per second), `price_usd`, `power_w` (per GPU, its server share
+    /// included). Optional, defaulting to the h100-sxm preset's:
+    /// `gpus_per_node`, `nvlink_bandwidth`, `nvlink_latency_s`,
+    /// `node_link_bandwidth`, `node_link_latency_s`, `reserved_fraction`;
+    /// `source` (text). Unknown fields are refused (a typo must not fall back
+    /// to a default); fields starting with `_` are comments.
+    pub fn from_json_str(text: &str, origin: &str) -> Result<Self, String> {
+        const FIELDS: [&str; 14] = [
+            "name",
+            "hbm_bytes",
+            "hbm_bandwidth",
+            "flops_fp16",
+            "ops_8bit",
+            "price_usd",
+            "power_w",
+            "gpus_per_node",
+            "nvlink_bandwidth",
+            "nvlink_latency_s",
+            "node_link_bandwidth",
+            "node_link_latency_s",
+            "reserved_fraction",
+            "source",
+        ];
+        let bad = |field: &str, msg: String| format!("{origin}: field `{field}`: {msg}");
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            format!("{origin}: not valid JSON: {e}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("{origin}: must hold a JSON object"))?;
+        for key in obj.keys() {
+            if !FIELDS.contains(&key.as_str()) && !key.starts_with('_') {
+                return Err(bad(
+                    key,
+                    format!("unknown field (known: {})", FIELDS.join(", ")),
+                ));
+            }
+        }
+        let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+        let number = |key: &str| -> Result<f64, String> {
+            let v = obj
+                .get(key)
+                .filter(|v| !v.is_null())
+                .ok_or_else(|| bad(key, "missing field".into()))?;
+            let x = match v {
+                serde_json::Value::String(s) if key == "hbm_bytes" => {
+                    super::spec::parse_byte_size(s)
+                        .ok_or_else(|| bad(key, format!("cannot read `{s}` as a byte size")))?
+                }
+                _ => v
+                    .as_f64()
+                    .ok_or_else(|| bad(key, format!("must be a number, got {v}")))?,
+            };
+            if !x.is_finite() {
+                return Err(bad(key, format!("must be finite, got {v}")));
+            }
+            Ok(x)
+        };
+        let positive = |key: &str| -> Result<f64, String> {
+            let x = number(key)?;
+            if x <= 0.0 {
+                return Err(bad(key, format!("must be positive, got {x}")));
+            }
+            Ok(x)
+        };
+        let non_negative = |key: &str| -> Result<f64, String> {
+            let x = number(key)?;
+            if x < 0.0 {
+                return Err(bad(key, format!("must not be negative, got {x}")));
+            }
+            Ok(x)
+        };
+        let name = match obj.get("name") {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            None | Some(serde_json::Value::Null) => {
+                return Err(bad("name", "missing field".into()))
+            }
+            Some(other) => {
+                return Err(bad(
+                    "name",
+                    format!("must be a non-empty string, got {other}"),
+                ))
+            }
+        };
+        let mut g = GpuFleetSpec {
+            name,
+            hbm_bytes: positive("hbm_bytes")?,
+            hbm_bandwidth: positive("hbm_bandwidth")?,
+            flops_fp16: positive("flops_fp16")?,
+            ops_8bit: positive("ops_8bit")?,
+            price_usd: positive("price_usd")?,
+            power_w: positive("power_w")?,
+            source: String::new(),
+            ..Self::h100_sxm()
+        };
+        if present("gpus_per_node") {
+            let x = positive("gpus_per_node")?;
+            if x.fract() != 0.0 || x > 1024.0 {
+                return Err(bad(
+                    "gpus_per_node",
+                    format!("must be a whole number from 1 to 1024, got {x}"),
+                ));
+            }
+            g.gpus_per_node = x as usize;
+        }
+        if present("nvlink_bandwidth") {
+            g.nvlink_bandwidth = positive("nvlink_bandwidth")?;
+        }
+        if present("node_link_bandwidth") {
+            g.node_link_bandwidth = positive("node_link_bandwidth")?;
+        }
+        if present("nvlink_latency_s") {
+            g.nvlink_latency_s = non_negative("nvlink_latency_s")?;
+        }
+        if present("node_link_latency_s") {
+            g.node_link_latency_s = non_negative("node_link_latency_s")?;
+        }
+        if present("reserved_fraction") {
+            let x = non_negative("reserved_fraction")?;
+            if x >= 1.0 {
+                return Err(bad(
+                    "reserved_fraction",
+                    format!("must be from 0 to below 1, got {x}"),
+                ));
+            }
+            g.reserved_fraction = x;
+        }
+        if present("source") {
+            g.source = obj["source"]
+                .as_str()
+                .ok_or_else(|| bad("source", format!("must be a string, got {}", obj["source"])))?
+                .to_string();
+        }
+        for (key, x) in [
+            ("nvlink_latency_s", g.nvlink_latency_s),
+            ("node_link_latency_s", g.node_link_latency_s),
+        ] {
+            if x > 1.0 {
+                return Err(bad(key, format!("must be at most 1 second, got {x}")));
+            }
+        }
+        Ok(g)
+    }
+
     /// Ring all-reduce of `bytes` over `n` GPUs of one NVLink domain.
     pub fn all_reduce_s(&self, n: usize, bytes: f64) -> f64 {
         if n <= 1 {
