@@ -838,6 +838,43 @@ mod tests {
     }
 
     #[test]
+    fn dependent_stages_and_floor() {
+        assert_eq!(stage_of("layers.3.wq", false), (3, 0));
+        assert_eq!(stage_of("layers.3.wo.bias", false), (3, 0));
+        assert_eq!(stage_of("layers.3.w_down", false), (3, 1));
+        assert_eq!(stage_of("layers.12.ffn_norm", true), (12, 1));
+        assert_eq!(stage_of("embed", false), (0, 0));
+        assert_eq!(stage_of("embed", true), (usize::MAX, 0));
+        assert_eq!(stage_of("lm_head", false), (usize::MAX, 0));
+        assert_eq!(dependent_stages_per_token(32, false), 65);
+        assert_eq!(dependent_stages_per_token(32, true), 97);
+        let mut g = ChipSpec::groq_v1();
+        g.stage_latency_s = 10e-6;
+        assert_eq!(dependent_stage_s(4e-6, &g), 10e-6);
+        assert_eq!(dependent_stage_s(12e-6, &g), 12e-6);
+        assert!((stage_floor_extra_s(4e-6, &g) - 6e-6).abs() < 1e-18);
+        assert_eq!(stage_floor_extra_s(12e-6, &g), 0.0);
+        // The chain model: every layer's two stages and lm_head are found,
+        // and the floor is charged once per stage.
+        let c = cfg();
+        let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
+        let spec = ChipSpec::preset("mini-64k").unwrap();
+        let plan = place(&c, &t, &spec, &PlaceOptions::for_config(&c)).unwrap();
+        let r = modeled_token_latency(&plan, &spec, Precision::Fp16);
+        assert_eq!(r.dependent_stages, 2 * c.num_layers + 1);
+        let mut none = spec.clone();
+        none.stage_latency_s = 0.0;
+        let r0 = modeled_token_latency(&plan, &none, Precision::Fp16);
+        assert_eq!(r0.modeled_floor_s, 0.0);
+        assert!(r.modeled_floor_s > 0.0);
+        assert!(r.modeled_floor_s <= r.dependent_stages as f64 * spec.stage_latency_s);
+        assert!(
+            (r.modeled_token_latency_s - r0.modeled_token_latency_s - r.modeled_floor_s).abs()
+                < 1e-12
+        );
+    }
+
+    #[test]
     fn gpu_model() {
         let g = GpuSpec::h100_sxm();
         let r = modeled_gpu_token_latency(3_350_000_000, 0, 1e9, 100, &g);
