@@ -239,9 +239,9 @@ const GROQ_SRAM: usize = 220 * MIB;
 /// 240–300), and validated on Mixtral 8x7B and Llama-2-7B
 /// (`sramlm study --validate`; `study::validation::fit_stage_latency`
 /// recomputes it and tests/study.rs checks the two agree). Not a published
-/// figure: the sourced on-chip latencies (a dependent operation costs
-/// hundreds of 900 MHz cycles, i.e. well under 1 µs; a C2C hop ~0.6 µs) are
-/// an order of magnitude smaller (docs/study.md, "Latency model").
+/// figure: what the sources give is an order of magnitude smaller (ISCA
+/// 2020: 900 MHz, ResNet-50 at batch 1 in ~49 µs for ~50 layers; ISCA 2022:
+/// < 3 µs end to end; docs/study.md, "Latency model").
 pub const GROQ_V1_STAGE_LATENCY_S: f64 = 19.3e-6;
 
 impl ChipSpec {
