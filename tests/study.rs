@@ -480,6 +480,24 @@ fn gpu_spec_files_load_and_bad_ones_are_one_line() {
     };
     assert!(speed(&b) > speed(&a), "6× the bandwidth is faster");
     assert!(b["gpu_side"]["units"].as_u64() < a["gpu_side"]["units"].as_u64());
+    // The latency model applies to the GPU side when its spec sets a floor
+    // (500 µs: above the 70B stages' own streaming work, ~45–210 µs on one
+    // GPU, which a smaller floor would not change: max(work, floor)).
+    let slow = dir.join("slow.json");
+    std::fs::write(
+        &slow,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("\"stage_latency_s\": 0", "\"stage_latency_s\": 500e-6"),
+    )
+    .unwrap();
+    let c = json(slow.to_str().unwrap());
+    assert!(c["gpu_layout"]["modeled_latency_floor_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        a["gpu_layout"]["modeled_latency_floor_s"].as_f64(),
+        Some(0.0)
+    );
+    assert!(speed(&c) < speed(&a), "a floor slows the GPU side");
     // Bad files: one line naming the file and, where there is one, the field.
     let good = std::fs::read_to_string(&file).unwrap();
     let huge = " ".repeat(2 << 20);
@@ -498,6 +516,11 @@ fn gpu_spec_files_load_and_bad_ones_are_one_line() {
             "negative.json",
             good.replace("\"power_w\": 1275", "\"power_w\": -5"),
             "power_w",
+        ),
+        (
+            "floor.json",
+            good.replace("\"stage_latency_s\": 0", "\"stage_latency_s\": -1e-6"),
+            "stage_latency_s",
         ),
         (
             "typo.json",

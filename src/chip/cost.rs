@@ -92,7 +92,13 @@ pub fn dependent_stage_s(work_s: f64, spec: &ChipSpec) -> f64 {
 /// What the floor adds on top of a stage's streaming work (0 when the stage
 /// is bandwidth- or compute-bound).
 pub fn stage_floor_extra_s(work_s: f64, spec: &ChipSpec) -> f64 {
-    dependent_stage_s(work_s, spec) - work_s
+    floor_shortfall_s(work_s, spec.stage_latency_s)
+}
+
+/// `max(work, floor) − work`: the same rule for any hardware (the GPU
+/// fleet's `GpuFleetSpec::stage_latency_s` too).
+pub fn floor_shortfall_s(work_s: f64, floor_s: f64) -> f64 {
+    work_s.max(floor_s) - work_s
 }
 
 /// The dependent stage a placed tensor belongs to: `(layer, 0)` attention
@@ -468,6 +474,11 @@ pub struct GpuFleetSpec {
     pub price_usd: f64,
     /// Watts per GPU, its share of the server included (modelled input).
     pub power_w: f64,
+    /// Latency floor per dependent stage, seconds (the SRAM side's latency
+    /// model, `chip::cost` "Latency model"): 0 in the presets — no sourced
+    /// value, so the GPU side stays a roofline — settable in a spec file.
+    #[serde(default)]
+    pub stage_latency_s: f64,
     /// Where the numbers come from (free text; a spec file's `source`).
     #[serde(default)]
     pub source: String,
@@ -491,6 +502,7 @@ impl GpuFleetSpec {
             reserved_fraction: 0.1,
             price_usd: 37_500.0,
             power_w: 1275.0,
+            stage_latency_s: 0.0,
             source: "NVIDIA H100 SXM datasheet (80 GB, 3.35 TB/s, 989/1,979 TFLOP/s dense fp16/fp8, NVLink 900 GB/s both directions); DGX H100 10.2 kW / 8; price: 8-GPU server ~$300k / 8 (Feb 2024 estimate); link latencies: sramlm's assumptions".into(),
         }
     }
@@ -582,11 +594,11 @@ impl GpuFleetSpec {
     /// per second), `price_usd`, `power_w` (per GPU, its server share
     /// included). Optional, defaulting to the h100-sxm preset's:
     /// `gpus_per_node`, `nvlink_bandwidth`, `nvlink_latency_s`,
-    /// `node_link_bandwidth`, `node_link_latency_s`, `reserved_fraction`;
-    /// `source` (text). Unknown fields are refused (a typo must not fall back
+    /// `node_link_bandwidth`, `node_link_latency_s`, `reserved_fraction`,
+    /// `stage_latency_s` (0: no latency floor); `source` (text). Unknown fields are refused (a typo must not fall back
     /// to a default); fields starting with `_` are comments.
     pub fn from_json_str(text: &str, origin: &str) -> Result<Self, String> {
-        const FIELDS: [&str; 14] = [
+        const FIELDS: [&str; 15] = [
             "name",
             "hbm_bytes",
             "hbm_bandwidth",
@@ -600,6 +612,7 @@ impl GpuFleetSpec {
             "node_link_bandwidth",
             "node_link_latency_s",
             "reserved_fraction",
+            "stage_latency_s",
             "source",
         ];
         let bad = |field: &str, msg: String| format!("{origin}: field `{field}`: {msg}");
@@ -710,6 +723,9 @@ impl GpuFleetSpec {
             }
             g.reserved_fraction = x;
         }
+        if present("stage_latency_s") {
+            g.stage_latency_s = non_negative("stage_latency_s")?;
+        }
         if present("source") {
             g.source = obj["source"]
                 .as_str()
@@ -719,6 +735,7 @@ impl GpuFleetSpec {
         for (key, x) in [
             ("nvlink_latency_s", g.nvlink_latency_s),
             ("node_link_latency_s", g.node_link_latency_s),
+            ("stage_latency_s", g.stage_latency_s),
         ] {
             if x > 1.0 {
                 return Err(bad(key, format!("must be at most 1 second, got {x}")));

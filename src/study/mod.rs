@@ -498,6 +498,9 @@ pub struct GpuLayout {
     pub modeled_compute_s: f64,
     pub modeled_collective_s: f64,
     pub modeled_stage_link_s: f64,
+    /// What the GPU's latency floor per dependent stage adds (0 unless its
+    /// spec sets `stage_latency_s`).
+    pub modeled_latency_floor_s: f64,
     pub modeled_token_period_s: f64,
     /// `"memory"` or `"compute"`: what sets the roofline.
     pub modeled_bound: String,
@@ -636,16 +639,42 @@ fn floor_extra_s(
     mb: usize,
     o: &StudyOptions,
 ) -> (f64, usize) {
-    let (d, hd, t, b) = (m.d(), m.head_dim as f64, tp as f64, mb as f64);
-    let wb = o.weights.bytes;
     let rate = if o.weights.eight_bit {
         spec.compute_ops_int8
     } else {
         spec.compute_flops_fp16
     };
-    let work = |bytes: f64, mm_flops: f64, fp16_flops: f64| {
-        (bytes / spec.sram_bandwidth).max(mm_flops / rate + fp16_flops / spec.compute_flops_fp16)
+    let hw = StageHardware {
+        bandwidth: spec.sram_bandwidth,
+        rate,
+        fp16: spec.compute_flops_fp16,
+        floor_s: spec.stage_latency_s,
     };
+    floor_extra_on(m, &hw, tp, mb, o)
+}
+
+/// What one device of a tensor-parallel group streams and computes at, and
+/// its latency floor per dependent stage.
+struct StageHardware {
+    bandwidth: f64,
+    rate: f64,
+    fp16: f64,
+    floor_s: f64,
+}
+
+fn floor_extra_on(
+    m: &ModelShape,
+    hw: &StageHardware,
+    tp: usize,
+    mb: usize,
+    o: &StudyOptions,
+) -> (f64, usize) {
+    let (d, hd, t, b) = (m.d(), m.head_dim as f64, tp as f64, mb as f64);
+    let wb = o.weights.bytes;
+    let work = |bytes: f64, mm_flops: f64, fp16_flops: f64| {
+        (bytes / hw.bandwidth).max(mm_flops / hw.rate + fp16_flops / hw.fp16)
+    };
+    let short = |w: f64| crate::chip::cost::floor_shortfall_s(w, hw.floor_s);
     // Per chip: its share of the stage.
     let attn_w = 2.0 * d * hd * q_heads_total(m, tp) + 2.0 * d * hd * kv_heads_total(m, tp);
     let kv_layer = kv_bytes_per_user_position(m, tp, o) / m.layers.max(1) as f64 * o.context as f64;
@@ -665,15 +694,14 @@ fn floor_extra_s(
         0.0,
     );
     let moe = m.experts > 1;
-    let mut per_layer =
-        crate::chip::stage_floor_extra_s(attn, spec) + crate::chip::stage_floor_extra_s(mlp, spec);
+    let mut per_layer = short(attn) + short(mlp);
     if moe {
         // Every chip holds the whole router (replicated) and runs it.
         let router = work(wb * m.router_params(), 2.0 * m.router_params() * b, 0.0);
-        per_layer += crate::chip::stage_floor_extra_s(router, spec);
+        per_layer += short(router);
     }
     (
-        m.layers as f64 * per_layer + crate::chip::stage_floor_extra_s(head, spec),
+        m.layers as f64 * per_layer + short(head),
         crate::chip::dependent_stages_per_token(m.layers, moe),
     )
 }
@@ -869,6 +897,13 @@ pub fn gpu_layout(
         0.0
     };
     let stage = (pp - 1) as f64 * (bytes / g.node_link_bandwidth + g.node_link_latency_s);
+    let hw = StageHardware {
+        bandwidth: g.hbm_bandwidth,
+        rate,
+        fp16: g.flops_fp16,
+        floor_s: g.stage_latency_s,
+    };
+    let (floor_s, _) = floor_extra_on(m, &hw, tp, batch, o);
     Ok(GpuLayout {
         tp,
         pp,
@@ -883,7 +918,8 @@ pub fn gpu_layout(
         modeled_compute_s: compute_s,
         modeled_collective_s: coll,
         modeled_stage_link_s: stage,
-        modeled_token_period_s: mem_s.max(compute_s) + coll + stage,
+        modeled_latency_floor_s: floor_s,
+        modeled_token_period_s: mem_s.max(compute_s) + floor_s + coll + stage,
         modeled_bound: if mem_s >= compute_s {
             "memory"
         } else {

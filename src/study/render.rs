@@ -162,11 +162,18 @@ pub fn table(r: &StudyReport) -> String {
     let g = &r.gpu_layout;
     let _ = writeln!(
         out,
-        "GPU per token (modelled, batch {}): memory {} | compute {} ({}-bound) | NVLink {} | inter-node {} | period {}; weights {}, KV {} per user, {:.1} GB used of {:.0} GB per GPU",
+        "GPU per token (modelled, batch {}): memory {} | compute {} ({}-bound) | latency floor +{} ({} per stage{}) | NVLink {} | inter-node {} | period {}; weights {}, KV {} per user, {:.1} GB used of {:.0} GB per GPU",
         g.batch,
         us(g.modeled_memory_s),
         us(g.modeled_compute_s),
         g.modeled_bound,
+        us(g.modeled_latency_floor_s),
+        us(r.gpu.stage_latency_s),
+        if r.gpu.stage_latency_s == 0.0 {
+            ": none, a roofline"
+        } else {
+            ", from the GPU spec"
+        },
         us(g.modeled_collective_s),
         us(g.modeled_stage_link_s),
         us(g.modeled_token_period_s),
