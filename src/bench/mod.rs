@@ -341,8 +341,11 @@ pub fn add_models(
             let c = chip::modeled_token_latency(plan, spec, Precision::Fp16);
             r.modeled_ms_per_token = Some(c.modeled_token_latency_s * 1e3);
             r.modeled_what = Some(format!(
-                "modeled: the emulated {} cluster ({} chips), if it were real hardware ({} dependent stages, each at least {:.1} µs: the latency floor, groq-v1's FITTED to Llama-2-70B; docs/study.md)",
-                spec.name, plan.totals.chips_used, c.dependent_stages, spec.stage_latency_s * 1e6
+                "modeled: the emulated {} cluster ({} chips), if it were real hardware ({} dependent stages; {})",
+                spec.name,
+                plan.totals.chips_used,
+                c.dependent_stages,
+                crate::study::floor_note(spec)
             ));
             // The same model and settings on groq-v1, for scale.
             let g = ChipSpec::groq_v1();
