@@ -341,8 +341,11 @@ pub fn add_models(
             let c = chip::modeled_token_latency(plan, spec, Precision::Fp16);
             r.modeled_ms_per_token = Some(c.modeled_token_latency_s * 1e3);
             r.modeled_what = Some(format!(
-                "modeled: the emulated {} cluster ({} chips), if it were real hardware",
-                spec.name, plan.totals.chips_used
+                "modeled: the emulated {} cluster ({} chips), if it were real hardware ({} dependent stages; {})",
+                spec.name,
+                plan.totals.chips_used,
+                c.dependent_stages,
+                crate::study::floor_note(spec)
             ));
             // The same model and settings on groq-v1, for scale.
             let g = ChipSpec::groq_v1();
@@ -450,7 +453,7 @@ pub fn table_narrow(results: &[ModeResult]) -> String {
                 Some(v) => format!("{v:.3} ms/token"),
             };
             let line = format!(
-                "{} · sram: the speeds above are the EMULATOR's speed on this adapter, not a chip's; modeled chip time: {} on {}, {} on groq-v1; {} pipeline stages, {:.1} chips active per step, {} dispatches/token",
+                "{} · sram: the speeds above are the EMULATOR's speed on this adapter, not a chip's; modeled chip time (with the latency floor per dependent stage, fitted): {} on {}, {} on groq-v1; {} pipeline stages, {:.1} chips active per step, {} dispatches/token",
                 r.model,
                 ms(r.modeled_ms_per_token),
                 r.chip.as_deref().unwrap_or("?"),

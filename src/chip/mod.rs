@@ -18,9 +18,10 @@ pub mod report;
 pub mod spec;
 
 pub use cost::{
-    gpu_inputs_from_plan, modeled_gpu_token_latency, modeled_token_latency,
-    modeled_token_latency_with, CarryModel, CostBreakdown, CostOptions, GpuCostBreakdown,
-    GpuFleetSpec, GpuSpec, ModeledChipCost, Precision,
+    dependent_stage_s, dependent_stages_per_token, gpu_inputs_from_plan, modeled_gpu_token_latency,
+    modeled_token_latency, modeled_token_latency_with, stage_floor_extra_s, CarryModel,
+    CostBreakdown, CostOptions, GpuCostBreakdown, GpuFleetSpec, GpuSpec, ModeledChipCost,
+    Precision,
 };
 pub use placement::{
     place, Carried, ChipPlan, KvPlacement, ModelSummary, PlaceOptions, Placement, Plan,

@@ -399,6 +399,11 @@ pub struct StudyRow {
     pub modeled_sram_s: f64,
     pub modeled_compute_s: f64,
     pub modeled_link_s: f64,
+    /// What the latency floor per dependent stage adds (`chip::cost`,
+    /// "Latency model"; groq-v1's floor is fitted), the stages, the floor.
+    pub modeled_floor_s: f64,
+    pub dependent_stages: usize,
+    pub stage_latency_s: f64,
     pub modeled_token_latency_s: f64,
     pub modeled_tokens_per_s_per_user: f64,
     /// Sequences in flight that fill the pipeline, and the throughput then
@@ -489,6 +494,9 @@ pub fn study(
                 modeled_sram_s: one.modeled_sram_s,
                 modeled_compute_s: one.modeled_compute_s,
                 modeled_link_s: one.modeled_link_s,
+                modeled_floor_s: one.modeled_floor_s,
+                dependent_stages: one.dependent_stages,
+                stage_latency_s: one.stage_latency_s,
                 modeled_token_latency_s: one.modeled_token_latency_s,
                 modeled_tokens_per_s_per_user: one.modeled_tokens_per_s_per_user,
                 modeled_pipeline_depth: one.modeled_pipeline_depth,
@@ -517,10 +525,13 @@ pub fn study_table(rows: &[StudyRow]) -> String {
         .unwrap();
         writeln!(
             out,
-            "  modeled, f32 live sets over 1 link/hop ({} B/token): SRAM {} (compute {}, hidden under SRAM) + links {} = {} -> {:.0} tok/s per user",
+            "  modeled, f32 live sets over 1 link/hop ({} B/token): SRAM {} (compute {}, hidden under SRAM) + latency floor {} ({} dependent stages, each at least {}) + links {} = {} -> {:.0} tok/s per user",
             r.link_bytes_per_token,
             fmt_seconds(r.modeled_sram_s),
             fmt_seconds(r.modeled_compute_s),
+            fmt_seconds(r.modeled_floor_s),
+            r.dependent_stages,
+            fmt_seconds(r.stage_latency_s),
             fmt_seconds(r.modeled_link_s),
             fmt_seconds(r.modeled_token_latency_s),
             r.modeled_tokens_per_s_per_user,

@@ -34,7 +34,7 @@ pub struct StudyArgs {
     /// SRAM chip preset (groq-v1, mini-64k, mini-4m) or JSON spec file
     #[arg(long, default_value = "groq-v1")]
     pub chip: String,
-    /// GPU preset: h100-sxm, h200, b200
+    /// GPU preset (h100-sxm, h200, b200) or JSON GPU spec file (see models/gpus/)
     #[arg(long, default_value = "h100-sxm")]
     pub gpu: String,
     /// Weight precision on both sides (f32, f16, bf16, fp8, int8, q8_0, int4, q4_0, q4_k, q6_k)
@@ -125,13 +125,7 @@ pub fn main(a: StudyArgs) -> Result<(), StudyError> {
     if let Some(p) = positive("--chip-power", a.chip_power)? {
         spec.economics.power_w = Some(p);
     }
-    let mut gpu = GpuFleetSpec::preset(&a.gpu).ok_or_else(|| {
-        StudyError(format!(
-            "unknown GPU preset `{}` (known: {})",
-            a.gpu,
-            GpuFleetSpec::PRESET_NAMES.join(", ")
-        ))
-    })?;
+    let mut gpu = GpuFleetSpec::resolve(&a.gpu).map_err(StudyError)?;
     if let Some(p) = positive("--gpu-price", a.gpu_price)? {
         gpu.price_usd = p;
     }

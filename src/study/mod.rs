@@ -436,6 +436,8 @@ pub struct StageTime {
     pub first_chip: usize,
     pub modeled_sram_s: f64,
     pub modeled_compute_s: f64,
+    /// This stage's share of the latency floor's addition.
+    pub modeled_floor_s: f64,
     pub modeled_collective_s: f64,
     /// The transfer to the next stage (the last stage: the loopback).
     pub modeled_link_out_s: f64,
@@ -461,6 +463,13 @@ pub struct SramLayout {
     pub modeled_stage_link_s: f64,
     /// `layers × layer_overhead_s` (0 unless asked for).
     pub modeled_layer_overhead_s: f64,
+    /// Dependent stages of one token (`crate::chip::cost`, "Latency model").
+    pub dependent_stages_per_token: usize,
+    /// The chip's latency floor per stage (groq-v1: FITTED, see
+    /// `ChipSpec::stage_latency_s`).
+    pub stage_latency_s: f64,
+    /// What the floor adds over the stages' streaming work.
+    pub modeled_latency_floor_s: f64,
     /// One token of every user (one pass of every micro-batch).
     pub modeled_token_period_s: f64,
     /// One all-reduce of the residual (per layer: two).
@@ -489,6 +498,9 @@ pub struct GpuLayout {
     pub modeled_compute_s: f64,
     pub modeled_collective_s: f64,
     pub modeled_stage_link_s: f64,
+    /// What the GPU's latency floor per dependent stage adds (0 unless its
+    /// spec sets `stage_latency_s`).
+    pub modeled_latency_floor_s: f64,
     pub modeled_token_period_s: f64,
     /// `"memory"` or `"compute"`: what sets the roofline.
     pub modeled_bound: String,
@@ -523,6 +535,8 @@ pub struct SweepPoint {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StudyReport {
     pub note: String,
+    /// The SRAM side's latency floor and where it comes from (fitted or not).
+    pub latency_floor: String,
     pub model: ModelShape,
     pub total_params: f64,
     pub active_params: f64,
@@ -541,6 +555,33 @@ pub struct StudyReport {
 }
 
 const MAX_CHIPS: f64 = 2e6;
+
+/// ", FITTED" when `spec`'s latency floor is groq-v1's fitted value (the
+/// preset or a scale model of it), ", from the spec" otherwise, "" with none.
+pub fn floor_label(spec: &ChipSpec) -> &'static str {
+    if spec.stage_latency_s == 0.0 {
+        ", none in the spec"
+    } else if spec.stage_latency_s == crate::chip::spec::GROQ_V1_STAGE_LATENCY_S {
+        " FITTED"
+    } else {
+        ", from the spec"
+    }
+}
+
+/// The latency floor of `spec` in words, for the report's JSON and text.
+pub fn floor_note(spec: &ChipSpec) -> String {
+    let us = spec.stage_latency_s * 1e6;
+    if spec.stage_latency_s == 0.0 {
+        format!("{}: no latency floor per dependent stage (stage_latency_s 0): speeds are roofline + links only, optimistic for small models", spec.name)
+    } else if spec.stage_latency_s == crate::chip::spec::GROQ_V1_STAGE_LATENCY_S {
+        format!("{}: latency floor {us:.1} µs per dependent stage, FITTED to one published point (Llama-2-70B at 270 tok/s per user), not sourced; see docs/study.md", spec.name)
+    } else {
+        format!(
+            "{}: latency floor {us:.2} µs per dependent stage, from the chip spec",
+            spec.name
+        )
+    }
+}
 
 fn kv_heads_total(m: &ModelShape, tp: usize) -> f64 {
     (m.kv_heads.div_ceil(tp) * tp) as f64
@@ -583,6 +624,86 @@ fn flops(m: &ModelShape, mb: usize, ctx: usize) -> (f64, f64) {
     let mb = mb as f64;
     let attn = 4.0 * (m.heads * m.head_dim) as f64 * ctx as f64 * m.layers as f64;
     (2.0 * m.active_params() * mb, attn * mb)
+}
+
+/// The latency model's addition to one micro-batch pass at tensor-parallel
+/// degree `tp` (see `crate::chip::cost`, "Latency model"): per dependent
+/// stage — per layer the attention side, a MoE router, the MLP/experts; then
+/// lm_head — its streaming work `max(SRAM read, compute)` over its `tp`
+/// chips, and the floor's shortfall `max(0, stage_latency_s − work)`.
+/// Returns (the sum of the shortfalls, the number of stages).
+fn floor_extra_s(
+    m: &ModelShape,
+    spec: &ChipSpec,
+    tp: usize,
+    mb: usize,
+    o: &StudyOptions,
+) -> (f64, usize) {
+    let rate = if o.weights.eight_bit {
+        spec.compute_ops_int8
+    } else {
+        spec.compute_flops_fp16
+    };
+    let hw = StageHardware {
+        bandwidth: spec.sram_bandwidth,
+        rate,
+        fp16: spec.compute_flops_fp16,
+        floor_s: spec.stage_latency_s,
+    };
+    floor_extra_on(m, &hw, tp, mb, o)
+}
+
+/// What one device of a tensor-parallel group streams and computes at, and
+/// its latency floor per dependent stage.
+struct StageHardware {
+    bandwidth: f64,
+    rate: f64,
+    fp16: f64,
+    floor_s: f64,
+}
+
+fn floor_extra_on(
+    m: &ModelShape,
+    hw: &StageHardware,
+    tp: usize,
+    mb: usize,
+    o: &StudyOptions,
+) -> (f64, usize) {
+    let (d, hd, t, b) = (m.d(), m.head_dim as f64, tp as f64, mb as f64);
+    let wb = o.weights.bytes;
+    let work = |bytes: f64, mm_flops: f64, fp16_flops: f64| {
+        (bytes / hw.bandwidth).max(mm_flops / hw.rate + fp16_flops / hw.fp16)
+    };
+    let short = |w: f64| crate::chip::cost::floor_shortfall_s(w, hw.floor_s);
+    // Per chip: its share of the stage.
+    let attn_w = 2.0 * d * hd * q_heads_total(m, tp) + 2.0 * d * hd * kv_heads_total(m, tp);
+    let kv_layer = kv_bytes_per_user_position(m, tp, o) / m.layers.max(1) as f64 * o.context as f64;
+    let attn = work(
+        (wb * attn_w + kv_layer * b) / t,
+        2.0 * m.attn_params() * b / t,
+        4.0 * (m.heads * m.head_dim) as f64 * o.context as f64 * b / t,
+    );
+    let mlp = work(
+        wb * m.experts_touched(mb) * m.expert_params() / t,
+        2.0 * m.experts_per_token as f64 * m.expert_params() * b / t,
+        0.0,
+    );
+    let head = work(
+        wb * (m.vocab as f64 * d / t + b * d),
+        2.0 * m.vocab as f64 * d * b / t,
+        0.0,
+    );
+    let moe = m.experts > 1;
+    let mut per_layer = short(attn) + short(mlp);
+    if moe {
+        // Every chip holds the whole router (replicated) and runs it.
+        let router = work(wb * m.router_params(), 2.0 * m.router_params() * b, 0.0);
+        per_layer += short(router);
+    }
+    (
+        m.layers as f64 * per_layer + short(head),
+        crate::chip::dependent_stages_per_token(m.layers, moe),
+    )
 }
 
 /// Costs one SRAM layout; `None` when it cannot be built.
@@ -663,6 +784,7 @@ pub fn sram_layout(
     let ars = if tp > 1 { 2 * m.layers + 1 } else { 0 };
     let gather = spec.all_gather(tp, mb as f64 * 8.0);
     let collective_s = ars as f64 * ar.modeled_s + gather.modeled_s;
+    let (floor_s, dependent_stages) = floor_extra_s(m, spec, tp, mb, o);
     let residual = mb as f64 * d * act;
     let overhead_s = o.layer_overhead_s * m.layers as f64;
     let mut stage_link_s = 0.0;
@@ -694,11 +816,12 @@ pub fn sram_layout(
             first_chip: from,
             modeled_sram_s: sram_s / pp as f64,
             modeled_compute_s: compute_s / pp as f64,
+            modeled_floor_s: floor_s / pp as f64,
             modeled_collective_s: (collective_s + overhead_s) / pp as f64,
             modeled_link_out_s: t.modeled_s,
         });
     }
-    let period = sram_s.max(compute_s) + collective_s + stage_link_s + overhead_s;
+    let period = sram_s.max(compute_s) + floor_s + collective_s + stage_link_s + overhead_s;
     let node = spec.interconnect.chips_per_node.max(1);
     let layout = SramLayout {
         tp,
@@ -715,6 +838,9 @@ pub fn sram_layout(
         modeled_collective_s: collective_s,
         modeled_stage_link_s: stage_link_s,
         modeled_layer_overhead_s: overhead_s,
+        dependent_stages_per_token: dependent_stages,
+        stage_latency_s: spec.stage_latency_s,
+        modeled_latency_floor_s: floor_s,
         modeled_token_period_s: period,
         all_reduce: ar,
         all_reduces_per_token: ars,
@@ -771,6 +897,13 @@ pub fn gpu_layout(
         0.0
     };
     let stage = (pp - 1) as f64 * (bytes / g.node_link_bandwidth + g.node_link_latency_s);
+    let hw = StageHardware {
+        bandwidth: g.hbm_bandwidth,
+        rate,
+        fp16: g.flops_fp16,
+        floor_s: g.stage_latency_s,
+    };
+    let (floor_s, _) = floor_extra_on(m, &hw, tp, batch, o);
     Ok(GpuLayout {
         tp,
         pp,
@@ -785,7 +918,8 @@ pub fn gpu_layout(
         modeled_compute_s: compute_s,
         modeled_collective_s: coll,
         modeled_stage_link_s: stage,
-        modeled_token_period_s: mem_s.max(compute_s) + coll + stage,
+        modeled_latency_floor_s: floor_s,
+        modeled_token_period_s: mem_s.max(compute_s) + floor_s + coll + stage,
         modeled_bound: if mem_s >= compute_s {
             "memory"
         } else {
@@ -1020,6 +1154,7 @@ pub fn run(
     }
     Ok(StudyReport {
         note: "every figure is MODELLED (closed-form cost model and input prices/powers), not measured".into(),
+        latency_floor: floor_note(spec),
         total_params: m.total_params(),
         active_params: m.active_params(),
         model: m.clone(),

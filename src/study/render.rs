@@ -89,6 +89,7 @@ pub fn table(r: &StudyReport) -> String {
         o.electricity_usd_per_kwh,
         o.amortization_years
     );
+    let _ = writeln!(out, "latency model: {}", r.latency_floor);
     let rows: [(&str, &Cell); 12] = [
         ("hardware", &|s| s.hardware.clone()),
         ("units needed (modelled)", &|s| s.units.to_string()),
@@ -137,10 +138,14 @@ pub fn table(r: &StudyReport) -> String {
     let l = &r.sram_layout;
     let _ = writeln!(
         out,
-        "SRAM per token (modelled, one micro-batch of {}): SRAM {} | compute {} | collectives {} ({} all-reduces of {} each, {}, {}) | stage links {} ({} transfers) | layer overhead {} | period {}; weights {}, KV {}, {:.0}% of SRAM used",
+        "SRAM per token (modelled, one micro-batch of {}): SRAM {} | compute {} | latency floor +{} ({} dependent stages, each max(work, {}{})) | collectives {} ({} all-reduces of {} each, {}, {}) | stage links {} ({} transfers) | layer overhead {} | period {}; weights {}, KV {}, {:.0}% of SRAM used",
         l.microbatch_users,
         us(l.modeled_sram_s),
         us(l.modeled_compute_s),
+        us(l.modeled_latency_floor_s),
+        l.dependent_stages_per_token,
+        us(l.stage_latency_s),
+        super::floor_label(&r.chip),
         us(l.modeled_collective_s),
         l.all_reduces_per_token,
         us(l.all_reduce.modeled_s),
@@ -157,11 +162,18 @@ pub fn table(r: &StudyReport) -> String {
     let g = &r.gpu_layout;
     let _ = writeln!(
         out,
-        "GPU per token (modelled, batch {}): memory {} | compute {} ({}-bound) | NVLink {} | inter-node {} | period {}; weights {}, KV {} per user, {:.1} GB used of {:.0} GB per GPU",
+        "GPU per token (modelled, batch {}): memory {} | compute {} ({}-bound) | latency floor +{} ({} per stage{}) | NVLink {} | inter-node {} | period {}; weights {}, KV {} per user, {:.1} GB used of {:.0} GB per GPU",
         g.batch,
         us(g.modeled_memory_s),
         us(g.modeled_compute_s),
         g.modeled_bound,
+        us(g.modeled_latency_floor_s),
+        us(r.gpu.stage_latency_s),
+        if r.gpu.stage_latency_s == 0.0 {
+            ": none, a roofline"
+        } else {
+            ", from the GPU spec"
+        },
         us(g.modeled_collective_s),
         us(g.modeled_stage_link_s),
         us(g.modeled_token_period_s),
@@ -280,7 +292,7 @@ pub fn svg(r: &StudyReport) -> String {
         let folded = i >= shown;
         if folded && i > shown {
             // accumulate time only
-            t += chip_s + s.modeled_collective_s + s.modeled_link_out_s;
+            t += chip_s + s.modeled_floor_s + s.modeled_collective_s + s.modeled_link_out_s;
             continue;
         }
         let yy = y + (i.min(shown)) as f64 * row_h + 6.0;
@@ -304,10 +316,10 @@ pub fn svg(r: &StudyReport) -> String {
         if folded {
             let rest: f64 = stages[i..]
                 .iter()
-                .map(|s| chip_s + s.modeled_collective_s + s.modeled_link_out_s)
+                .map(|s| chip_s + s.modeled_floor_s + s.modeled_collective_s + s.modeled_link_out_s)
                 .sum();
             bar(&mut body, yy, t, rest, "#999", "remaining stages");
-            t += chip_s + s.modeled_collective_s + s.modeled_link_out_s;
+            t += chip_s + s.modeled_floor_s + s.modeled_collective_s + s.modeled_link_out_s;
             continue;
         }
         let (c1, w1) = if sram_is_bound {
@@ -317,6 +329,15 @@ pub fn svg(r: &StudyReport) -> String {
         };
         bar(&mut body, yy, t, chip_s, c1, w1);
         t += chip_s;
+        bar(
+            &mut body,
+            yy,
+            t,
+            s.modeled_floor_s,
+            "#aa3377",
+            "latency floor of dependent stages (beyond their streaming work)",
+        );
+        t += s.modeled_floor_s;
         bar(
             &mut body,
             yy,
@@ -350,13 +371,14 @@ pub fn svg(r: &StudyReport) -> String {
     for (i, (c, what)) in [
         ("#4477aa", "SRAM read (bound)"),
         ("#228833", "compute (bound)"),
+        ("#aa3377", "latency floor"),
         ("#ee7733", "collectives"),
         ("#cc3311", "stage-to-stage link"),
     ]
     .iter()
     .enumerate()
     {
-        let x = x0 + i as f64 * 170.0;
+        let x = x0 + i as f64 * 140.0;
         let _ = writeln!(
             body,
             r###"<rect x="{x}" y="{}" width="12" height="10" fill="{c}"/><text x="{}" y="{y}" font-size="11">{what}</text>"###,
