@@ -272,8 +272,8 @@ fn assemble(
 ) -> Result<Model, LoadError> {
     let weights = ModelWeights::assemble(
         &config,
-        |w: WeightName| Ok(files.take(&w.hf())),
-        &|w: WeightName| w.hf(),
+        |w: WeightName| Ok(files.take(&w.hf_for(&config))),
+        &|w: WeightName| w.hf_for(&config),
     )?;
     refuse_unused(&files.remaining(), &config)?;
     if tokenizer.vocab_size() > config.vocab_size {

@@ -28,6 +28,16 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
         "llama" => (ArchFeatures::llama(), RopeLayout::Adjacent),
         "qwen2" => (ArchFeatures::qwen2(), RopeLayout::Halves),
         "qwen3" => (ArchFeatures::qwen3(), RopeLayout::Halves),
+        // llama.cpp runs gemma3 with NeoX RoPE (Hugging Face's halves); the
+        // converter has already added Gemma's 1 to every norm weight, so
+        // the file's norms multiply by w itself (offset 0).
+        "gemma3" => (
+            ArchFeatures {
+                norm_weight_offset: 0.0,
+                ..ArchFeatures::gemma3(0)
+            },
+            RopeLayout::Halves,
+        ),
         _ => {
             return Err(LoadError::UnsupportedArchitecture(format!(
                 "GGUF architecture `{arch}`"
@@ -54,7 +64,10 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
             )));
         }
     }
-    if let Some(w) = g.get_usize(&k("attention.sliding_window"))? {
+    if let Some(w) = g
+        .get_usize(&k("attention.sliding_window"))?
+        .filter(|_| arch != "gemma3")
+    {
         if w > 0 {
             return Err(LoadError::Config(format!(
                 "sliding-window attention is not supported (`{arch}.attention.sliding_window` = {w})"
@@ -72,6 +85,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
 
     let hidden_size = req(&k("embedding_length"))?;
     let num_heads = req(&k("attention.head_count"))?;
+    let num_layers = req(&k("block_count"))?;
     let num_kv_heads = g
         .get_usize(&k("attention.head_count_kv"))?
         .unwrap_or(num_heads);
@@ -141,10 +155,20 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
     }
     let max_position_embeddings = g.get_usize(&k("context_length"))?.unwrap_or(2048);
     let (rope_theta, rope_scaling) = rope_from_gguf(g, arch, max_position_embeddings)?;
+    if arch == "gemma3" {
+        gemma3_from_gguf(
+            g,
+            &mut features,
+            num_layers,
+            hidden_size,
+            num_heads,
+            head_dim,
+        )?;
+    }
     let cfg = LlamaConfig {
         hidden_size,
         intermediate_size: req(&k("feed_forward_length"))?,
-        num_layers: req(&k("block_count"))?,
+        num_layers,
         num_heads,
         num_kv_heads,
         head_dim,
@@ -161,6 +185,79 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Gemma 3 as llama.cpp's `llama_model_gemma3` reads it (llama.cpp is the
+/// reference implementation of the format): embeddings scaled by
+/// sqrt(n_embd); sliding-window attention only when
+/// `gemma3.attention.sliding_window` > 0, on the layers
+/// `attention.sliding_window_pattern` marks (a bool per layer, or a period
+/// n: layer il slides when il % n < n - 1; default 6), those layers using
+/// RoPE base `rope.freq_base_swa` (default 10000) unscaled while the others
+/// use the file's `rope.*` (scaling included); attention scale
+/// 1/sqrt(key_length), or 1/sqrt(n_embd / n_head) for the 62-layer (27B)
+/// model — llama.cpp does not read `query_pre_attn_scalar`. Soft-capping
+/// (`final_logit_softcapping`, `attn_logit_softcapping`) is refused.
+fn gemma3_from_gguf(
+    g: &GgufFile,
+    f: &mut ArchFeatures,
+    num_layers: usize,
+    hidden_size: usize,
+    num_heads: usize,
+    head_dim: usize,
+) -> Result<(), LoadError> {
+    let bad = |m: String| Err(LoadError::Config(m));
+    for key in [
+        "gemma3.final_logit_softcapping",
+        "gemma3.attn_logit_softcapping",
+    ] {
+        if let Some(v) = g.get_f32(key)? {
+            if v != 0.0 {
+                return bad(format!(
+                    "metadata `{key}` = {v}: logit soft-capping is not supported"
+                ));
+            }
+        }
+    }
+    f.embed_scale = Some((hidden_size as f32).sqrt());
+    if num_layers == 62 && num_heads > 0 {
+        f.attn_scale = Some(1.0 / ((hidden_size / num_heads) as f32).sqrt());
+    } else {
+        f.attn_scale = Some(1.0 / (head_dim as f32).sqrt());
+    }
+    let window = g
+        .get_usize("gemma3.attention.sliding_window")?
+        .filter(|&w| w > 0);
+    let Some(window) = window else {
+        return Ok(());
+    };
+    f.sliding_window = Some(window);
+    let key = "gemma3.attention.sliding_window_pattern";
+    f.sliding_layers = match g.get(key) {
+        Some(GgufValue::Array(GgufArray::Bool(b))) => {
+            if b.len() != num_layers {
+                return bad(format!(
+                    "metadata `{key}` has {} entries for {num_layers} layers",
+                    b.len()
+                ));
+            }
+            b.clone()
+        }
+        Some(GgufValue::Array(_)) => {
+            return bad(format!(
+                "metadata `{key}` must be an array of bool or an integer"
+            ))
+        }
+        _ => {
+            let n = g.get_usize(key)?.unwrap_or(6);
+            (0..num_layers).map(|il| n == 0 || il % n < n - 1).collect()
+        }
+    };
+    f.sliding_rope = Some(crate::model::config::LocalRope {
+        theta: g.get_f32("gemma3.rope.freq_base_swa")?.unwrap_or(10000.0),
+        scaling: RopeScaling::default(),
+    });
+    Ok(())
 }
 
 /// RoPE settings from `{arch}.rope.*` metadata, mapped onto transformers'
