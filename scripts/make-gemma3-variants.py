@@ -146,6 +146,22 @@ def main():
     r["note"] = "norm weights as gemma3.gguf stores them ((1 + w) rounded to float16) minus 1"
     out["gguf"] = r
     print("gguf", r["new_ids"][:8], "same ids as the folder:", r["new_ids"] == main_ref["new_ids"])
+
+    # transformers 5 does not tie an embedding and an lm_head.weight that the
+    # file holds with different values, whatever tie_word_embeddings says:
+    # tests/archs.rs relies on that (the fixture with the flag set must give
+    # the main reference).
+    cfg = dict(base_cfg, tie_word_embeddings=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"]:
+            shutil.copy(FIX / f, tmp / f)
+        (tmp / "config.json").write_text(json.dumps(cfg))
+        model = mf.load("gemma3", tmp)
+        assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+        ids, _, first = mf.greedy(model, mf.PROMPT, mf.N_NEW)
+        assert ids == main_ref["new_ids"], "tie_word_embeddings with a distinct lm_head"
+    out["tie_flag_with_distinct_lm_head_gives_main_reference"] = True
     (FIX / "variants.json").write_text(json.dumps(out, indent=1) + "\n")
 
 

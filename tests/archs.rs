@@ -69,13 +69,17 @@ fn sources(c: &Case) -> Vec<(&'static str, Model)> {
     let gguf = c.r.gguf.as_ref().expect("every arch case has a GGUF");
     let mut v = vec![("folder", model::load(&c.dir).unwrap())];
     // The qwen2 fixture's GGUF (converted with llama's vocab reader, see
-    // scripts/make-fixtures.py) lists 513 tokens for a 512-row embedding;
-    // sramlm refuses it by shape, so only the folder is checked here.
+    // scripts/make-fixtures.py) lists 513 tokens (the last one
+    // `<|endoftext|>`, a control token) for a 512-row embedding. llama.cpp
+    // sizes the embedding by the token list and refuses the file ("tensor
+    // 'token_embd.weight' has wrong shape"); sramlm refuses it at load time
+    // with one line naming both, so only the folder is checked here.
     match model::load(&c.dir.join(gguf)) {
         Ok(g) => v.push(("gguf", g)),
-        Err(e) if c.r.name == "qwen2" => {
-            assert!(e.to_string().contains("token_embd.weight"), "{e}")
-        }
+        Err(e) if c.r.name == "qwen2" => assert_eq!(
+            e.to_string(),
+            "invalid config: `tokenizer.ggml.tokens` lists 513 tokens but `token_embd.weight` has 512 rows: the vocabulary does not match the embedding (llama.cpp refuses this file too)"
+        ),
         Err(e) => panic!("{}: {e}", c.r.name),
     }
     v
@@ -561,6 +565,27 @@ fn gemma3_folder_and_gguf() {
         } else {
             c.clone()
         };
+        if src == "folder" && gpu().is_some() {
+            // Tied (real checkpoints): the lm_head is the unscaled
+            // embedding. The same logits as an lm_head holding a copy of it.
+            let (mut tied, mut copy) = (m.config.clone(), m.config.clone());
+            tied.tie_word_embeddings = true;
+            copy.tie_word_embeddings = false;
+            let mut wt = m.weights.clone();
+            wt.lm_head = None;
+            let mut wc = m.weights.clone();
+            wc.lm_head = Some(wc.embed.clone());
+            let logits = |cfg: &LlamaConfig, w: &ModelWeights| {
+                let mut e = vram(cfg, w, c.r.context_needed);
+                match e.step(&c.r.prompt_ids, Readback::LastLogits).unwrap() {
+                    StepOutput::Logits { data, .. } => data,
+                    _ => panic!("logits expected"),
+                }
+            };
+            let (a, b) = (logits(&tied, &wt), logits(&copy, &wc));
+            assert_eq!(a, b, "{what}: tied lm_head");
+            assert!(max_err(&a, &c.r.first_step_logits, &what) > 100.0 * TOL);
+        }
         let features = if src == "folder" {
             "scaled embeddings, (1 + w) RMSNorm weights, post-attention/post-MLP norms, GELU-tanh MLP, a custom attention scale, per-layer sliding windows and RoPE"
         } else {
@@ -671,4 +696,50 @@ fn gemma3_refusals_name_the_key() {
         o.insert("final_logit_softcapping".into(), serde_json::Value::Null);
     })
     .unwrap();
+}
+
+/// A config that says `tie_word_embeddings: true` over a file whose
+/// lm_head.weight differs from the embedding: transformers 5 runs the
+/// file's lm_head (it warns and does not tie; scripts/make-gemma3-variants.py
+/// checks that it gives the main reference), and so does sramlm. Over an
+/// lm_head.weight equal to the embedding the model stays tied.
+#[test]
+fn tie_flag_with_a_distinct_lm_head_runs_the_lm_head() {
+    let c = case("gemma3");
+    let m = load_patched(&c, "tie", |o| {
+        o.insert("tie_word_embeddings".into(), serde_json::json!(true));
+    })
+    .unwrap();
+    assert!(!m.config.tie_word_embeddings && m.weights.lm_head.is_some());
+    check_exact(&c, &m, "gemma3 tie flag, distinct lm_head");
+
+    // The same folder with lm_head.weight := the embedding's bytes.
+    let tmp = std::env::temp_dir().join(format!("sramlm-archs-tie-eq-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(c.dir.join(f), tmp.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.dir.join("config.json")).unwrap()).unwrap();
+    cfg["tie_word_embeddings"] = serde_json::json!(true);
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    let bytes = std::fs::read(c.dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let embed = st.tensor("model.embed_tokens.weight").unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            if n == "lm_head.weight" {
+                (n, embed.clone())
+            } else {
+                (n, v)
+            }
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &tmp.join("model.safetensors")).unwrap();
+    let m = model::load(&tmp);
+    std::fs::remove_dir_all(&tmp).unwrap();
+    let m = m.unwrap();
+    assert!(m.config.tie_word_embeddings && m.weights.lm_head.is_none());
 }

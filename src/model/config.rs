@@ -905,10 +905,12 @@ impl LlamaConfig {
             match obj.get("hidden_activation") {
                 None | Some(serde_json::Value::Null) => {}
                 Some(serde_json::Value::String(a)) if a == "gelu_pytorch_tanh" => {}
-                Some(v) => return Err(LoadError::Config(format!(
+                Some(v) => {
+                    return Err(LoadError::Config(format!(
                     "{}: hidden_activation {v} is not supported (Gemma 3 uses gelu_pytorch_tanh)",
                     path.display()
-                ))),
+                )))
+                }
             }
         } else if let Some(act) = obj.get("hidden_act").and_then(|s| s.as_str()) {
             if act != "silu" {
