@@ -743,3 +743,41 @@ fn tie_flag_with_a_distinct_lm_head_runs_the_lm_head() {
     let m = m.unwrap();
     assert!(m.config.tie_word_embeddings && m.weights.lm_head.is_none());
 }
+
+/// Batched decoding (two resident sequences at different positions, one
+/// on each side of the window) gives each row exactly its solo logits with
+/// Gemma's extra dispatches (post-norms, GELU gate) in the batch.
+#[test]
+fn gemma3_batched_decode_equals_solo() {
+    let Some(g) = gpu() else { return };
+    let c = case("gemma3");
+    let m = model::load(&c.dir).unwrap();
+    let ctx = c.r.context_needed;
+    let p = &c.r.prompt_ids;
+    let logits = |out: StepOutput| match out {
+        StepOutput::Logits { data, .. } => data,
+        _ => panic!("logits expected"),
+    };
+    // Solo: sequence 0 = prompt + first new id; sequence 1 = 3 prompt ids + the 4th.
+    let solo = |pre: &[u32], next: u32| {
+        let mut e = vram(&m.config, &m.weights, ctx);
+        e.step(pre, Readback::Argmax).unwrap();
+        logits(e.step(&[next], Readback::LastLogits).unwrap())
+    };
+    let want = [solo(p, c.r.new_ids[0]), solo(&p[..3], p[3])];
+    let opts = VramOptions {
+        context: Some(ctx),
+        chunk: VramOptions::default().chunk,
+    };
+    let mut e = VramExecutor::new_batched(g, &m.config, &m.weights, &opts, 2).unwrap();
+    e.select(0).unwrap();
+    e.step(p, Readback::Argmax).unwrap();
+    e.select(1).unwrap();
+    e.step(&p[..3], Readback::Argmax).unwrap();
+    let got = e
+        .decode_rows(&[(0, c.r.new_ids[0]), (1, p[3])], Readback::LastLogits)
+        .unwrap();
+    for (row, (got, want)) in got.into_iter().zip(&want).enumerate() {
+        assert_eq!(&logits(got), want, "row {row}");
+    }
+}
