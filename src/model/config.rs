@@ -1062,7 +1062,13 @@ impl LlamaConfig {
             + 2 * d * self.kv_dim()
             + self.q_dim() * d
             + 3 * d * self.intermediate_size
-            + 2 * d;
+            + 2 * d
+            + if self.arch.qk_norm {
+                2 * self.head_dim
+            } else {
+                0
+            }
+            + if self.arch.post_norms { 2 * d } else { 0 };
         let head = if self.tie_word_embeddings {
             0
         } else {
@@ -1493,6 +1499,43 @@ mod tests {
         assert!(e.contains("full_attention"), "{e}");
         let e = err(r#""rope_scaling":[1,2]"#);
         assert!(e.contains("rope_scaling"), "{e}");
+    }
+
+    /// Gemma3TextConfig's defaults where a config.json leaves keys out:
+    /// tied, head_dim 256, query_pre_attn_scalar 256, window 4096 on every
+    /// layer but each 6th, RoPE bases 1e6 / 1e4, context 131072.
+    #[test]
+    fn gemma3_defaults() {
+        let s = r#"{"architectures":["Gemma3ForCausalLM"],"hidden_size":64,"intermediate_size":96,
+            "num_hidden_layers":7,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":512}"#;
+        let c = parse(s).unwrap();
+        let a = &c.arch;
+        assert!(c.tie_word_embeddings);
+        assert_eq!((c.head_dim, c.max_position_embeddings), (256, 131_072));
+        assert_eq!(c.attn_scale(), 1.0 / 16.0);
+        assert_eq!(a.sliding_window, Some(4096));
+        assert_eq!(
+            a.sliding_layers,
+            [true, true, true, true, true, false, true]
+        );
+        assert_eq!((c.layer_rope(0).0, c.layer_rope(5).0), (10000.0, 1e6));
+        assert_eq!((a.embed_scale, a.norm_weight_offset), (Some(8.0), 1.0));
+        assert_eq!(a.activation, Activation::GeluTanh);
+        // `sliding_window: null`: no window, the sliding layers keep their RoPE.
+        let c = parse(&s.replacen('{', r#"{"sliding_window":null,"#, 1)).unwrap();
+        assert_eq!((c.layer_window(0), c.layer_rope(0).0), (0, 10000.0));
+        // A flat rope_parameters is not Gemma 3's layout.
+        let e = parse(&s.replacen('{', r#"{"rope_parameters":{"rope_type":"default"},"#, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_parameters") && !e.contains('\n'), "{e}");
+        // A pattern of 0 and a window of 0 are refused naming the key.
+        for (k, v) in [("sliding_window_pattern", "0"), ("sliding_window", "0")] {
+            let e = parse(&s.replacen('{', &format!(r#"{{"{k}":{v},"#), 1))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(k), "{e}");
+        }
     }
 
     #[test]
