@@ -1,11 +1,12 @@
 // Token embedding gather: X[t, :] = decode(E[ids[t], :]).
 // PyTorch: x = embed_tokens(ids)        # [T, D]
+// (Gemma: x = embed_tokens(ids) * sqrt(D), P.scale; 1 otherwise)
 
 struct Params {
     dim: u32,          // D
     row_bytes: u32,    // bytes of one embedding row in file encoding
     vocab: u32,
-    _pad: u32,
+    scale: f32,        // Gemma: sqrt(D); 1 otherwise
 }
 #include step
 
@@ -33,9 +34,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 #ifdef KTAIL
     let v = wk(id * P.row_bytes, c4, P.dim);
     for (var j = 0u; j < min(4u, P.dim - c4 * 4u); j++) {
-        X[t * P.dim + c4 * 4u + j] = v[j];
+        X[t * P.dim + c4 * 4u + j] = v[j] * P.scale;
     }
 #else
-    X[(t * P.dim) / 4u + c4] = w4(id * P.row_bytes, c4 * 4u);
+    X[(t * P.dim) / 4u + c4] = w4(id * P.row_bytes, c4 * 4u) * P.scale;
 #endif
 }

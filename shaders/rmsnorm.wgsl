@@ -52,7 +52,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 #ifdef STAGE_WEIGHT
         Y[base + i] = wsram[i] * (X[base + i] * inv);
 #else
+#ifdef ACCUMULATE
+        // Post-norm (Gemma): the residual stream Y += the normed X.
+        Y[base + i] = Y[base + i] + w[i] * (X[base + i] * inv);
+#else
         Y[base + i] = w[i] * (X[base + i] * inv);
+#endif
 #endif
     }
 }

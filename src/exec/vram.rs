@@ -142,8 +142,17 @@ impl VramExecutor {
             rows: attention::row_table(&gpu),
         };
         let step_buf = gpu.uniform("step", &Step::default());
-        let table = rope::rope_table(ctx, cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
-        let cos_sin = gpu.upload("rope.cos_sin", bytemuck::cast_slice(&table))?;
+        // One cos/sin table per distinct RoPE the layers use (Gemma 3: the
+        // full-attention layers' and the sliding layers').
+        let (tables, layer_table) = cfg.rope_tables();
+        let cos_sin = tables
+            .iter()
+            .enumerate()
+            .map(|(t, (theta, scaling))| {
+                let table = rope::rope_table(ctx, cfg.head_dim, *theta, scaling);
+                gpu.upload(&format!("rope.cos_sin.{t}"), bytemuck::cast_slice(&table))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         // Weights: matrices as stored, norm vectors widened to f32 (tiny).
         let weight_bytes = w.total_bytes() as u64;
@@ -153,12 +162,25 @@ impl VramExecutor {
         let norm = |gpu: &Gpu, name: WeightName, t: &Tensor| {
             gpu.upload(&name.to_string(), bytemuck::cast_slice(&t.to_f32()))
         };
+        // RMSNorm weights: Gemma's (1 + w), added in f32 as transformers does.
+        let offset = cfg.arch.norm_weight_offset;
+        let norm_w = |gpu: &Gpu, name: WeightName, t: &Tensor| {
+            let w: Vec<f32> = t.to_f32().into_iter().map(|v| offset + v).collect();
+            gpu.upload(&name.to_string(), bytemuck::cast_slice(&w))
+        };
 
         let mut body = Vec::new();
-        let mut keep = vec![cos_sin.clone()];
-        // x = embed_tokens(ids)                                   [T, D]
+        let mut keep = cos_sin.clone();
+        // x = embed_tokens(ids) (Gemma: * sqrt(D))                [T, D]
         let embed_w = upload(WeightName::Embed, &w.embed)?;
-        body.push(embed::build(&gpu, &step_buf, &embed_w, &act.ids, &act.x)?);
+        body.push(embed::build_scaled(
+            &gpu,
+            &step_buf,
+            &embed_w,
+            &act.ids,
+            &act.x,
+            cfg.arch.embed_scale.unwrap_or(1.0),
+        )?);
         let mut kv_bytes = 0u64;
         let shape = rope::Shape {
             n_heads: cfg.num_heads,
@@ -167,8 +189,7 @@ impl VramExecutor {
             layout: cfg.rope_layout,
         };
         let mut mats = Vec::new();
-        // Mistral's sliding window (0: full causal attention).
-        let window = cfg.arch.sliding_window.unwrap_or(0);
+        let scale = cfg.attn_scale();
         // Gate and up outputs, for layers whose gate/up weights cannot stack.
         let mut glu_scratch: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
         // RMSNorm of the residual x into xn as a dispatch of its own, on the
@@ -189,11 +210,14 @@ impl VramExecutor {
         };
         for (i, lw) in w.layers.iter().enumerate() {
             let name = |t| WeightName::Layer(i, t);
+            // This layer's sliding window (0: full causal attention) and RoPE table.
+            let window = cfg.layer_window(i);
+            let cos_sin = &cos_sin[layer_table[i]];
             let k_cache = buf(&format!("layers.{i}.k_cache"), f(batch * ctx * kvd))?;
             let v_cache = buf(&format!("layers.{i}.v_cache"), f(batch * ctx * kvd))?;
             kv_bytes += 2 * f(batch * ctx * kvd);
-            let attn_norm = norm(&gpu, name(LayerTensor::AttnNorm), &lw.attn_norm)?;
-            let ffn_norm = norm(&gpu, name(LayerTensor::FfnNorm), &lw.ffn_norm)?;
+            let attn_norm = norm_w(&gpu, name(LayerTensor::AttnNorm), &lw.attn_norm)?;
+            let ffn_norm = norm_w(&gpu, name(LayerTensor::FfnNorm), &lw.ffn_norm)?;
             // Q/K/V stacked into one weight (one dispatch for all three), and
             // gate/up stacked (one dispatch that also applies SiLU·mul). Same
             // bytes as the file, in one buffer each. Only weights of one
@@ -209,8 +233,11 @@ impl VramExecutor {
                     ])
                 })
                 .transpose()?;
-            // Gate/up biases go in before SiLU: separate products then.
-            let mixed_gu = (!same(&[&lw.w_gate, &lw.w_up]) || lw.bias(LayerTensor::Gate).is_some())
+            // Gate/up biases go in before SiLU, and the fused product knows
+            // only SiLU: separate products then.
+            let mixed_gu = (!same(&[&lw.w_gate, &lw.w_up])
+                || lw.bias(LayerTensor::Gate).is_some()
+                || cfg.arch.activation != crate::model::Activation::Silu)
                 .then(|| -> Result<_, ExecError> {
                     Ok([
                         upload(name(LayerTensor::Gate), &lw.w_gate)?,
@@ -337,7 +364,7 @@ impl VramExecutor {
             ] {
                 let Some(hw) = lw.head_norm(t) else { continue };
                 let hn = WeightName::HeadNorm(i, t);
-                let hb = norm(&gpu, hn, hw)?;
+                let hb = norm_w(&gpu, hn, hw)?;
                 body.push(crate::kernels::head_norm::build(
                     &gpu,
                     &step_buf,
@@ -358,7 +385,7 @@ impl VramExecutor {
                     &step_buf,
                     &format!("{l}.rope"),
                     &shape,
-                    &cos_sin,
+                    cos_sin,
                     &act.q,
                     &act.k,
                     &act.v,
@@ -367,41 +394,66 @@ impl VramExecutor {
                 )?
                 .only_when(|s| s.n_tokens > 1 && !s.per_row()),
             );
-            // att = softmax(q k^T / sqrt(hd) + causal) v          [T, H*hd]
+            // att = softmax(q k^T * scale + causal) v             [T, H*hd]
+            // (scale = hd^-0.5 unless the architecture sets one)
             body.push(
-                attention::build(
+                attention::build_scaled(
                     &gpu,
                     &step_buf,
                     &format!("{l}.attention"),
-                    cfg.num_heads,
-                    cfg.num_kv_heads,
-                    cfg.head_dim,
-                    &act.q,
-                    &k_cache,
-                    &v_cache,
-                    &act.att,
+                    (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
+                    [&act.q, &k_cache, &v_cache, &act.att],
                     window,
+                    scale,
                 )?
                 .only_when(|s| s.n_tokens > 1 && !s.per_row()),
             );
-            body.push(attention::build_decode_rope(
+            body.push(attention::build_decode_rope_scaled(
                 &gpu,
                 &step_buf,
                 &format!("{l}.rope_attention"),
                 &shape,
-                &cos_sin,
-                &act.q,
-                &act.k,
-                &act.v,
-                &k_cache,
-                &v_cache,
-                &act.att,
-                &act.rows,
+                cos_sin,
+                [
+                    &act.q, &act.k, &act.v, &k_cache, &v_cache, &act.att, &act.rows,
+                ],
                 window,
+                scale,
             )?);
-            // x += att @ Wo.T                                     [T, D]
-            body.extend(mm("wo", &wo, &act.att, &act.x, true)?);
-            body.extend(bias_op(LayerTensor::O, &act.x)?);
+            // Post-norms (Gemma): the product goes to xn (free between the
+            // q|k|v and gate|up products), then x += rms_norm(xn) * w.
+            let post = |t: LayerTensor| -> Result<Option<wgpu::Buffer>, ExecError> {
+                lw.post_norm(t)
+                    .map(|pw| norm_w(&gpu, WeightName::PostNorm(i, t), pw))
+                    .transpose()
+                    .map_err(Into::into)
+            };
+            let (post_attn, post_ffn) = (post(LayerTensor::O)?, post(LayerTensor::Down)?);
+            let post_op = |t: LayerTensor, pw: &wgpu::Buffer| {
+                rmsnorm::build_accumulate(
+                    &gpu,
+                    &step_buf,
+                    &WeightName::PostNorm(i, t).to_string(),
+                    d,
+                    cfg.rms_norm_eps,
+                    pw,
+                    &act.xn,
+                    &act.x,
+                )
+            };
+            // x += att @ Wo.T (+ bo)                              [T, D]
+            // (post-norm: x += rms_norm(att @ Wo.T + bo) * w)
+            match &post_attn {
+                None => {
+                    body.extend(mm("wo", &wo, &act.att, &act.x, true)?);
+                    body.extend(bias_op(LayerTensor::O, &act.x)?);
+                }
+                Some(pw) => {
+                    body.extend(mm("wo", &wo, &act.att, &act.xn, false)?);
+                    body.extend(bias_op(LayerTensor::O, &act.xn)?);
+                    body.push(post_op(LayerTensor::O, pw)?);
+                }
+            }
             // xn = rms_norm(x) * ffn_norm
             // (decode steps: inside the gate/up product)
             body.push(norm_op(&format!("{l}.ffn_norm"), &ffn_norm, |s| {
@@ -440,7 +492,7 @@ impl VramExecutor {
                     }
                     body.extend(bias_op(LayerTensor::Gate, g)?);
                     body.extend(bias_op(LayerTensor::Up, u)?);
-                    body.push(crate::kernels::silu_mul::build(
+                    body.push(crate::kernels::silu_mul::build_act(
                         &gpu,
                         &step_buf,
                         &format!("{l}.silu_mul"),
@@ -448,21 +500,33 @@ impl VramExecutor {
                         g,
                         u,
                         &act.h,
+                        cfg.arch.activation,
                     )?);
                 }
                 (None, None) => unreachable!("gate/up weights are stacked or separate"),
             }
-            // x += h @ Wd.T                                       [T, D]
-            body.extend(mm("w_down", &wd, &act.h, &act.x, true)?);
-            body.extend(bias_op(LayerTensor::Down, &act.x)?);
+            // x += h @ Wd.T (+ bd)                               [T, D]
+            // (post-norm: x += rms_norm(h @ Wd.T + bd) * w)
+            match &post_ffn {
+                None => {
+                    body.extend(mm("w_down", &wd, &act.h, &act.x, true)?);
+                    body.extend(bias_op(LayerTensor::Down, &act.x)?);
+                }
+                Some(pw) => {
+                    body.extend(mm("w_down", &wd, &act.h, &act.xn, false)?);
+                    body.extend(bias_op(LayerTensor::Down, &act.xn)?);
+                    body.push(post_op(LayerTensor::Down, pw)?);
+                }
+            }
             keep.extend([k_cache, v_cache, attn_norm, ffn_norm]);
+            keep.extend(post_attn.into_iter().chain(post_ffn));
             keep.extend(biases);
             mats.extend(wqkv.into_iter().chain(mixed_qkv.into_iter().flatten()));
             mats.extend(wgu.into_iter().chain(mixed_gu.into_iter().flatten()));
             mats.extend([wo, wd]);
         }
         // xn = rms_norm(x) * final_norm
-        let final_norm = norm(&gpu, WeightName::FinalNorm, &w.final_norm)?;
+        let final_norm = norm_w(&gpu, WeightName::FinalNorm, &w.final_norm)?;
         // (one logit row: inside the lm_head product)
         body.push(norm_op("final_norm", &final_norm, |s| {
             s.n_out_rows > 1 && !s.per_row()
@@ -862,8 +926,9 @@ impl Executor for VramExecutor {
     }
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
         super::check_step(ids, self.pos[self.seq], self.ctx, self.cfg.vocab_size)?;
-        rope::check_step(&self.cfg.rope_scaling, self.pos[self.seq], ids.len())
-            .map_err(ExecError::Position)?;
+        for (_, scaling) in self.cfg.rope_tables().0 {
+            rope::check_step(scaling, self.pos[self.seq], ids.len()).map_err(ExecError::Position)?;
+        }
         self.counters.steps += 1;
         let chunks: Vec<&[u32]> = ids.chunks(self.chunk).collect();
         let last = chunks.len() - 1;

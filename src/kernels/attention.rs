@@ -127,15 +127,46 @@ pub fn build_decode_rope(
     row_table: &wgpu::Buffer,
     window: usize,
 ) -> Result<KernelOp, GpuError> {
-    build_decode_rope_wg(
+    build_decode_rope_scaled(
         gpu,
         step,
         name,
         rope,
         cos_sin,
         [q, k, v, k_cache, v_cache, out, row_table],
+        window,
+        default_scale(rope.head_dim),
+    )
+}
+
+/// `head_dim^-0.5`, the scores' scale unless the architecture sets one.
+pub fn default_scale(head_dim: usize) -> f32 {
+    (head_dim as f64).powf(-0.5) as f32
+}
+
+/// [`build_decode_rope`] with the scores scaled by `scale` (Gemma 3:
+/// `query_pre_attn_scalar^-0.5`); `bufs` as in [`build_decode_rope_wg`].
+#[allow(clippy::too_many_arguments)]
+pub fn build_decode_rope_scaled(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    rope: &super::rope::Shape,
+    cos_sin: &wgpu::Buffer,
+    bufs: [&wgpu::Buffer; 7],
+    window: usize,
+    scale: f32,
+) -> Result<KernelOp, GpuError> {
+    decode_rope_op(
+        gpu,
+        step,
+        name,
+        rope,
+        cos_sin,
+        bufs,
         workgroup_size(gpu, rope.head_dim),
         window,
+        scale,
     )
 }
 
@@ -152,6 +183,22 @@ pub fn build_decode_rope_wg(
     wg: u32,
     window: usize,
 ) -> Result<KernelOp, GpuError> {
+    let scale = default_scale(rope.head_dim);
+    decode_rope_op(gpu, step, name, rope, cos_sin, bufs, wg, window, scale)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode_rope_op(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    rope: &super::rope::Shape,
+    cos_sin: &wgpu::Buffer,
+    bufs: [&wgpu::Buffer; 7],
+    wg: u32,
+    window: usize,
+    scale: f32,
+) -> Result<KernelOp, GpuError> {
     let [q, k, v, k_cache, v_cache, out, row_table] = bufs;
     check_head_dim(rope.head_dim)?;
     let window = check_window(window);
@@ -159,7 +206,7 @@ pub fn build_decode_rope_wg(
         n_heads: rope.n_heads as u32,
         n_kv_heads: rope.n_kv_heads as u32,
         head_dim: rope.head_dim as u32,
-        scale: (rope.head_dim as f64).powf(-0.5) as f32,
+        scale,
         kv_head_begin: 0,
         kv_head_end: rope.n_kv_heads as u32,
         pos_begin: 0,
@@ -249,16 +296,30 @@ pub fn build(
     out: &wgpu::Buffer,
     window: usize,
 ) -> Result<KernelOp, GpuError> {
-    let wg = workgroup_size(gpu, head_dim);
-    build_wg(
+    build_scaled(
         gpu,
         step,
         name,
         (n_heads, n_kv_heads, head_dim),
         [q, k_cache, v_cache, out],
-        wg,
         window,
+        default_scale(head_dim),
     )
+}
+
+/// [`build`] with the scores scaled by `scale`; `bufs` is
+/// `[q, k_cache, v_cache, out]`.
+pub fn build_scaled(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    shape: (usize, usize, usize),
+    bufs: [&wgpu::Buffer; 4],
+    window: usize,
+    scale: f32,
+) -> Result<KernelOp, GpuError> {
+    let wg = workgroup_size(gpu, shape.2);
+    prefill_op(gpu, step, name, shape, bufs, wg, window, scale)
 }
 
 /// `window` as the kernel's u32 (0: none); one past any u32 position means none.
@@ -277,6 +338,30 @@ pub fn build_wg(
     wg: u32,
     window: usize,
 ) -> Result<KernelOp, GpuError> {
+    let scale = default_scale(head_dim);
+    prefill_op(
+        gpu,
+        step,
+        name,
+        (n_heads, n_kv_heads, head_dim),
+        bufs,
+        wg,
+        window,
+        scale,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prefill_op(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+    bufs: [&wgpu::Buffer; 4],
+    wg: u32,
+    window: usize,
+    scale: f32,
+) -> Result<KernelOp, GpuError> {
     let [q, k_cache, v_cache, out] = bufs;
     check_head_dim(head_dim)?;
     let window = check_window(window);
@@ -284,7 +369,7 @@ pub fn build_wg(
         n_heads: n_heads as u32,
         n_kv_heads: n_kv_heads as u32,
         head_dim: head_dim as u32,
-        scale: (head_dim as f64).powf(-0.5) as f32,
+        scale,
         kv_head_begin: 0,
         kv_head_end: n_kv_heads as u32,
         pos_begin: 0,

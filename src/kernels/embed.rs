@@ -9,7 +9,8 @@ pub struct Params {
     pub dim: u32,
     pub row_bytes: u32,
     pub vocab: u32,
-    pub _pad: u32,
+    /// Multiplies every value (Gemma: sqrt(hidden)); 1 otherwise.
+    pub scale: f32,
 }
 
 /// The embed variant for a table of `dtype` with rows of `dim` values
@@ -35,11 +36,24 @@ pub fn build(
     ids: &wgpu::Buffer,
     x: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
+    build_scaled(gpu, step, table, ids, x, 1.0)
+}
+
+/// `X[t, :] = E[ids[t], :] * scale` (an f32 product, as transformers'
+/// `Gemma3TextScaledWordEmbedding` and llama.cpp's `ggml_scale`).
+pub fn build_scaled(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    table: &GpuWeight,
+    ids: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    scale: f32,
+) -> Result<KernelOp, GpuError> {
     let p = Params {
         dim: table.cols as u32,
         row_bytes: table.row_bytes(),
         vocab: table.rows as u32,
-        _pad: 0,
+        scale,
     };
     let pipe = gpu.pipeline(Shader::Embed, &variant(table.dtype, table.cols))?;
     let params = gpu.uniform("embed.params", &p);
@@ -109,14 +123,17 @@ mod tests {
             .storage_buffer("x", (ids.len() * dim * 4) as u64)
             .unwrap();
         let step_buf = gpu.uniform("step", &Step::default());
-        let op = build(&gpu, &step_buf, &w, &ids_buf, &x).unwrap();
         let step = Step::tokens(ids.len() as u32, 0);
-        run(&gpu, &step_buf, step, &[&op]);
-        assert_close(
-            &read_f32(&gpu, &x, ids.len() * dim),
-            &cpu(&table, dim, &ids),
-            0.0,
-            &format!("embed {dtype} dim {dim}"),
-        );
+        for scale in [1.0f32, 8.0, 50.596443] {
+            let op = build_scaled(&gpu, &step_buf, &w, &ids_buf, &x, scale).unwrap();
+            run(&gpu, &step_buf, step, &[&op]);
+            let want: Vec<f32> = cpu(&table, dim, &ids).iter().map(|v| v * scale).collect();
+            assert_close(
+                &read_f32(&gpu, &x, ids.len() * dim),
+                &want,
+                0.0,
+                &format!("embed {dtype} dim {dim} scale {scale}"),
+            );
+        }
     }
 }

@@ -36,6 +36,24 @@ pub fn build(
     )
 }
 
+/// `Y[t] += X[t] * rsqrt(mean(X[t]^2) + eps) * w`: a post-norm (Gemma's
+/// `post_attention_layernorm` / `post_feedforward_layernorm`) added into
+/// the residual stream `y`.
+#[allow(clippy::too_many_arguments)]
+pub fn build_accumulate(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    dim: usize,
+    eps: f32,
+    w: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+) -> Result<KernelOp, GpuError> {
+    let v = ShaderVariant::new("main").define("ACCUMULATE");
+    build_variant(gpu, step, name, dim, eps, w, x, y, &v)
+}
+
 /// SRAM mode: the weight vector is staged in workgroup memory (`dim` floats).
 pub fn sram_variant(dim: usize) -> ShaderVariant {
     ShaderVariant::new("main")
@@ -115,6 +133,24 @@ mod tests {
             &cpu(&x, &w, 1e-5),
             1e-6,
             "rmsnorm",
+        );
+        // Accumulating into y (post-norm): y + norm(x).
+        let y0 = seeded(x.len(), 3);
+        let yb = gpu.upload("y", bytemuck::cast_slice(&y0)).unwrap();
+        let op = build_accumulate(&gpu, &step_buf, "post", dim, 1e-5, &wb, &xb, &yb).unwrap();
+        run(&gpu, &step_buf, Step::tokens(rows as u32 - 1, 0), &[&op]);
+        let mut want: Vec<f32> = y0
+            .iter()
+            .zip(cpu(&x, &w, 1e-5))
+            .map(|(a, b)| a + b)
+            .collect();
+        // The row past the step's tokens is left alone.
+        want[(rows - 1) * dim..].copy_from_slice(&y0[(rows - 1) * dim..]);
+        assert_close(
+            &read_f32(&gpu, &yb, x.len()),
+            &want,
+            1e-6,
+            "rmsnorm accumulate",
         );
     }
 }

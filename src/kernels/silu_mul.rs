@@ -2,6 +2,7 @@
 
 use super::{KernelClass, KernelOp, Step};
 use crate::gpu::{Gpu, GpuError, Shader, ShaderVariant};
+use crate::model::Activation;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -19,6 +20,21 @@ pub fn build(
     u: &wgpu::Buffer,
     h: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
+    build_act(gpu, step, name, dim, g, u, h, Activation::Silu)
+}
+
+/// `act(g) * u` for the architecture's gate activation.
+#[allow(clippy::too_many_arguments)]
+pub fn build_act(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    name: &str,
+    dim: usize,
+    g: &wgpu::Buffer,
+    u: &wgpu::Buffer,
+    h: &wgpu::Buffer,
+    act: Activation,
+) -> Result<KernelOp, GpuError> {
     let params = gpu.uniform(
         "silu_mul.params",
         &Params {
@@ -26,7 +42,12 @@ pub fn build(
             _pad: [0; 3],
         },
     );
-    let pipe = gpu.pipeline(Shader::SiluMul, &ShaderVariant::new("main"))?;
+    let v = ShaderVariant::new("main");
+    let v = match act {
+        Activation::Silu => v,
+        Activation::GeluTanh => v.define("GELU_TANH"),
+    };
+    let pipe = gpu.pipeline(Shader::SiluMul, &v)?;
     let gx = (dim as u32).div_ceil(64);
     Ok(KernelOp::new(
         gpu,
@@ -36,6 +57,18 @@ pub fn build(
         &[&params, step, g, u, h],
         move |s: &Step| [gx, s.n_tokens, 1],
     ))
+}
+
+/// CPU reference of the GELU-tanh gate (f64).
+pub fn cpu_gelu_tanh(g: &[f32], u: &[f32]) -> Vec<f32> {
+    g.iter()
+        .zip(u)
+        .map(|(&g, &u)| {
+            let x = g as f64;
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+            (0.5 * x * (1.0 + inner.tanh()) * u as f64) as f32
+        })
+        .collect()
 }
 
 pub fn cpu(g: &[f32], u: &[f32]) -> Vec<f32> {
@@ -68,5 +101,21 @@ mod tests {
             1e-6,
             "silu_mul",
         );
+        // GELU-tanh, on arguments out to +-12 (tanh saturated at both ends).
+        let op = build_act(
+            &gpu,
+            &step_buf,
+            "gelu",
+            dim,
+            &gb,
+            &ub,
+            &hb,
+            Activation::GeluTanh,
+        )
+        .unwrap();
+        run(&gpu, &step_buf, Step::tokens(t as u32, 0), &[&op]);
+        let got = read_f32(&gpu, &hb, t * dim);
+        assert!(got.iter().all(|v| v.is_finite()));
+        assert_close(&got, &cpu_gelu_tanh(&g, &u), 1e-6, "gelu_tanh_mul");
     }
 }

@@ -408,9 +408,30 @@ impl RopeScaling {
     }
 }
 
+/// The MLP's gate activation: `act(x @ Wg.T) * (x @ Wu.T)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// SiLU (SwiGLU: Llama, Qwen, Mistral).
+    #[default]
+    Silu,
+    /// GELU, tanh approximation (GeGLU: Gemma `gelu_pytorch_tanh`,
+    /// ggml's `gelu`): `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+    GeluTanh,
+}
+
+/// RoPE of the sliding-window layers when it differs from the full-attention
+/// layers' (Gemma 3: `rope_parameters.sliding_attention`, 4.x
+/// `rope_local_base_freq`, GGUF `rope.freq_base_swa`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalRope {
+    pub theta: f32,
+    pub scaling: RopeScaling,
+}
+
 /// How an architecture differs from plain Llama: small flags on the one
 /// model description (the forward pass is shared).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArchFeatures {
     /// The architecture as the file names it (`LlamaForCausalLM`, `qwen2`, …).
     pub name: String,
@@ -429,6 +450,35 @@ pub struct ArchFeatures {
     /// (transformers' `kv_idx > q_idx - sliding_window`). `None`: full causal.
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// Which layers use `sliding_window` (Gemma 3 `layer_types`: `true` for
+    /// `sliding_attention`). Empty: every layer (Mistral).
+    #[serde(default)]
+    pub sliding_layers: Vec<bool>,
+    /// RoPE of the sliding layers, when not the config's `rope_theta` /
+    /// `rope_scaling` (those are then the full-attention layers').
+    #[serde(default)]
+    pub sliding_rope: Option<LocalRope>,
+    /// Embeddings multiplied by this after the lookup (Gemma:
+    /// sqrt(hidden_size)); `None`: not scaled. The tied lm_head is unscaled.
+    #[serde(default)]
+    pub embed_scale: Option<f32>,
+    /// Every RMSNorm multiplies by `norm_weight_offset + w` (Gemma's
+    /// `x * (1 + w)`: 1; 0 otherwise). Added in f32 when the weights are
+    /// widened, as transformers' `1.0 + self.weight.float()`.
+    #[serde(default)]
+    pub norm_weight_offset: f32,
+    /// RMSNorm of the attention output and of the MLP output before each
+    /// residual add (Gemma 2/3 `post_attention_layernorm` /
+    /// `post_feedforward_layernorm`).
+    #[serde(default)]
+    pub post_norms: bool,
+    /// The MLP's gate activation.
+    #[serde(default)]
+    pub activation: Activation,
+    /// Attention scores scale; `None`: `head_dim^-0.5` (Gemma 3:
+    /// `query_pre_attn_scalar^-0.5`).
+    #[serde(default)]
+    pub attn_scale: Option<f32>,
 }
 
 impl ArchFeatures {
@@ -462,6 +512,56 @@ impl ArchFeatures {
             ..Default::default()
         }
     }
+    /// Gemma 3 text (`Gemma3ForCausalLM`): scaled embeddings, (1 + w)
+    /// norms, post-norms, q/k norms, GELU-tanh; the window, its layers, the
+    /// RoPE of the sliding layers and the attention scale are set by the
+    /// loaders.
+    pub fn gemma3(hidden_size: usize) -> Self {
+        ArchFeatures {
+            name: "Gemma3ForCausalLM".into(),
+            qk_norm: true,
+            embed_scale: Some((hidden_size as f64).sqrt() as f32),
+            norm_weight_offset: 1.0,
+            post_norms: true,
+            activation: Activation::GeluTanh,
+            ..Default::default()
+        }
+    }
+    /// The sliding window layer `layer` uses (0: full causal attention).
+    pub fn layer_window(&self, layer: usize) -> usize {
+        match self.sliding_window {
+            Some(w)
+                if self.sliding_layers.is_empty()
+                    || self.sliding_layers.get(layer) == Some(&true) =>
+            {
+                w
+            }
+            _ => 0,
+        }
+    }
+    /// Features beyond Llama's layer shape (SRAM mode's refusal lists them).
+    pub fn gemma_like(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.embed_scale.is_some() {
+            v.push("scaled embeddings");
+        }
+        if self.norm_weight_offset != 0.0 {
+            v.push("(1 + w) RMSNorm weights");
+        }
+        if self.post_norms {
+            v.push("post-attention/post-MLP norms");
+        }
+        if self.activation != Activation::Silu {
+            v.push("GELU-tanh MLP");
+        }
+        if self.attn_scale.is_some() {
+            v.push("a custom attention scale");
+        }
+        if !self.sliding_layers.is_empty() || self.sliding_rope.is_some() {
+            v.push("per-layer sliding windows and RoPE");
+        }
+        v
+    }
     /// One line for `info`: the name and what differs from plain Llama.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
@@ -478,7 +578,33 @@ impl ArchFeatures {
             parts.push("per-head q/k RMSNorm".to_string());
         }
         if let Some(w) = self.sliding_window {
-            parts.push(format!("sliding-window attention ({w} positions)"));
+            if self.sliding_layers.is_empty() {
+                parts.push(format!("sliding-window attention ({w} positions)"));
+            } else {
+                let n = self.sliding_layers.iter().filter(|&&s| s).count();
+                parts.push(format!(
+                    "sliding-window attention ({w} positions) on {n} of {} layers",
+                    self.sliding_layers.len()
+                ));
+            }
+        }
+        if let Some(r) = &self.sliding_rope {
+            parts.push(format!("sliding layers' RoPE base {}", r.theta));
+        }
+        if let Some(s) = self.embed_scale {
+            parts.push(format!("embeddings scaled by {s}"));
+        }
+        if self.norm_weight_offset != 0.0 {
+            parts.push(format!("RMSNorm by ({} + w)", self.norm_weight_offset));
+        }
+        if self.post_norms {
+            parts.push("post-attention and post-MLP norms".to_string());
+        }
+        if self.activation == Activation::GeluTanh {
+            parts.push("GELU-tanh MLP".to_string());
+        }
+        if let Some(s) = self.attn_scale {
+            parts.push(format!("attention scale {s}"));
         }
         if parts.is_empty() {
             self.name.clone()
@@ -529,9 +655,83 @@ impl LlamaConfig {
         self.num_kv_heads * self.head_dim
     }
 
+    /// Whether layer `layer` is a sliding-window layer (its window and
+    /// `arch.sliding_rope` apply).
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        let a = &self.arch;
+        if a.sliding_layers.is_empty() {
+            a.sliding_window.is_some()
+        } else {
+            a.sliding_layers.get(layer) == Some(&true)
+        }
+    }
+    /// The sliding window layer `layer` attends over (0: full causal).
+    pub fn layer_window(&self, layer: usize) -> usize {
+        self.arch.layer_window(layer)
+    }
+    /// The RoPE base and scaling of layer `layer`.
+    pub fn layer_rope(&self, layer: usize) -> (f32, &RopeScaling) {
+        match &self.arch.sliding_rope {
+            Some(r) if self.is_sliding(layer) => (r.theta, &r.scaling),
+            _ => (self.rope_theta, &self.rope_scaling),
+        }
+    }
+    /// Every distinct RoPE (base, scaling) the layers use, and each layer's
+    /// index into it.
+    pub fn rope_tables(&self) -> (Vec<(f32, &RopeScaling)>, Vec<usize>) {
+        let mut tables: Vec<(f32, &RopeScaling)> = Vec::new();
+        let idx = (0..self.num_layers)
+            .map(|l| {
+                let r = self.layer_rope(l);
+                match tables.iter().position(|t| t.0 == r.0 && t.1 == r.1) {
+                    Some(i) => i,
+                    None => {
+                        tables.push(r);
+                        tables.len() - 1
+                    }
+                }
+            })
+            .collect();
+        if tables.is_empty() {
+            tables.push((self.rope_theta, &self.rope_scaling));
+        }
+        (tables, idx)
+    }
+    /// The attention scores' scale.
+    pub fn attn_scale(&self) -> f32 {
+        self.arch
+            .attn_scale
+            .unwrap_or_else(|| (self.head_dim as f64).powf(-0.5) as f32)
+    }
+
     /// Checks the fields against each other; every loader calls this.
     pub fn validate(&self) -> Result<(), LoadError> {
         let bad = |msg: String| Err(LoadError::Config(msg));
+        let a = &self.arch;
+        if !a.sliding_layers.is_empty() && a.sliding_layers.len() != self.num_layers {
+            return bad(format!(
+                "{} per-layer attention types for {} layers",
+                a.sliding_layers.len(),
+                self.num_layers
+            ));
+        }
+        if let Some(r) = &a.sliding_rope {
+            if !(r.theta.is_finite() && r.theta > 0.0) {
+                return bad(format!(
+                    "the sliding layers' RoPE base must be positive, got {}",
+                    r.theta
+                ));
+            }
+            if let Err(e) = r.scaling.check(self.head_dim) {
+                return bad(format!("sliding layers' RoPE: {e}"));
+            }
+        }
+        if let Some(s) = a.embed_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
+            return bad(format!("embedding scale must be positive, got {s}"));
+        }
+        if let Some(s) = a.attn_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
+            return bad(format!("attention scale must be positive, got {s}"));
+        }
         for (name, v) in [
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -651,6 +851,10 @@ impl LlamaConfig {
             || (archs.is_empty() && model_type == "mistral")
         {
             ArchFeatures::mistral(None)
+        } else if archs.iter().any(|a| a == "Gemma3ForCausalLM")
+            || (archs.is_empty() && model_type == "gemma3_text")
+        {
+            ArchFeatures::gemma3(0)
         } else if !archs.is_empty() {
             return Err(LoadError::UnsupportedArchitecture(archs.join(", ")));
         } else {
@@ -695,7 +899,20 @@ impl LlamaConfig {
                 }),
             }
         };
-        if let Some(act) = obj.get("hidden_act").and_then(|s| s.as_str()) {
+        let gemma = arch.name == "Gemma3ForCausalLM";
+        if gemma {
+            // transformers' Gemma 3 reads `hidden_activation` (default gelu_pytorch_tanh).
+            match obj.get("hidden_activation") {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(a)) if a == "gelu_pytorch_tanh" => {}
+                Some(v) => {
+                    return Err(LoadError::Config(format!(
+                    "{}: hidden_activation {v} is not supported (Gemma 3 uses gelu_pytorch_tanh)",
+                    path.display()
+                )))
+                }
+            }
+        } else if let Some(act) = obj.get("hidden_act").and_then(|s| s.as_str()) {
             if act != "silu" {
                 return Err(LoadError::Config(format!(
                     "{}: hidden_act `{act}` is not supported (Llama uses silu)",
@@ -710,8 +927,8 @@ impl LlamaConfig {
             arch.o_bias = flag("attention_bias");
             arch.mlp_bias = flag("mlp_bias");
         }
-        if arch.name == "Qwen3ForCausalLM" {
-            // Qwen3's `attention_bias` covers q, k, v and o.
+        if arch.name == "Qwen3ForCausalLM" || gemma {
+            // Qwen3's and Gemma 3's `attention_bias` covers q, k, v and o.
             arch.qkv_bias = flag("attention_bias");
             arch.o_bias = flag("attention_bias");
         }
@@ -744,6 +961,8 @@ impl LlamaConfig {
         }
         let head_dim = match opt_usize("head_dim")? {
             Some(h) => h,
+            // Gemma3TextConfig's default.
+            None if gemma => 256,
             None => {
                 if hidden_size % num_heads != 0 {
                     return Err(LoadError::Config(format!(
@@ -776,13 +995,35 @@ impl LlamaConfig {
                     ))
                 })?],
         };
-        let max_position_embeddings = opt_usize("max_position_embeddings")?.unwrap_or(2048);
-        let (rope_theta, rope_scaling) = RopeScaling::from_hf(obj, max_position_embeddings)
-            .map_err(|m| LoadError::Config(format!("{}: {m}", path.display())))?;
+        let max_position_embeddings =
+            opt_usize("max_position_embeddings")?.unwrap_or(if gemma { 131_072 } else { 2048 });
+        let num_layers = get_usize("num_hidden_layers")?;
+        let (rope_theta, rope_scaling) = if gemma {
+            let (theta, scaling) =
+                gemma3_from_hf(obj, &mut arch, num_layers, max_position_embeddings)
+                    .map_err(|m| LoadError::Config(format!("{}: {m}", path.display())))?;
+            arch.embed_scale = Some((hidden_size as f64).sqrt() as f32);
+            arch.attn_scale = Some(match obj.get("query_pre_attn_scalar") {
+                None | Some(serde_json::Value::Null) => 256f64.powf(-0.5) as f32,
+                Some(v) => match v.as_f64() {
+                    Some(x) if x > 0.0 && x.is_finite() => x.powf(-0.5) as f32,
+                    _ => {
+                        return Err(LoadError::Config(format!(
+                            "{}: `query_pre_attn_scalar` must be a positive number, got {v}",
+                            path.display()
+                        )))
+                    }
+                },
+            });
+            (theta, scaling)
+        } else {
+            RopeScaling::from_hf(obj, max_position_embeddings)
+                .map_err(|m| LoadError::Config(format!("{}: {m}", path.display())))?
+        };
         let cfg = LlamaConfig {
             hidden_size,
             intermediate_size: get_usize("intermediate_size")?,
-            num_layers: get_usize("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -791,10 +1032,11 @@ impl LlamaConfig {
             rms_norm_eps: get_f32("rms_norm_eps", Some(1e-6))?,
             rope_theta,
             rope_scaling,
+            // Gemma3TextConfig ties by default; the others do not.
             tie_word_embeddings: obj
                 .get("tie_word_embeddings")
                 .and_then(|b| b.as_bool())
-                .unwrap_or(false),
+                .unwrap_or(gemma),
             rope_layout: RopeLayout::Halves,
             bos_token_id: opt_usize("bos_token_id")?
                 .map(|x| {
@@ -820,7 +1062,13 @@ impl LlamaConfig {
             + 2 * d * self.kv_dim()
             + self.q_dim() * d
             + 3 * d * self.intermediate_size
-            + 2 * d;
+            + 2 * d
+            + if self.arch.qk_norm {
+                2 * self.head_dim
+            } else {
+                0
+            }
+            + if self.arch.post_norms { 2 * d } else { 0 };
         let head = if self.tie_word_embeddings {
             0
         } else {
@@ -828,6 +1076,148 @@ impl LlamaConfig {
         };
         self.vocab_size * d + self.num_layers * per_layer + d + head
     }
+}
+
+/// Gemma 3's attention layout from a `config.json` object, as transformers
+/// 5's `Gemma3TextConfig` resolves it: `layer_types` (else
+/// `sliding_window_pattern`, default 6: every 6th layer full), the window,
+/// and RoPE per layer type (`rope_parameters.{full,sliding}_attention`, or
+/// 4.x `rope_theta` + `rope_scaling` for the full layers and
+/// `rope_local_base_freq` for the sliding ones; bases 1e6 / 1e4 by default).
+/// Refuses what sramlm does not run (soft-capping, bidirectional attention),
+/// naming the key. Returns the full-attention layers' RoPE.
+fn gemma3_from_hf(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    arch: &mut ArchFeatures,
+    num_layers: usize,
+    max_position_embeddings: usize,
+) -> Result<(f32, RopeScaling), String> {
+    use serde_json::Value;
+    let present = |k: &str| obj.get(k).filter(|v| !v.is_null());
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(v) = present(key) {
+            return Err(format!(
+                "`{key}` = {v}: logit soft-capping is not supported (Gemma 3 sets none)"
+            ));
+        }
+    }
+    if let Some(v) = present("use_bidirectional_attention") {
+        if v != &Value::Bool(false) {
+            return Err(format!(
+                "`use_bidirectional_attention` = {v} is not supported (causal decoders only)"
+            ));
+        }
+    }
+    // The window (transformers' default 4096; null: none).
+    arch.sliding_window = match obj.get("sliding_window") {
+        None => Some(4096),
+        Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(w) if w > 0 => Some(w as usize),
+            _ => {
+                return Err(format!(
+                    "`sliding_window` must be a positive integer or null, got {v}"
+                ))
+            }
+        },
+    };
+    arch.sliding_layers = match present("layer_types") {
+        Some(Value::Array(a)) => {
+            if a.len() != num_layers {
+                return Err(format!(
+                    "`layer_types` lists {} layers, num_hidden_layers is {num_layers}",
+                    a.len()
+                ));
+            }
+            a.iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => Err(format!(
+                        "`layer_types` entry {t} is not supported (sliding_attention or full_attention)"
+                    )),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(v) => return Err(format!("`layer_types` must be an array, got {v}")),
+        None => {
+            let (key, v) = ["sliding_window_pattern", "_sliding_window_pattern"]
+                .iter()
+                .find_map(|k| present(k).map(|v| (*k, v)))
+                .map_or(("sliding_window_pattern", None), |(k, v)| (k, Some(v)));
+            let n = match v {
+                None => 6,
+                Some(v) => match v.as_u64() {
+                    Some(n) if n > 0 => n as usize,
+                    _ => return Err(format!("`{key}` must be a positive integer, got {v}")),
+                },
+            };
+            (0..num_layers).map(|i| (i + 1) % n != 0).collect()
+        }
+    };
+    // RoPE per layer type, each parsed by the one RoPE parser as a plain
+    // config holding that type's dict.
+    let rope_for = |params: Option<&Value>,
+                    scaling: Option<&Value>,
+                    theta: f64,
+                    what: &str|
+     -> Result<(f32, RopeScaling), String> {
+        let mut o = obj.clone();
+        o.remove("rope_scaling");
+        o.remove("rope_parameters");
+        o.insert("rope_theta".into(), serde_json::json!(theta));
+        if let Some(p) = params {
+            o.insert("rope_parameters".into(), p.clone());
+        }
+        if let Some(p) = scaling {
+            o.insert("rope_scaling".into(), p.clone());
+        }
+        RopeScaling::from_hf(&o, max_position_embeddings).map_err(|e| format!("{what}: {e}"))
+    };
+    let num = |k: &str, default: f64| -> Result<f64, String> {
+        match present(k) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| format!("`{k}` must be a number, got {v}")),
+        }
+    };
+    let global_theta = num("rope_theta", 1_000_000.0)?;
+    let local_theta = num("rope_local_base_freq", 10_000.0)?;
+    let (full, sliding) = match present("rope_parameters") {
+        Some(Value::Object(p))
+            if p.contains_key("full_attention") || p.contains_key("sliding_attention") =>
+        {
+            if let Some(k) = p
+                .keys()
+                .find(|k| *k != "full_attention" && *k != "sliding_attention")
+            {
+                return Err(format!(
+                    "`rope_parameters.{k}`: a Gemma 3 config nests RoPE per layer type (full_attention, sliding_attention)"
+                ));
+            }
+            (
+                rope_for(p.get("full_attention"), None, global_theta, "rope_parameters.full_attention")?,
+                rope_for(p.get("sliding_attention"), None, local_theta, "rope_parameters.sliding_attention")?,
+            )
+        }
+        Some(Value::Object(p)) if !p.is_empty() => {
+            return Err(
+                "`rope_parameters` of a Gemma 3 config must be nested per layer type (full_attention, sliding_attention)"
+                    .to_string(),
+            )
+        }
+        _ => (
+            // 4.x: `rope_scaling` applies to the full-attention layers only.
+            rope_for(None, present("rope_scaling"), global_theta, "rope_scaling")?,
+            rope_for(None, None, local_theta, "rope_local_base_freq")?,
+        ),
+    };
+    arch.sliding_rope = Some(LocalRope {
+        theta: sliding.0,
+        scaling: sliding.1,
+    });
+    Ok(full)
 }
 
 /// Mixture-of-experts shape, as Mixtral's Hugging Face config writes it
@@ -1109,6 +1499,43 @@ mod tests {
         assert!(e.contains("full_attention"), "{e}");
         let e = err(r#""rope_scaling":[1,2]"#);
         assert!(e.contains("rope_scaling"), "{e}");
+    }
+
+    /// Gemma3TextConfig's defaults where a config.json leaves keys out:
+    /// tied, head_dim 256, query_pre_attn_scalar 256, window 4096 on every
+    /// layer but each 6th, RoPE bases 1e6 / 1e4, context 131072.
+    #[test]
+    fn gemma3_defaults() {
+        let s = r#"{"architectures":["Gemma3ForCausalLM"],"hidden_size":64,"intermediate_size":96,
+            "num_hidden_layers":7,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":512}"#;
+        let c = parse(s).unwrap();
+        let a = &c.arch;
+        assert!(c.tie_word_embeddings);
+        assert_eq!((c.head_dim, c.max_position_embeddings), (256, 131_072));
+        assert_eq!(c.attn_scale(), 1.0 / 16.0);
+        assert_eq!(a.sliding_window, Some(4096));
+        assert_eq!(
+            a.sliding_layers,
+            [true, true, true, true, true, false, true]
+        );
+        assert_eq!((c.layer_rope(0).0, c.layer_rope(5).0), (10000.0, 1e6));
+        assert_eq!((a.embed_scale, a.norm_weight_offset), (Some(8.0), 1.0));
+        assert_eq!(a.activation, Activation::GeluTanh);
+        // `sliding_window: null`: no window, the sliding layers keep their RoPE.
+        let c = parse(&s.replacen('{', r#"{"sliding_window":null,"#, 1)).unwrap();
+        assert_eq!((c.layer_window(0), c.layer_rope(0).0), (0, 10000.0));
+        // A flat rope_parameters is not Gemma 3's layout.
+        let e = parse(&s.replacen('{', r#"{"rope_parameters":{"rope_type":"default"},"#, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_parameters") && !e.contains('\n'), "{e}");
+        // A pattern of 0 and a window of 0 are refused naming the key.
+        for (k, v) in [("sliding_window_pattern", "0"), ("sliding_window", "0")] {
+            let e = parse(&s.replacen('{', &format!(r#"{{"{k}":{v},"#), 1))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(k), "{e}");
+        }
     }
 
     #[test]

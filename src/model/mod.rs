@@ -6,7 +6,9 @@ pub mod gguf;
 pub mod safetensors;
 pub mod weights;
 
-pub use config::{ArchFeatures, LlamaConfig, RopeError, RopeLayout, RopeScaling, RopeType};
+pub use config::{
+    Activation, ArchFeatures, LlamaConfig, LocalRope, RopeError, RopeLayout, RopeScaling, RopeType,
+};
 pub use weights::{DType, LayerTensor, ModelWeights, Tensor, WeightName};
 
 use crate::tokenizer::Tokenizer;
@@ -24,7 +26,7 @@ pub enum LoadError {
     },
     #[error("{0} is missing from the model folder")]
     MissingFile(PathBuf),
-    #[error("unsupported architecture: {0} (sramlm runs LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM folders; GGUF `llama`, `qwen2` and `qwen3`)")]
+    #[error("unsupported architecture: {0} (sramlm runs LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and Gemma3ForCausalLM folders; GGUF `llama`, `qwen2`, `qwen3` and `gemma3`)")]
     UnsupportedArchitecture(String),
     #[error("invalid config: {0}")]
     Config(String),

@@ -137,6 +137,10 @@ impl SafetensorsFiles {
         Ok(out)
     }
 
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
     pub fn take(&mut self, name: &str) -> Option<Tensor> {
         self.tensors.remove(name)
     }
@@ -265,15 +269,28 @@ pub fn load_static(f: &StaticFolder, path: &Path) -> Result<Model, LoadError> {
 fn assemble(
     name: String,
     path: &Path,
-    config: LlamaConfig,
+    mut config: LlamaConfig,
     tokenizer: Tokenizer,
     mut files: SafetensorsFiles,
     tokenizer_config: Option<&str>,
 ) -> Result<Model, LoadError> {
+    // transformers 5 does not tie an embedding and an lm_head.weight the
+    // file holds with other values, whatever `tie_word_embeddings` says (it
+    // warns and runs the file's lm_head): so neither does sramlm.
+    if config.tie_word_embeddings {
+        let head = files.get(&WeightName::LmHead.hf());
+        let embed = files.get(&WeightName::Embed.hf_for(&config));
+        if let (Some(h), Some(e)) = (head, embed) {
+            if h.dtype != e.dtype || h.shape != e.shape || h.bytes.as_slice() != e.bytes.as_slice()
+            {
+                config.tie_word_embeddings = false;
+            }
+        }
+    }
     let weights = ModelWeights::assemble(
         &config,
-        |w: WeightName| Ok(files.take(&w.hf())),
-        &|w: WeightName| w.hf(),
+        |w: WeightName| Ok(files.take(&w.hf_for(&config))),
+        &|w: WeightName| w.hf_for(&config),
     )?;
     refuse_unused(&files.remaining(), &config)?;
     if tokenizer.vocab_size() > config.vocab_size {

@@ -467,6 +467,9 @@ impl LayerTensor {
             "q"
         }
     }
+    /// The products whose outputs can be RMS-normed before the residual add
+    /// (Gemma post-norms): attention's output projection and the MLP's down.
+    pub const POST_NORMED: [LayerTensor; 2] = [LayerTensor::O, LayerTensor::Down];
     /// The projections that can carry a bias (attention and MLP matrices).
     pub const PROJECTIONS: [LayerTensor; 7] = [
         LayerTensor::Q,
@@ -499,6 +502,10 @@ pub enum WeightName {
     /// Per-head RMSNorm weight (`[head_dim]`) of q (`Q`) or k (`K`), when
     /// the architecture has them (Qwen3 `q_norm` / `k_norm`).
     HeadNorm(usize, LayerTensor),
+    /// RMSNorm weight (`[hidden]`) of the attention output (`O`) or the MLP
+    /// output (`Down`) before the residual add, when the architecture has
+    /// them (Gemma `post_attention_layernorm` / `post_feedforward_layernorm`).
+    PostNorm(usize, LayerTensor),
     FinalNorm,
     /// Absent when the embedding is tied.
     LmHead,
@@ -516,6 +523,12 @@ impl WeightName {
             WeightName::HeadNorm(i, t) => {
                 format!("model.layers.{i}.self_attn.{}_norm.weight", t.qk())
             }
+            WeightName::PostNorm(i, LayerTensor::O) => {
+                format!("model.layers.{i}.post_attention_layernorm.weight")
+            }
+            WeightName::PostNorm(i, _) => {
+                format!("model.layers.{i}.post_feedforward_layernorm.weight")
+            }
             WeightName::FinalNorm => "model.norm.weight".into(),
             WeightName::LmHead => "lm_head.weight".into(),
         }
@@ -529,13 +542,29 @@ impl WeightName {
                 t.gguf_suffix().trim_end_matches(".weight")
             ),
             WeightName::HeadNorm(i, t) => format!("blk.{i}.attn_{}_norm.weight", t.qk()),
+            WeightName::PostNorm(i, LayerTensor::O) => {
+                format!("blk.{i}.post_attention_norm.weight")
+            }
+            WeightName::PostNorm(i, _) => format!("blk.{i}.post_ffw_norm.weight"),
             WeightName::FinalNorm => "output_norm.weight".into(),
             WeightName::LmHead => "output.weight".into(),
+        }
+    }
+    /// [`WeightName::hf`] as an architecture with post-norms names it:
+    /// there `post_attention_layernorm` is the post-norm of attention, and
+    /// the MLP's input norm is `pre_feedforward_layernorm` (Gemma 2/3).
+    pub fn hf_for(self, c: &LlamaConfig) -> String {
+        match self {
+            WeightName::Layer(i, LayerTensor::FfnNorm) if c.arch.post_norms => {
+                format!("model.layers.{i}.pre_feedforward_layernorm.weight")
+            }
+            w => w.hf(),
         }
     }
     pub fn shape(self, c: &LlamaConfig) -> Vec<usize> {
         match self {
             WeightName::Embed | WeightName::LmHead => vec![c.vocab_size, c.hidden_size],
+            WeightName::PostNorm(..) => vec![c.hidden_size],
             WeightName::Layer(_, t) => t.shape(c),
             WeightName::Bias(_, t) => vec![t.shape(c)[0]],
             WeightName::HeadNorm(..) => vec![c.head_dim],
@@ -555,6 +584,9 @@ impl WeightName {
             );
             if c.arch.qk_norm {
                 v.extend(LayerTensor::HEAD_NORMED.map(|t| WeightName::HeadNorm(i, t)));
+            }
+            if c.arch.post_norms {
+                v.extend(LayerTensor::POST_NORMED.map(|t| WeightName::PostNorm(i, t)));
             }
         }
         v.push(WeightName::FinalNorm);
@@ -577,6 +609,12 @@ impl WeightName {
         let rest = s.strip_prefix("layers.")?;
         let (i, t) = rest.split_once('.')?;
         let i: usize = i.parse().ok()?;
+        if let Some(t) = t.strip_suffix(".post_norm") {
+            let t = LayerTensor::POST_NORMED
+                .into_iter()
+                .find(|lt| lt.short() == t)?;
+            return Some(WeightName::PostNorm(i, t));
+        }
         if let Some(t) = t.strip_suffix(".norm") {
             let t = LayerTensor::HEAD_NORMED
                 .into_iter()
@@ -603,6 +641,7 @@ impl fmt::Display for WeightName {
             WeightName::Layer(i, t) => write!(f, "layers.{i}.{}", t.short()),
             WeightName::Bias(i, t) => write!(f, "layers.{i}.{}.bias", t.short()),
             WeightName::HeadNorm(i, t) => write!(f, "layers.{i}.{}.norm", t.short()),
+            WeightName::PostNorm(i, t) => write!(f, "layers.{i}.{}.post_norm", t.short()),
             WeightName::FinalNorm => f.write_str("final_norm"),
             WeightName::LmHead => f.write_str("lm_head"),
         }
@@ -626,6 +665,9 @@ pub struct LayerWeights {
     /// Per-head q/k RMSNorm weights (`[head_dim]`, keyed `Q` and `K`), when
     /// the architecture has them (`ArchFeatures::qk_norm`).
     pub head_norms: Vec<(LayerTensor, Tensor)>,
+    /// RMSNorm weights (`[hidden]`, keyed `O` and `Down`) of the attention
+    /// and MLP outputs before the residual adds (`ArchFeatures::post_norms`).
+    pub post_norms: Vec<(LayerTensor, Tensor)>,
 }
 
 impl LayerWeights {
@@ -636,6 +678,13 @@ impl LayerWeights {
     /// The per-head RMSNorm weight of q (`Q`) or k (`K`), if it has one.
     pub fn head_norm(&self, t: LayerTensor) -> Option<&Tensor> {
         self.head_norms
+            .iter()
+            .find(|(b, _)| *b == t)
+            .map(|(_, x)| x)
+    }
+    /// The post-norm weight after product `t` (`O` or `Down`), if any.
+    pub fn post_norm(&self, t: LayerTensor) -> Option<&Tensor> {
+        self.post_norms
             .iter()
             .find(|(b, _)| *b == t)
             .map(|(_, x)| x)
@@ -707,6 +756,14 @@ impl ModelWeights {
                 } else {
                     Vec::new()
                 },
+                post_norms: if c.arch.post_norms {
+                    LayerTensor::POST_NORMED
+                        .into_iter()
+                        .map(|t| Ok((t, get(WeightName::PostNorm(i, t))?)))
+                        .collect::<Result<_, LoadError>>()?
+                } else {
+                    Vec::new()
+                },
             });
         }
         let final_norm = get(WeightName::FinalNorm)?;
@@ -729,6 +786,7 @@ impl ModelWeights {
             WeightName::Layer(i, t) => self.layers.get(i).map(|l| l.get(t)),
             WeightName::Bias(i, t) => self.layers.get(i).and_then(|l| l.bias(t)),
             WeightName::HeadNorm(i, t) => self.layers.get(i).and_then(|l| l.head_norm(t)),
+            WeightName::PostNorm(i, t) => self.layers.get(i).and_then(|l| l.post_norm(t)),
             WeightName::FinalNorm => Some(&self.final_norm),
             WeightName::LmHead => self.lm_head.as_ref(),
         }
@@ -752,6 +810,7 @@ impl ModelWeights {
                     + l.biases.iter().map(|(_, b)| b.byte_len()).sum::<usize>()
                     + l.head_norms
                         .iter()
+                        .chain(&l.post_norms)
                         .map(|(_, b)| b.byte_len())
                         .sum::<usize>()
             })

@@ -6,18 +6,21 @@
 //!
 //! Per token at position `pos`:
 //! ```text
-//! x = embed[id]
-//! for each layer:
+//! x = embed[id] (* embed_scale: Gemma)
+//! for each layer:                   (norm weights w: (offset + w), Gemma's 1 + w)
 //!     h = rmsnorm(x) * attn_norm
 //!     q, k, v = h @ Wq.T (+ bq), h @ Wk.T (+ bk), h @ Wv.T (+ bv)   (biases: ArchFeatures)
 //!     q, k = per head: rmsnorm(q_h) * q_norm, rmsnorm(k_h) * k_norm      (Qwen3 qk_norm)
 //!     rotate q and k (RoPE, the config's pair layout), append k, v to the cache
-//!     o = per head: softmax(q · K[s..=pos] / sqrt(head_dim)) · V[s..=pos]
-//!         (q head h reads KV head h / (heads / kv_heads); s = 0, or
-//!         pos - window + 1 with a sliding window)
-//!     x += o @ Wo.T (+ bo)
+//!     (the layer's RoPE base: Gemma's sliding layers have their own)
+//!     o = per head: softmax(q · K[s..=pos] * scale) · V[s..=pos]
+//!         (scale 1/sqrt(head_dim) unless the config sets one; q head h
+//!         reads KV head h / (heads / kv_heads); s = 0, or pos - window + 1
+//!         with the layer's sliding window)
+//!     x += o @ Wo.T (+ bo)              (post-norms: x += rmsnorm(..) * post_attn)
 //!     h = rmsnorm(x) * ffn_norm
-//!     x += (silu(h @ Wgate.T + bg) * (h @ Wup.T + bu)) @ Wdown.T (+ bd)
+//!     x += (act(h @ Wgate.T + bg) * (h @ Wup.T + bu)) @ Wdown.T (+ bd)
+//!         (act: SiLU, or GELU-tanh; post-norms: x += rmsnorm(..) * post_ffn)
 //! logits = (rmsnorm(x) * final_norm) @ Wout.T    (Wout = embed when tied)
 //! ```
 
@@ -45,6 +48,9 @@ struct Layer {
     /// Per-head q/k norm weights (empty where the architecture has none).
     q_norm: Vec<f32>,
     k_norm: Vec<f32>,
+    /// Post-norm weights (empty where the architecture has none).
+    post_attn: Vec<f32>,
+    post_ffn: Vec<f32>,
 }
 
 /// `y += b` (a missing bias is all zeros).
@@ -96,14 +102,25 @@ fn silu(x: f32) -> f32 {
     (x as f64 / (1.0 + (-x as f64).exp())) as f32
 }
 
+/// PyTorch's `gelu(x, approximate="tanh")`.
+fn gelu_tanh(x: f32) -> f32 {
+    let x = x as f64;
+    let inner = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+    (0.5 * x * (1.0 + inner.tanh())) as f32
+}
+
 /// RoPE's inverse frequencies as Hugging Face computes them (default type):
 /// `1 / theta^(2i / head_dim)` in f32.
 pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
-    let hd = cfg.head_dim;
+    inv_freq_theta(cfg.head_dim, cfg.rope_theta)
+}
+
+/// [`inv_freq`] for base `theta`.
+fn inv_freq_theta(hd: usize, theta: f32) -> Vec<f32> {
     (0..hd / 2)
         .map(|i| {
             let e = (2 * i) as f32 / hd as f32;
-            1.0 / (cfg.rope_theta as f64).powf(e as f64) as f32
+            1.0 / (theta as f64).powf(e as f64) as f32
         })
         .collect()
 }
@@ -134,14 +151,19 @@ impl RefModel {
             .iter()
             .map(|l| {
                 let b = |t: LayerTensor| l.bias(t).map(|x| x.to_f32()).unwrap_or_default();
-                let hn = |t: LayerTensor| l.head_norm(t).map(|x| x.to_f32()).unwrap_or_default();
+                let off = config.arch.norm_weight_offset;
+                let nw = |t: &crate::model::Tensor| -> Vec<f32> {
+                    t.to_f32().into_iter().map(|v| off + v).collect()
+                };
+                let hn = |t: LayerTensor| l.head_norm(t).map(nw).unwrap_or_default();
+                let pn = |t: LayerTensor| l.post_norm(t).map(nw).unwrap_or_default();
                 Layer {
-                    attn_norm: l.attn_norm.to_f32(),
+                    attn_norm: nw(&l.attn_norm),
                     wq: l.wq.to_f32(),
                     wk: l.wk.to_f32(),
                     wv: l.wv.to_f32(),
                     wo: l.wo.to_f32(),
-                    ffn_norm: l.ffn_norm.to_f32(),
+                    ffn_norm: nw(&l.ffn_norm),
                     w_gate: l.w_gate.to_f32(),
                     w_up: l.w_up.to_f32(),
                     w_down: l.w_down.to_f32(),
@@ -154,6 +176,8 @@ impl RefModel {
                     b_down: b(LayerTensor::Down),
                     q_norm: hn(LayerTensor::Q),
                     k_norm: hn(LayerTensor::K),
+                    post_attn: pn(LayerTensor::O),
+                    post_ffn: pn(LayerTensor::Down),
                 }
             })
             .collect();
@@ -161,7 +185,12 @@ impl RefModel {
             config: config.clone(),
             embed: w.embed.to_f32(),
             layers,
-            final_norm: w.final_norm.to_f32(),
+            final_norm: w
+                .final_norm
+                .to_f32()
+                .into_iter()
+                .map(|v| config.arch.norm_weight_offset + v)
+                .collect(),
             lm_head: w.lm_head.as_ref().map(|t| t.to_f32()),
             k_cache: vec![Vec::new(); config.num_layers],
             v_cache: vec![Vec::new(); config.num_layers],
@@ -186,10 +215,19 @@ impl RefModel {
         let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
         let group = heads / kv_heads;
         let pos = self.position();
-        let freqs = inv_freq(c);
         let id = id as usize;
         let mut x = self.embed[id * d..(id + 1) * d].to_vec();
+        if let Some(s) = c.arch.embed_scale {
+            x.iter_mut().for_each(|v| *v *= s);
+        }
         for (li, l) in self.layers.iter().enumerate() {
+            let (theta, scaling) = c.layer_rope(li);
+            let mut freqs = inv_freq_theta(hd, theta);
+            // Linear scaling (transformers: `inv_freq /= factor`, f32); the
+            // other scaling types are not modelled here.
+            if scaling.rope_type == crate::model::RopeType::Linear {
+                freqs.iter_mut().for_each(|f| *f /= scaling.factor);
+            }
             // Attention block.
             let h = rmsnorm(&x, &l.attn_norm, c.rms_norm_eps);
             let mut q = add(matvec(&l.wq, &h), &l.bq);
@@ -211,12 +249,15 @@ impl RefModel {
             self.k_cache[li].push(k);
             self.v_cache[li].push(v);
             // Sliding window: only the last `window` positions (this one included).
-            let first = match c.arch.sliding_window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
+            let first = match c.layer_window(li) {
+                0 => 0,
+                w => (pos + 1).saturating_sub(w),
             };
             let (keys, values) = (&self.k_cache[li][first..], &self.v_cache[li][first..]);
-            let scale = 1.0 / (hd as f64).sqrt();
+            let scale = match c.arch.attn_scale {
+                Some(s) => s as f64,
+                None => 1.0 / (hd as f64).sqrt(),
+            };
             let mut o = vec![0f32; heads * hd];
             for qh in 0..heads {
                 let kvh = qh / group;
@@ -244,15 +285,27 @@ impl RefModel {
                     o[qh * hd + e] = (acc / z) as f32;
                 }
             }
-            for (xi, oi) in x.iter_mut().zip(add(matvec(&l.wo, &o), &l.bo)) {
+            let mut o = add(matvec(&l.wo, &o), &l.bo);
+            if !l.post_attn.is_empty() {
+                o = rmsnorm(&o, &l.post_attn, c.rms_norm_eps);
+            }
+            for (xi, oi) in x.iter_mut().zip(o) {
                 *xi += oi;
             }
             // Feed-forward block (SwiGLU).
             let h = rmsnorm(&x, &l.ffn_norm, c.rms_norm_eps);
             let gate = add(matvec(&l.w_gate, &h), &l.b_gate);
             let up = add(matvec(&l.w_up, &h), &l.b_up);
-            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
-            for (xi, di) in x.iter_mut().zip(add(matvec(&l.w_down, &act), &l.b_down)) {
+            let f = match c.arch.activation {
+                crate::model::Activation::Silu => silu,
+                crate::model::Activation::GeluTanh => gelu_tanh,
+            };
+            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| f(g) * u).collect();
+            let mut dn = add(matvec(&l.w_down, &act), &l.b_down);
+            if !l.post_ffn.is_empty() {
+                dn = rmsnorm(&dn, &l.post_ffn, c.rms_norm_eps);
+            }
+            for (xi, di) in x.iter_mut().zip(dn) {
                 *xi += di;
             }
         }

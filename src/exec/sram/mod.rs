@@ -165,7 +165,9 @@ pub struct SramExecutor {
 /// (VRAM mode runs them), so they are never silently skipped.
 pub fn unsupported_in_sram(cfg: &LlamaConfig) -> Option<String> {
     let a = &cfg.arch;
+    let gemma = a.gemma_like().join(", ");
     let what = match (a.qkv_bias || a.o_bias, a.mlp_bias) {
+        _ if !gemma.is_empty() => gemma.as_str(),
         _ if a.qk_norm => "per-head q/k RMSNorm",
         _ if a.sliding_window.is_some() => "sliding-window attention",
         (false, false) => return None,

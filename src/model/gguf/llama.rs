@@ -28,6 +28,16 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
         "llama" => (ArchFeatures::llama(), RopeLayout::Adjacent),
         "qwen2" => (ArchFeatures::qwen2(), RopeLayout::Halves),
         "qwen3" => (ArchFeatures::qwen3(), RopeLayout::Halves),
+        // llama.cpp runs gemma3 with NeoX RoPE (Hugging Face's halves); the
+        // converter has already added Gemma's 1 to every norm weight, so
+        // the file's norms multiply by w itself (offset 0).
+        "gemma3" => (
+            ArchFeatures {
+                norm_weight_offset: 0.0,
+                ..ArchFeatures::gemma3(0)
+            },
+            RopeLayout::Halves,
+        ),
         _ => {
             return Err(LoadError::UnsupportedArchitecture(format!(
                 "GGUF architecture `{arch}`"
@@ -54,7 +64,10 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
             )));
         }
     }
-    if let Some(w) = g.get_usize(&k("attention.sliding_window"))? {
+    if let Some(w) = g
+        .get_usize(&k("attention.sliding_window"))?
+        .filter(|_| arch != "gemma3")
+    {
         if w > 0 {
             return Err(LoadError::Config(format!(
                 "sliding-window attention is not supported (`{arch}.attention.sliding_window` = {w})"
@@ -72,6 +85,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
 
     let hidden_size = req(&k("embedding_length"))?;
     let num_heads = req(&k("attention.head_count"))?;
+    let num_layers = req(&k("block_count"))?;
     let num_kv_heads = g
         .get_usize(&k("attention.head_count_kv"))?
         .unwrap_or(num_heads);
@@ -122,6 +136,17 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
                     .to_string(),
             )),
         };
+    // llama.cpp sizes the embedding by the token list (`n_vocab =
+    // vocab.n_tokens()`) and refuses a `token_embd.weight` of another row
+    // count ("has wrong shape"): so does sramlm, saying which two disagree.
+    if let (Some(n), Some(t)) = (n_tokens, g.tensor("token_embd.weight")) {
+        let rows = t.shape().first().copied().unwrap_or(0);
+        if t.dims.len() == 2 && rows != n {
+            return Err(LoadError::Config(format!(
+                "`tokenizer.ggml.tokens` lists {n} tokens but `token_embd.weight` has {rows} rows: the vocabulary does not match the embedding (llama.cpp refuses this file too)"
+            )));
+        }
+    }
     let rms_norm_eps = g
         .get_f32(&k("attention.layer_norm_rms_epsilon"))?
         .ok_or_else(|| {
@@ -141,10 +166,20 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
     }
     let max_position_embeddings = g.get_usize(&k("context_length"))?.unwrap_or(2048);
     let (rope_theta, rope_scaling) = rope_from_gguf(g, arch, max_position_embeddings)?;
+    if arch == "gemma3" {
+        gemma3_from_gguf(
+            g,
+            &mut features,
+            num_layers,
+            hidden_size,
+            num_heads,
+            head_dim,
+        )?;
+    }
     let cfg = LlamaConfig {
         hidden_size,
         intermediate_size: req(&k("feed_forward_length"))?,
-        num_layers: req(&k("block_count"))?,
+        num_layers,
         num_heads,
         num_kv_heads,
         head_dim,
@@ -161,6 +196,79 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, LoadError> {
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Gemma 3 as llama.cpp's `llama_model_gemma3` reads it (llama.cpp is the
+/// reference implementation of the format): embeddings scaled by
+/// sqrt(n_embd); sliding-window attention only when
+/// `gemma3.attention.sliding_window` > 0, on the layers
+/// `attention.sliding_window_pattern` marks (a bool per layer, or a period
+/// n: layer il slides when il % n < n - 1; default 6), those layers using
+/// RoPE base `rope.freq_base_swa` (default 10000) unscaled while the others
+/// use the file's `rope.*` (scaling included); attention scale
+/// 1/sqrt(key_length), or 1/sqrt(n_embd / n_head) for the 62-layer (27B)
+/// model — llama.cpp does not read `query_pre_attn_scalar`. Soft-capping
+/// (`final_logit_softcapping`, `attn_logit_softcapping`) is refused.
+fn gemma3_from_gguf(
+    g: &GgufFile,
+    f: &mut ArchFeatures,
+    num_layers: usize,
+    hidden_size: usize,
+    num_heads: usize,
+    head_dim: usize,
+) -> Result<(), LoadError> {
+    let bad = |m: String| Err(LoadError::Config(m));
+    for key in [
+        "gemma3.final_logit_softcapping",
+        "gemma3.attn_logit_softcapping",
+    ] {
+        if let Some(v) = g.get_f32(key)? {
+            if v != 0.0 {
+                return bad(format!(
+                    "metadata `{key}` = {v}: logit soft-capping is not supported"
+                ));
+            }
+        }
+    }
+    f.embed_scale = Some((hidden_size as f32).sqrt());
+    if num_layers == 62 && num_heads > 0 {
+        f.attn_scale = Some(1.0 / ((hidden_size / num_heads) as f32).sqrt());
+    } else {
+        f.attn_scale = Some(1.0 / (head_dim as f32).sqrt());
+    }
+    let window = g
+        .get_usize("gemma3.attention.sliding_window")?
+        .filter(|&w| w > 0);
+    let Some(window) = window else {
+        return Ok(());
+    };
+    f.sliding_window = Some(window);
+    let key = "gemma3.attention.sliding_window_pattern";
+    f.sliding_layers = match g.get(key) {
+        Some(GgufValue::Array(GgufArray::Bool(b))) => {
+            if b.len() != num_layers {
+                return bad(format!(
+                    "metadata `{key}` has {} entries for {num_layers} layers",
+                    b.len()
+                ));
+            }
+            b.clone()
+        }
+        Some(GgufValue::Array(_)) => {
+            return bad(format!(
+                "metadata `{key}` must be an array of bool or an integer"
+            ))
+        }
+        _ => {
+            let n = g.get_usize(key)?.unwrap_or(6);
+            (0..num_layers).map(|il| n == 0 || il % n < n - 1).collect()
+        }
+    };
+    f.sliding_rope = Some(crate::model::config::LocalRope {
+        theta: g.get_f32("gemma3.rope.freq_base_swa")?.unwrap_or(10000.0),
+        scaling: RopeScaling::default(),
+    });
+    Ok(())
 }
 
 /// RoPE settings from `{arch}.rope.*` metadata, mapped onto transformers'
@@ -510,5 +618,122 @@ mod rope_tests {
         let e = r.check(4).unwrap_err();
         assert_eq!(e, crate::model::RopeError::FreqFactorNotPositive(0.0));
         assert!(e.to_string().contains("positive"));
+    }
+}
+
+#[cfg(test)]
+mod gemma3_tests {
+    use super::*;
+    use crate::model::gguf::GgufWriter;
+    use GgufValue::{F32, U32};
+
+    /// A gemma3 GGUF's metadata (no tensors): 8 layers, hidden 128, 4 heads
+    /// of 16, plus `extra`.
+    fn cfg(extra: &[(&str, GgufValue)]) -> Result<LlamaConfig, LoadError> {
+        let mut kvs: Vec<(&str, GgufValue)> = vec![
+            ("general.architecture", GgufValue::String("gemma3".into())),
+            ("gemma3.embedding_length", U32(128)),
+            ("gemma3.attention.head_count", U32(4)),
+            ("gemma3.attention.head_count_kv", U32(2)),
+            ("gemma3.attention.key_length", U32(16)),
+            ("gemma3.block_count", U32(8)),
+            ("gemma3.feed_forward_length", U32(96)),
+            ("gemma3.attention.layer_norm_rms_epsilon", F32(1e-6)),
+            ("gemma3.vocab_size", U32(512)),
+            ("gemma3.rope.freq_base", F32(1e6)),
+        ];
+        for (k, v) in extra {
+            kvs.retain(|(b, _)| b != k);
+            kvs.push((k, v.clone()));
+        }
+        let w = kvs
+            .into_iter()
+            .fold(GgufWriter::new(), |w, (k, v)| w.kv(k, v));
+        let bytes = w.to_bytes();
+        config_from_gguf(&GgufFile::parse(&bytes).unwrap())
+    }
+
+    /// As llama.cpp's `llama_model_gemma3::load_arch_hparams`.
+    #[test]
+    fn gemma3_metadata_as_llama_cpp_reads_it() {
+        // No window key: every layer full attention with the file's RoPE.
+        let c = cfg(&[]).unwrap();
+        let a = &c.arch;
+        assert_eq!(a.name, "Gemma3ForCausalLM");
+        assert_eq!(
+            (a.sliding_window, a.norm_weight_offset, a.embed_scale),
+            (None, 0.0, Some(128f32.sqrt()))
+        );
+        assert!((0..8).all(|l| !c.is_sliding(l) && c.layer_rope(l).0 == 1e6));
+        assert_eq!(c.attn_scale(), 0.25);
+        assert_eq!(c.rope_layout, RopeLayout::Halves);
+
+        // A window: period 6 (layer il slides when il % 6 < 5), base 1e4 unscaled
+        // on the sliding layers, the file's (linear) scaling on the others.
+        let c = cfg(&[
+            ("gemma3.attention.sliding_window", U32(512)),
+            (
+                "gemma3.rope.scaling.type",
+                GgufValue::String("linear".into()),
+            ),
+            ("gemma3.rope.scaling.factor", F32(8.0)),
+        ])
+        .unwrap();
+        let s = [true, true, true, true, true, false, true, true];
+        assert_eq!(c.arch.sliding_layers, s);
+        assert_eq!((c.layer_window(0), c.layer_window(5)), (512, 0));
+        let (t, r) = c.layer_rope(1);
+        assert_eq!((t, r.rope_type), (10000.0, RopeType::Default));
+        let (t, r) = c.layer_rope(5);
+        assert_eq!((t, r.rope_type, r.factor), (1e6, RopeType::Linear, 8.0));
+
+        // A period and a base of the file's own; a per-layer list.
+        let c = cfg(&[
+            ("gemma3.attention.sliding_window", U32(4)),
+            ("gemma3.attention.sliding_window_pattern", U32(2)),
+            ("gemma3.rope.freq_base_swa", F32(5000.0)),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.arch.sliding_layers,
+            [true, false, true, false, true, false, true, false]
+        );
+        assert_eq!(c.layer_rope(0).0, 5000.0);
+        let list = vec![false, true, true, false, false, false, true, true];
+        let c = cfg(&[
+            ("gemma3.attention.sliding_window", U32(4)),
+            (
+                "gemma3.attention.sliding_window_pattern",
+                GgufValue::Array(GgufArray::Bool(list.clone())),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.arch.sliding_layers, list);
+        let e = cfg(&[
+            ("gemma3.attention.sliding_window", U32(4)),
+            (
+                "gemma3.attention.sliding_window_pattern",
+                GgufValue::Array(GgufArray::Bool(vec![true; 3])),
+            ),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("sliding_window_pattern") && e.contains('3'),
+            "{e}"
+        );
+
+        // The 62-layer (27B) model scales by 1/sqrt(n_embd / n_head).
+        let c = cfg(&[("gemma3.block_count", U32(62))]).unwrap();
+        assert_eq!(c.attn_scale(), 1.0 / 32f32.sqrt());
+
+        // Soft-capping is refused, naming the key.
+        for key in [
+            "gemma3.final_logit_softcapping",
+            "gemma3.attn_logit_softcapping",
+        ] {
+            let e = cfg(&[(key, F32(30.0))]).unwrap_err().to_string();
+            assert!(e.contains(key) && !e.contains('\n'), "{e}");
+        }
     }
 }
