@@ -17,6 +17,7 @@ pub mod rope;
 pub mod silu_mul;
 pub mod sram_embed;
 pub mod sram_matmul;
+pub mod sram_step;
 pub mod topk;
 
 use crate::gpu::{Gpu, GpuError};
@@ -90,6 +91,8 @@ pub enum KernelClass {
     Logits,
     Sample,
     Link,
+    /// SRAM mode's interpreter: every stage of a run in one dispatch.
+    SramStep,
 }
 
 impl KernelClass {
@@ -105,6 +108,7 @@ impl KernelClass {
             KernelClass::Logits => "logits",
             KernelClass::Sample => "sample",
             KernelClass::Link => "link",
+            KernelClass::SramStep => "sram_step",
         }
     }
 }

@@ -32,14 +32,14 @@
 
 mod build;
 mod pipeline;
+mod schedule;
 
 use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
 use crate::chip::{Plan, Program};
 use crate::gpu::Gpu;
-use crate::graph::Act;
-use crate::kernels::{rope, KernelOp};
+use crate::kernels::rope;
 use crate::model::{LlamaConfig, ModelWeights};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub use crate::chip::program::KvBlock;
@@ -55,25 +55,35 @@ pub struct SramOptions {
     pub batch: usize,
 }
 
-/// A link copy with what it moves per row (for counting).
-struct LinkOp {
-    op: KernelOp,
+/// What one link moves per carried activation (for counting): values per
+/// row, and whether its rows are the step's logit rows.
+struct LinkCount {
     values: usize,
     out_rows: bool,
 }
 
-/// One pipeline stage's emulated state: its chip's activation buffers (its
-/// scratch), step uniform, and dispatches.
-struct StageState {
-    chip: usize,
-    step_buf: wgpu::Buffer,
-    bufs: BTreeMap<Act, wgpu::Buffer>,
-    /// The token ids arriving at this stage (embedding stages only).
-    ids: Option<wgpu::Buffer>,
-    /// Receive (link → local), compute, send (local → link).
-    recv: Vec<KernelOp>,
-    compute: Vec<KernelOp>,
-    send: Vec<LinkOp>,
+/// A task table built for one kind of run (micro-batch count and read-out),
+/// with its bind group; reused while the same kind of run repeats (decode).
+struct CachedTable {
+    bind_group: wgpu::BindGroup,
+    _buf: wgpu::Buffer,
+    n_tasks: usize,
+    n_counters: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TableKey {
+    m: usize,
+    rb: ReadoutKind,
+    per_mb: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ReadoutKind {
+    Argmax,
+    TopK(usize),
+    LastLogits,
+    AllLogits,
 }
 
 /// SRAM-mode accounting, per token unless said otherwise.
@@ -102,6 +112,13 @@ pub struct SramStats {
     pub pipeline_steps_last: usize,
     /// Mean stages active per pipeline step in the last run.
     pub stages_active_mean_last: f64,
+    /// Mean distinct chips active per pipeline step in the last run.
+    pub chips_active_mean_last: f64,
+    /// Dispatches of the last run (all its pipeline steps: one interpreter
+    /// dispatch, unless the read-out needs more) and the tasks (workgroups)
+    /// they ran.
+    pub dispatches_last: usize,
+    pub tasks_last: usize,
 }
 
 /// Per-chip figures for `extra_stats`.
@@ -133,14 +150,24 @@ pub struct SramExecutor {
     pos: Vec<usize>,
     /// The sequence `step` works on.
     seq: usize,
-    stages: Vec<StageState>,
-    result: wgpu::Buffer,
-    /// Batched decode: one [id, logit] per sequence.
-    batch_results: wgpu::Buffer,
-    argmax: KernelOp,
-    topk: Option<(usize, KernelOp)>,
-    last_logits: wgpu::Buffer,
-    all_logits: Option<(usize, wgpu::Buffer)>,
+    /// Each stage's item codes, the links' codes, what the links count.
+    codes: Vec<Vec<schedule::Code>>,
+    link_codes: Vec<schedule::Code>,
+    link_counts: Vec<Vec<LinkCount>>,
+    /// The interpreter and the header every table starts with.
+    pipeline: Arc<wgpu::ComputePipeline>,
+    header: [u32; crate::kernels::sram_step::HDR],
+    /// Word offset of the last stage's logits region in the activations.
+    logits_off: usize,
+    image: wgpu::Buffer,
+    acts: wgpu::Buffer,
+    kv: wgpu::Buffer,
+    run_buf: wgpu::Buffer,
+    counters_buf: wgpu::Buffer,
+    counters_len: usize,
+    results: wgpu::Buffer,
+    results_len: usize,
+    tables: HashMap<TableKey, CachedTable>,
     readback: wgpu::Buffer,
     readback_size: u64,
     weight_bytes: u64,
@@ -149,7 +176,6 @@ pub struct SramExecutor {
     profiler: Option<crate::gpu::profiler::Profiler>,
     stats: SramStats,
     chip_stats: Vec<ChipStats>,
-    _keep: Vec<wgpu::Buffer>,
 }
 
 /// Architecture features SRAM mode does not run yet: the one-line refusal
@@ -189,13 +215,6 @@ impl SramExecutor {
     /// The program this executor runs.
     pub fn program(&self) -> &Program {
         &self.program
-    }
-
-    fn ensure_readback(&mut self, size: u64) {
-        if size > self.readback_size {
-            self.readback = self.gpu.readback_buffer("readback", size);
-            self.readback_size = size;
-        }
     }
 
     /// Sequences whose KV caches are resident.
