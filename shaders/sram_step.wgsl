@@ -25,7 +25,7 @@
 @group(0) @binding(2) var<storage, read> Wimg: array<u32>;      // the chips' SRAM images, RoPE table
 @group(0) @binding(3) var<storage, read_write> A: array<f32>;   // activations
 @group(0) @binding(4) var<storage, read_write> KV: array<f32>;  // KV cache, per chip block
-@group(0) @binding(5) var<storage, read_write> C: array<atomic<u32>>; // [0] stall flag, counters
+@group(0) @binding(5) var<storage, read_write> C: array<atomic<u32>>; // [0] stall flag, [1] progress, nodes
 @group(0) @binding(6) var<storage, read_write> R: array<u32>;   // token ids / logits out
 
 var<workgroup> W: array<u32, {{W_WORDS}}>;
@@ -748,11 +748,14 @@ fn op_copy_out(t: Task, lid: u32) {
 }
 
 // Thread 0 waits until every counter this task depends on has reached its
-// target (all lower workgroups), at most T[1] polls in all; past that, or
-// when another task has stalled, it raises the flag C[0] and goes on.
+// target (all lower workgroups). No task may wait forever: when no task of
+// the dispatch has finished (C[1], the progress count) for T[1] polls, or
+// another task has stalled, it raises the flag C[0] and goes on. (Progress
+// and the flag are looked at every 256 polls.)
 fn wait_deps(dep_off: u32, dep_n: u32, lid: u32) {
     if (lid == 0u) {
         var polls = 0u;
+        var seen = atomicLoad(&C[1]);
         let limit = T[1];
         for (var d = 0u; d < dep_n; d++) {
             let c = T[dep_off + 2u * d];
@@ -762,9 +765,16 @@ fn wait_deps(dep_off: u32, dep_n: u32, lid: u32) {
                     break;
                 }
                 polls++;
-                if (polls >= limit || atomicLoad(&C[0]) != 0u) {
-                    atomicMax(&C[0], 1u);
-                    break;
+                if ((polls & 255u) == 0u) {
+                    let now = atomicLoad(&C[1]);
+                    if (now != seen) {
+                        seen = now;
+                        polls = 0u;
+                    }
+                    if (polls >= limit || atomicLoad(&C[0]) != 0u) {
+                        atomicMax(&C[0], 1u);
+                        break;
+                    }
                 }
             }
         }
@@ -803,5 +813,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     workgroupBarrier();
     if (lid == 0u) {
         atomicAdd(&C[t.node], 1u);
+        atomicAdd(&C[1], 1u);
     }
 }

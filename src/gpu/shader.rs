@@ -42,8 +42,6 @@ shaders! {
     Argmax => "argmax",
     Topk => "topk",
     SramMatmul => "sram_matmul",
-    SramEmbed => "sram_embed",
-    LinkCopy => "link_copy",
     SramStep => "sram_step",
     Copy => "copy",
     Penalty => "penalty",

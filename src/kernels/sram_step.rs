@@ -20,9 +20,11 @@ pub const PARAMS: usize = REC - 6;
 pub const MB_WORDS: usize = 8;
 /// Threads per task.
 pub const WG: usize = 64;
-/// Polls a task may spend waiting for what it depends on before the step is
-/// declared stalled (a scheduling bug; never a hang).
-pub const SPIN_LIMIT: u32 = 1 << 26;
+/// Polls a waiting task may spend while no task of the dispatch finishes
+/// before the step is declared stalled (a scheduling bug; never a hang).
+pub const SPIN_LIMIT: u32 = 1 << 30;
+/// Counter of the first node (0: the stall flag, 1: tasks finished).
+pub const FIRST_NODE: usize = 2;
 
 /// Header word indices.
 pub mod hdr {
@@ -71,20 +73,32 @@ pub fn encoding(dt: DType) -> u32 {
     DType::ALL.iter().position(|&d| d == dt).unwrap_or(0) as u32
 }
 
+/// The smallest weight tile the interpreter is built with (bytes).
+const MIN_TILE: usize = 16;
+
 /// The interpreter for a slice of `slice_bytes`, heads of `head_dim` and
-/// weights in `encodings`. Errors when the scratch leaves no tile.
+/// weights in `encodings`. Errors (naming both sizes) when the scratch
+/// leaves no tile.
 pub fn variant(
     slice_bytes: usize,
     head_dim: usize,
     encodings: &[DType],
 ) -> Result<ShaderVariant, String> {
-    let tile = tile_bytes(slice_bytes, head_dim);
-    if tile < 16 || head_dim > 256 {
+    let v = variant_sized(slice_bytes, head_dim, encodings);
+    let bytes = crate::gpu::shader::workgroup_bytes(&Shader::SramStep.source(&v), &v)?;
+    if bytes as usize > slice_bytes || head_dim > 256 {
         return Err(format!(
-            "SRAM kernel `sram_step` needs {} bytes of workgroup memory, more than the chip's {slice_bytes}-byte slice",
-            scratch_bytes(head_dim) + 16
+            "SRAM kernel `sram_step` needs {bytes} bytes of workgroup memory, more than the chip's {slice_bytes}-byte slice"
         ));
     }
+    Ok(v)
+}
+
+/// [`variant`] without the check: the tile is what the slice leaves after
+/// the scratch, at least 16 bytes (so naga can measure what a too-small
+/// slice would need).
+pub fn variant_sized(slice_bytes: usize, head_dim: usize, encodings: &[DType]) -> ShaderVariant {
+    let tile = tile_bytes(slice_bytes, head_dim).max(MIN_TILE);
     let mut v = ShaderVariant::new("main")
         .define(format!("W_WORDS={}", tile / 4))
         .define(format!("HD={head_dim}"))
@@ -96,7 +110,13 @@ pub fn variant(
             v = v.define(format!("E_{d}"));
         }
     }
-    Ok(v)
+    v
+}
+
+/// Whole rows of `row_bytes` that fit a tile of `tile_bytes` (a tile that
+/// starts inside a word, as Q8_0/Q4_0 rows can, needs one spare word).
+pub fn rows_per_tile(row_bytes: usize, tile_bytes: usize) -> usize {
+    crate::kernels::sram_matmul::rows_per_tile(row_bytes, tile_bytes)
 }
 
 /// The interpreter's pipeline.
@@ -132,8 +152,9 @@ mod tests {
         assert!(e.contains("2048-byte slice"), "{e}");
     }
 
-    /// Runs a table of `n` NOP tasks with `deps[i]` = (counter, target)
-    /// pairs; returns the counters (C[0] = stall flag).
+    /// Runs a table of `n` NOP tasks, task i counting node i, with `deps[i]`
+    /// = (node, target) pairs; returns the counters (C[0] = stall flag,
+    /// C[1] = tasks finished, then the nodes).
     fn run_nops(deps: &[Vec<(u32, u32)>], limit: u32) -> Option<Vec<u32>> {
         let gpu = gpu()?;
         let n = deps.len();
@@ -145,11 +166,11 @@ mod tests {
         for (i, d) in deps.iter().enumerate() {
             let r = HDR + i * REC;
             t[r] = Op::Nop as u32;
-            t[r + 2] = 1 + i as u32;
+            t[r + 2] = (FIRST_NODE + i) as u32;
             t[r + 3] = t.len() as u32;
             t[r + 4] = d.len() as u32;
             for &(c, v) in d {
-                t.push(c);
+                t.push(FIRST_NODE as u32 + c);
                 t.push(v);
             }
         }
@@ -160,7 +181,7 @@ mod tests {
         let img = gpu.upload("img", &[0u8; 64]).unwrap();
         let a = gpu.storage_buffer("a", 64).unwrap();
         let kv = gpu.storage_buffer("kv", 64).unwrap();
-        let c = gpu.storage_buffer("c", (4 * (n + 1)) as u64).unwrap();
+        let c = gpu.storage_buffer("c", (4 * (n + 2)) as u64).unwrap();
         let r = gpu.storage_buffer("r", 64).unwrap();
         let op = crate::kernels::KernelOp::new(
             &gpu,
@@ -172,7 +193,9 @@ mod tests {
         );
         let step = gpu.uniform("step", &crate::kernels::Step::default());
         run(&gpu, &step, crate::kernels::Step::default(), &[&op]);
-        let bytes = gpu.read_storage(&c, (4 * (n + 1)) as u64).expect("readback");
+        let bytes = gpu
+            .read_storage(&c, (4 * (n + 2)) as u64)
+            .expect("readback");
         Some(bytemuck::cast_slice(&bytes).to_vec())
     }
 
@@ -180,18 +203,25 @@ mod tests {
     fn tasks_wait_for_lower_ones_and_a_stall_raises_the_flag() {
         // A chain: each task waits for the one before it.
         let chain: Vec<Vec<(u32, u32)>> = (0..40)
-            .map(|i| if i == 0 { vec![] } else { vec![(i as u32, 1)] })
+            .map(|i| {
+                if i == 0 {
+                    vec![]
+                } else {
+                    vec![(i as u32 - 1, 1)]
+                }
+            })
             .collect();
         let Some(c) = run_nops(&chain, SPIN_LIMIT) else {
             return;
         };
         assert_eq!(c[0], 0, "no stall");
-        assert!(c[1..].iter().all(|&x| x == 1), "{c:?}");
+        assert_eq!(c[1], 40);
+        assert!(c[2..].iter().all(|&x| x == 1), "{c:?}");
         // A task waiting for a count its node never reaches: flagged, and
         // the dispatch still ends (small spin limit).
-        let bad = vec![vec![], vec![(1, 2)], vec![(2, 1)]];
+        let bad = vec![vec![], vec![(0, 2)], vec![(1, 1)]];
         let c = run_nops(&bad, 1 << 12).unwrap();
         assert_ne!(c[0], 0, "stall flagged: {c:?}");
-        assert_eq!(&c[1..], &[1, 1, 1]);
+        assert_eq!(&c[1..], &[3, 1, 1, 1]);
     }
 }

@@ -11,7 +11,7 @@ use crate::exec::{ExecCounters, ExecError};
 use crate::gpu::Gpu;
 use crate::graph::Act;
 use crate::kernels::sram_step::{self, hdr, Op};
-use crate::kernels::{rope, sram_matmul, topk};
+use crate::kernels::{rope, topk};
 use crate::model::{DType, LlamaConfig, ModelWeights, WeightName};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -77,7 +77,6 @@ fn check(
     }
     Ok((program, ctx, mb, batch))
 }
-
 
 /// The chips' SRAM images: weight rows and norm vectors, chip by chip, each
 /// block at a 4-byte boundary; the RoPE table after them.
@@ -180,7 +179,8 @@ pub(super) fn build(
             };
             let code = match it.work {
                 Work::Embed { rows, first } => {
-                    let (dt, dim, _, rb, off) = rows_of(&mut img, WeightName::Embed, rows.0, rows.1)?;
+                    let (dt, dim, _, rb, off) =
+                        rows_of(&mut img, WeightName::Embed, rows.0, rows.1)?;
                     if rb + 4 > tile {
                         return Err(slice_error(&name, rb + 4, tile, slice));
                     }
@@ -218,7 +218,7 @@ pub(super) fn build(
                     head,
                 } => {
                     let (dt, kk, n, rb, off) = rows_of(&mut img, wn, rows.0, rows.1)?;
-                    let rpt = sram_matmul::rows_per_tile(rb, tile);
+                    let rpt = sram_step::rows_per_tile(rb, tile);
                     if rpt == 0 {
                         return Err(slice_error(&name, rb + 4, tile, slice));
                     }
@@ -245,10 +245,14 @@ pub(super) fn build(
                     )
                 }
                 Work::RopeQ(_) => Code::one(Op::RopeQ, &[ar.act(k, Act::Q, cfg, mb)]),
-                Work::KvWrite(l, b) | Work::AttnBlock { layer: l, block: b, .. } => {
+                Work::KvWrite(l, b)
+                | Work::AttnBlock {
+                    layer: l, block: b, ..
+                } => {
                     // This chip's block of layer l's KV cache: its own region
                     // (sequence × positions × heads × head_dim), K then V.
-                    let cells = batch * (b.positions.1 - b.positions.0) * (b.heads.1 - b.heads.0) * hd;
+                    let cells =
+                        batch * (b.positions.1 - b.positions.0) * (b.heads.1 - b.heads.0) * hd;
                     let key = (l, b.heads.0, b.positions.0, c);
                     let next = &mut ar.kv_words;
                     let (kr, vr) = *ar.kv.entry(key).or_insert_with(|| {
@@ -357,7 +361,8 @@ pub(super) fn build(
     let counters_buf = gpu.storage_buffer("sram.counters", (COUNTERS0 * 4) as u64)?;
     let results_len = (2 * topk::MAX_K).max(2 * batch);
     let results = gpu.storage_buffer("sram.results", (results_len * 4) as u64)?;
-    let variant = sram_step::variant(slice, cfg.head_dim, &encodings).map_err(ExecError::Invalid)?;
+    let variant =
+        sram_step::variant(slice, cfg.head_dim, &encodings).map_err(ExecError::Invalid)?;
     let pipeline = sram_step::pipeline(&gpu, &variant)?;
     let mut header = [0u32; sram_step::HDR];
     header[hdr::SPIN_LIMIT] = sram_step::SPIN_LIMIT;

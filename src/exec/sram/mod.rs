@@ -6,24 +6,35 @@
 //!
 //! 1. **Embedding** — the chips holding the embedding (a tied one sits at
 //!    the tail, as the lm_head) gather the token's row, each from the rows it
-//!    holds (`sram_embed`), and pass `x` on; the last of them sends it to
-//!    chip 0 over the loopback link.
+//!    holds, and pass `x` on; the last of them sends it to chip 0 over the
+//!    loopback link.
 //! 2. **Layers** — each chip runs, in order, its share of every node of the
-//!    graph: `rmsnorm` where the norm vector is, `sram_matmul` on the row
-//!    blocks it holds (rows staged into `var<workgroup>`, computed from
-//!    there), RoPE + KV write + one attention block over the KV cells it
-//!    holds (a running online-softmax state between blocks), `silu_mul`.
+//!    graph: RMSNorm where the norm vector is, the row blocks of the matrices
+//!    it holds (tile by tile: rows staged into `var<workgroup>`, computed
+//!    from there), RoPE + KV write + one attention block over the KV cells it
+//!    holds (a running online-softmax state between blocks), SiLU.
 //! 3. **Links** — between consecutive stages the activations live after the
-//!    boundary move through one link buffer (`link_copy`), only the columns
-//!    computed so far; every executed copy is counted ([`SramStats`]).
+//!    boundary move from one chip's activations to the next's, only the
+//!    columns computed so far; every transfer is counted ([`SramStats`]).
 //! 4. **Sampling** — the chip holding the last lm_head rows runs arg-max /
 //!    top-k over the logits; the id goes to the host (the sampler), which
 //!    hands the next token to the embedding chips.
 //!
-//! Pipelining ([`pipeline`]): the prompt is cut into micro-batches (several
-//! sequences decode as one micro-batch each); in pipeline step s stage k
-//! works on micro-batch s − k, and all active stages' dispatches of a step
-//! are recorded together.
+//! How it runs on the GPU: one interpreter kernel (`shaders/sram_step.wgsl`,
+//! [`crate::kernels::sram_step`]). [`build`] lays out each chip's SRAM image
+//! (the weight rows it holds, contiguously), each stage's activation region
+//! and each chip's KV-cache blocks in three arenas, and turns every work
+//! item into an interpreter code. [`schedule`] turns a run (its
+//! micro-batches, through the pipeline) into a task table: each task is one
+//! workgroup (a matmul row tile, a norm, one head of an attention block, a
+//! link transfer, the read-out), ordered so that everything a task waits for
+//! has a lower index, with completion counters instead of dispatch
+//! barriers. So a run — a decoded token, a decode round of several
+//! sequences, a prefill — is ONE dispatch, and the chips active in a
+//! pipeline step (stage k on micro-batch s − k, [`pipeline`]) are not
+//! ordered by the API: their tasks are interleaved and wait only on their
+//! own inputs. A wait that sees no task finish for a long time raises a flag
+//! and the run returns an error instead of hanging.
 //!
 //! Emulation overheads (never costs of the emulated chip; reported apart):
 //! the weight bytes staged from GPU memory into workgroup memory each step

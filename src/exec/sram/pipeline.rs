@@ -69,9 +69,7 @@ impl SramExecutor {
         );
         if t.n_counters > self.counters_len {
             let n = t.n_counters.next_power_of_two();
-            self.counters_buf = self
-                .gpu
-                .storage_buffer("sram.counters", (n * 4) as u64)?;
+            self.counters_buf = self.gpu.storage_buffer("sram.counters", (n * 4) as u64)?;
             self.counters_len = n;
             self.tables.clear();
         }
@@ -140,9 +138,7 @@ impl SramExecutor {
         };
         if kind == ReadoutKind::AllLogits && self.results_len < n * vocab {
             let len = (n * vocab).next_power_of_two();
-            self.results = self
-                .gpu
-                .storage_buffer("sram.results", (len * 4) as u64)?;
+            self.results = self.gpu.storage_buffer("sram.results", (len * 4) as u64)?;
             self.results_len = len;
             self.tables.clear();
         }
@@ -175,7 +171,10 @@ impl SramExecutor {
         self.stats.chips_active_mean_last = schedule
             .iter()
             .map(|s| {
-                let mut c: Vec<usize> = s.iter().map(|&(k, _)| self.program.stages[k].chip).collect();
+                let mut c: Vec<usize> = s
+                    .iter()
+                    .map(|&(k, _)| self.program.stages[k].chip)
+                    .collect();
                 c.sort_unstable();
                 c.dedup();
                 c.len()
@@ -201,10 +200,12 @@ impl SramExecutor {
         let read_len: u64 = match rb {
             _ if per_mb => (m * 8) as u64,
             Readback::Argmax => 8,
-            Readback::TopK(_) => 8 * match kind {
-                ReadoutKind::TopK(k) => k as u64,
-                _ => 1,
-            },
+            Readback::TopK(_) => {
+                8 * match kind {
+                    ReadoutKind::TopK(k) => k as u64,
+                    _ => 1,
+                }
+            }
             Readback::LastLogits => (vocab * 4) as u64,
             Readback::AllLogits => (n * vocab * 4) as u64,
         };
@@ -269,7 +270,7 @@ impl SramExecutor {
         );
         if flag != 0 {
             return Err(ExecError::Invalid(format!(
-                "SRAM pipeline step stalled: a task waited more than {} polls for work it depends on (a scheduling bug); the results were discarded",
+                "SRAM pipeline step stalled: a task waited {} polls for work it depends on while no task finished (a scheduling bug); the results were discarded",
                 sram_step::SPIN_LIMIT
             )));
         }

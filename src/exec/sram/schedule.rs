@@ -18,7 +18,7 @@
 //! links from the last stage down (link (k, j) waits for link (k + 1, j − 1)
 //! of the same step).
 
-use crate::kernels::sram_step::{Op, HDR, PARAMS, REC};
+use crate::kernels::sram_step::{Op, FIRST_NODE, HDR, PARAMS, REC};
 
 /// One node's code: its op, the parameters (one set shared by all its tasks,
 /// which get their index as `sub`, or one set per task) and its task count.
@@ -48,15 +48,22 @@ impl Code {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum NodeKind {
     /// Item `i` of stage `k` (`i` past the stage's items: the read-out).
-    Item { k: usize, i: usize, j: usize },
-    Link { k: usize, j: usize },
+    Item {
+        k: usize,
+        i: usize,
+        j: usize,
+    },
+    Link {
+        k: usize,
+        j: usize,
+    },
 }
 
 #[cfg_attr(not(test), allow(dead_code))]
 pub(super) struct Table {
     pub words: Vec<u32>,
     pub n_tasks: usize,
-    /// Counters: 1 (the stall flag) + nodes.
+    /// Counters: the stall flag, the progress count, one per node.
     pub n_counters: usize,
     pub nodes: Vec<NodeKind>,
     /// Per node: first task and task count.
@@ -79,7 +86,8 @@ pub(super) fn build(
     let n = stages.len();
     let m = tails.len();
     let last = n - 1;
-    let chain_len = |k: usize, j: usize| stages[k].len() + usize::from(k == last && tails[j].is_some());
+    let chain_len =
+        |k: usize, j: usize| stages[k].len() + usize::from(k == last && tails[j].is_some());
     let code = |k: usize, i: usize, j: usize| -> &Code {
         if i < stages[k].len() {
             &stages[k][i]
@@ -107,7 +115,14 @@ pub(super) fn build(
         let tasks = c.tasks.max(1) as usize;
         for s in 0..tasks {
             let op = if c.tasks == 0 { Op::Nop } else { c.op };
-            recs.extend([op as u32, j as u32, 1 + id as u32, 0, 0, s as u32]);
+            recs.extend([
+                op as u32,
+                j as u32,
+                (FIRST_NODE + id) as u32,
+                0,
+                0,
+                s as u32,
+            ]);
             recs.extend(c.params[s.min(c.params.len() - 1)]);
         }
         nodes.push(kind);
@@ -116,7 +131,11 @@ pub(super) fn build(
         id
     };
     for active in schedule {
-        let longest = active.iter().map(|&(k, j)| chain_len(k, j)).max().unwrap_or(0);
+        let longest = active
+            .iter()
+            .map(|&(k, j)| chain_len(k, j))
+            .max()
+            .unwrap_or(0);
         for i in 0..longest {
             for &(k, j) in active {
                 if i >= chain_len(k, j) {
@@ -134,7 +153,13 @@ pub(super) fn build(
                 } else {
                     vec![prev_in_chain[k][j]]
                 };
-                let id = emit(NodeKind::Item { k, i, j }, code(k, i, j), j, deps, &mut recs);
+                let id = emit(
+                    NodeKind::Item { k, i, j },
+                    code(k, i, j),
+                    j,
+                    deps,
+                    &mut recs,
+                );
                 prev_in_chain[k][j] = id;
                 if i + 1 == chain_len(k, j) {
                     last_item[k][j] = id;
@@ -160,7 +185,7 @@ pub(super) fn build(
     for (id, deps) in node_deps.iter().enumerate() {
         let off = words.len() as u32;
         for &d in deps {
-            words.push(1 + d as u32);
+            words.push((FIRST_NODE + d) as u32);
             words.push(node_tasks[d].1 as u32);
         }
         let (first, tasks) = node_tasks[id];
@@ -172,7 +197,7 @@ pub(super) fn build(
     Table {
         words,
         n_tasks,
-        n_counters: 1 + nodes.len(),
+        n_counters: FIRST_NODE + nodes.len(),
         nodes,
         node_tasks,
         node_deps,
@@ -226,7 +251,10 @@ mod tests {
                 let pairs: Vec<(u32, u32)> = (0..cnt)
                     .map(|x| (t.words[off + 2 * x], t.words[off + 2 * x + 1]))
                     .collect();
-                assert!(pairs.contains(&(1 + d as u32, c as u32)), "{pairs:?}");
+                assert!(
+                    pairs.contains(&((FIRST_NODE + d) as u32, c as u32)),
+                    "{pairs:?}"
+                );
             }
         }
         // Every item and link of every micro-batch exactly once; tasks tile
@@ -238,7 +266,10 @@ mod tests {
             assert_eq!(t.node_tasks[id].0, next);
             next += t.node_tasks[id].1;
             for x in 0..t.node_tasks[id].1 {
-                assert_eq!(t.words[HDR + (next - 1 - x) * REC + 2] as usize, 1 + id);
+                assert_eq!(
+                    t.words[HDR + (next - 1 - x) * REC + 2] as usize,
+                    FIRST_NODE + id
+                );
             }
         }
         assert_eq!(next, t.n_tasks);
@@ -253,9 +284,8 @@ mod tests {
                 }
             }
         }
-        let items: usize = stage_items.iter().sum::<usize>() * m
-            + tails.iter().flatten().count()
-            + (n - 1) * m;
+        let items: usize =
+            stage_items.iter().sum::<usize>() * m + tails.iter().flatten().count() + (n - 1) * m;
         assert_eq!(t.nodes.len(), items);
         // A micro-batch's first item on stage k waits for the link into it.
         for (id, kind) in t.nodes.iter().enumerate() {
@@ -291,7 +321,12 @@ mod tests {
         let t = build(&stages, &links, &tails, &pipeline(3, 3), &[0; HDR]);
         // Step 2 runs stages 0, 1, 2 on micro-batches 2, 1, 0: their first
         // items are consecutive nodes.
-        let pos = |k, i, j| t.nodes.iter().position(|x| *x == NodeKind::Item { k, i, j }).unwrap();
+        let pos = |k, i, j| {
+            t.nodes
+                .iter()
+                .position(|x| *x == NodeKind::Item { k, i, j })
+                .unwrap()
+        };
         assert_eq!(pos(1, 0, 1), pos(0, 0, 2) + 1);
         assert_eq!(pos(2, 0, 0), pos(1, 0, 1) + 1);
     }
