@@ -779,7 +779,7 @@ fn wait_deps(dep_off: u32, dep_n: u32, lid: u32) {
             }
         }
     }
-    workgroupBarrier();
+    // A control barrier: every thread waits for thread 0 (and sees storage).
     storageBarrier();
 }
 
@@ -808,9 +808,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         case OP_COPY_OUT: { op_copy_out(t, lid); }
         default: {}
     }
-    // Publish this task's writes, then count it done.
+    // Publish this task's writes (a control barrier), then count it done.
     storageBarrier();
-    workgroupBarrier();
     if (lid == 0u) {
         atomicAdd(&C[t.node], 1u);
         atomicAdd(&C[1], 1u);

@@ -350,6 +350,18 @@ pub(super) fn build(
         )));
     }
     let image = gpu.upload("sram.images", &img.bytes)?;
+    let kv_need = (ar.kv_words * 4) as u64;
+    if kv_need > limit {
+        return Err(ExecError::Invalid(format!(
+            "the chips' KV-cache blocks take {kv_need} bytes (--ctx {ctx}, {batch} sequence(s)) but this adapter binds at most {limit} bytes per storage buffer: use a smaller --ctx or --batch"
+        )));
+    }
+    let act_need = (ar.act_words * 4) as u64;
+    if act_need > limit {
+        return Err(ExecError::Invalid(format!(
+            "the stages' activations take {act_need} bytes ({mb}-token micro-batches) but this adapter binds at most {limit} bytes per storage buffer: use a smaller --microbatch"
+        )));
+    }
     let acts = gpu.storage_buffer("sram.activations", (ar.act_words * 4) as u64)?;
     let kv = gpu.storage_buffer("sram.kv_cache", (ar.kv_words.max(1) * 4) as u64)?;
     let kv_bytes = (ar.kv_words * 4) as u64;
