@@ -168,7 +168,7 @@ pub(super) fn build(
         }
         let mut outgoing: Vec<(usize, usize)> =
             active.iter().copied().filter(|&(k, _)| k < last).collect();
-        outgoing.sort_by(|a, b| b.0.cmp(&a.0));
+        outgoing.sort_by_key(|&(k, _)| std::cmp::Reverse(k));
         for (k, j) in outgoing {
             let mut d = vec![last_item[k][j]];
             if j > 0 {
@@ -273,9 +273,9 @@ mod tests {
             }
         }
         assert_eq!(next, t.n_tasks);
-        for j in 0..m {
+        for (j, tail) in tails.iter().enumerate() {
             for (k, &c) in stage_items.iter().enumerate() {
-                let extra = usize::from(k == n - 1 && tails[j].is_some());
+                let extra = usize::from(k == n - 1 && tail.is_some());
                 for i in 0..c + extra {
                     assert!(seen.contains(&NodeKind::Item { k, i, j }), "{k} {i} {j}");
                 }
