@@ -14,9 +14,10 @@
 // from the chip's SRAM image (Wimg) and every weight is read from there.
 // A: the activation arena (one region per stage and activation), KV: the
 // KV-cache arena (one region per chip's KV block), R: results.
-// The arithmetic of each op is the per-op kernel's (sram_matmul, sram_embed,
-// rmsnorm, rope, attention PARTIAL, silu_mul, link_copy, argmax, topk), so
-// tokens and logits match VRAM mode.
+// The arithmetic of each op is that of the per-op kernels SRAM mode ran
+// before (sram_matmul, the embedding gather, rmsnorm, rope, attention
+// PARTIAL, silu_mul, the link copy, argmax, topk), so tokens and logits
+// match VRAM mode.
 // Defines: W_WORDS, HD (head_dim), HD4 = ceil(HD / 4), E_<encoding> for each
 // weight encoding the model uses.
 
@@ -226,7 +227,7 @@ fn stage(byte0: u32, len: u32, lid: u32) {
     workgroupBarrier();
 }
 
-// Embedding rows [r0, r1) of one chip (sram_embed): a token whose id is
+// Embedding rows [r0, r1) of one chip: a token whose id is
 // there gets its row, staged into the slice and decoded from there.
 // p: enc, block byte, row_bytes, r0, r1, first, x_off, dim
 fn op_embed(t: Task, lid: u32) {
@@ -592,7 +593,7 @@ fn op_silu(t: Task, lid: u32) {
     }
 }
 
-// A link transfer of one carried activation (link_copy.wgsl): the first
+// A link transfer of one carried activation: the first
 // cols columns of the step's rows, from the sending stage's region into the
 // receiving stage's. p: src_off, src stride, dst_off, dst stride, cols, logit rows
 fn op_link(t: Task, lid: u32) {
