@@ -2,7 +2,10 @@
 //! their type/feature variants, and the naga-based workgroup-memory check.
 //!
 //! Variants use a tiny preprocessor: `#ifdef NAME` / `#ifndef NAME` / `#else` /
-//! `#endif` lines, and `{{NAME}}` replaced by a define's value. Tile and slice
+//! `#endif` lines, and `{{NAME}}` replaced by a define's value; `#include A,B
+//! as _SUFFIX with DEF1 DEF2` includes the libraries A and B with extra
+//! defines and every function and struct they declare renamed `NAME_SUFFIX`
+//! (one decoder per weight encoding in one module). Tile and slice
 //! sizes that shape `var<workgroup>` arrays are substituted this way so naga
 //! can measure the footprint before the pipeline is built; other tuning knobs
 //! are WGSL `override`s set through `constants`.
@@ -39,8 +42,7 @@ shaders! {
     Argmax => "argmax",
     Topk => "topk",
     SramMatmul => "sram_matmul",
-    SramEmbed => "sram_embed",
-    LinkCopy => "link_copy",
+    SramStep => "sram_step",
     Copy => "copy",
     Penalty => "penalty",
 }
@@ -96,7 +98,7 @@ pub fn preprocess(src: &str, v: &ShaderVariant) -> String {
         let t = line.trim_start();
         if let Some(name) = t.strip_prefix("#include ") {
             if active(&stack) {
-                out.push_str(&preprocess(include(name.trim()), v));
+                out.push_str(&include_line(name.trim(), v));
             }
             continue;
         }
@@ -144,6 +146,71 @@ pub fn preprocess(src: &str, v: &ShaderVariant) -> String {
     out
 }
 
+/// `#include` of `libs [as SUFFIX [with DEFINES...]]`: the libraries
+/// (comma-separated) preprocessed with the extra defines, and with a suffix,
+/// every `fn` / `struct` they declare renamed with it.
+fn include_line(spec: &str, v: &ShaderVariant) -> String {
+    let mut words = spec.split_whitespace();
+    let libs = words.next().unwrap_or("");
+    let mut suffix = None;
+    let mut v = v.clone();
+    while let Some(w) = words.next() {
+        match w {
+            "as" => suffix = words.next(),
+            "with" => {}
+            d => v = v.define(d),
+        }
+    }
+    let text: String = libs
+        .split(',')
+        .map(|l| preprocess(include(l), &v))
+        .collect();
+    match suffix {
+        Some(sfx) => rename_declared(&text, sfx),
+        None => text,
+    }
+}
+
+/// `src` with every function and struct it declares (and every use of
+/// their names) renamed `NAME{suffix}`.
+fn rename_declared(src: &str, suffix: &str) -> String {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut names = std::collections::HashSet::new();
+    for l in src.lines() {
+        let t = l.trim_start();
+        for kw in ["fn ", "struct "] {
+            if let Some(rest) = t.strip_prefix(kw) {
+                let n: String = rest.chars().take_while(|&c| ident(c)).collect();
+                names.insert(n);
+            }
+        }
+    }
+    let mut out = String::with_capacity(src.len() + 1024);
+    let mut word = String::new();
+    let mut prev_dot = false;
+    let flush = |word: &mut String, out: &mut String, prev_dot: bool| {
+        if !word.is_empty() {
+            out.push_str(word);
+            // A struct field access (`.x`) is not a declaration's name.
+            if !prev_dot && names.contains(word.as_str()) {
+                out.push_str(suffix);
+            }
+            word.clear();
+        }
+    };
+    for c in src.chars() {
+        if ident(c) {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out, prev_dot);
+            prev_dot = c == '.';
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out, prev_dot);
+    out
+}
+
 /// Shared WGSL snippets (`#include NAME`), under `shaders/lib/`.
 fn include(name: &str) -> &'static str {
     match name {
@@ -154,6 +221,10 @@ fn include(name: &str) -> &'static str {
         "step" => include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/shaders/lib/step.wgsl"
+        )),
+        "sram_dot" => include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/lib/sram_dot.wgsl"
         )),
         _ => "",
     }

@@ -9,14 +9,13 @@ pub mod bias_add;
 pub mod copy;
 pub mod embed;
 pub mod head_norm;
-pub mod link_copy;
 pub mod matmul;
 pub mod penalty;
 pub mod rmsnorm;
 pub mod rope;
 pub mod silu_mul;
-pub mod sram_embed;
 pub mod sram_matmul;
+pub mod sram_step;
 pub mod topk;
 
 use crate::gpu::{Gpu, GpuError};
@@ -90,6 +89,8 @@ pub enum KernelClass {
     Logits,
     Sample,
     Link,
+    /// SRAM mode's interpreter: every stage of a run in one dispatch.
+    SramStep,
 }
 
 impl KernelClass {
@@ -105,6 +106,7 @@ impl KernelClass {
             KernelClass::Logits => "logits",
             KernelClass::Sample => "sample",
             KernelClass::Link => "link",
+            KernelClass::SramStep => "sram_step",
         }
     }
 }
@@ -316,31 +318,26 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
         Shader::Argmax,
         Shader::Topk,
         Shader::Penalty,
-        Shader::LinkCopy,
     ] {
         v.push((s, ShaderVariant::new("main")));
     }
     v.extend(sram_variants(crate::chip::DEFAULT_SLICE_BYTES, 576));
-    for dt in DType::ALL {
-        v.push((Shader::SramEmbed, embed::variant(dt, 576)));
-    }
-    for dt in [DType::F32, DType::F16, DType::BF16] {
-        v.push((Shader::SramEmbed, embed::variant(dt, 575)));
-    }
     v.extend(copy::variants());
     v
 }
 
 /// The SRAM-mode variants for one slice budget (bytes) and hidden size: each
-/// must fit `slice_bytes` of workgroup memory.
+/// must fit `slice_bytes` of workgroup memory. The interpreter (every
+/// encoding, head sizes 8 and 64, or `hidden` when it is a head size) and the
+/// per-op matmul it shares its arithmetic with (kept as the reference the
+/// quantization tests check every encoding against).
 pub fn sram_variants(
     slice_bytes: usize,
     hidden: usize,
 ) -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
     use crate::gpu::Shader;
-    let dtypes = DType::ALL;
     let mut v = Vec::new();
-    for dt in dtypes {
+    for dt in DType::ALL {
         for acc in [false, true] {
             v.push((
                 Shader::SramMatmul,
@@ -352,37 +349,31 @@ pub fn sram_variants(
         let odd = sram_matmul::variant_k(dt, slice_bytes, true, hidden | 1);
         v.push((Shader::SramMatmul, odd));
     }
-    v.push((Shader::Rmsnorm, rmsnorm::sram_variant(hidden)));
+    let mut hds = vec![8, 64];
+    if hidden <= 256 && !hds.contains(&hidden) {
+        hds.push(hidden);
+    }
+    for hd in hds {
+        v.push((
+            Shader::SramStep,
+            sram_step::variant_sized(slice_bytes, hd, &DType::ALL),
+        ));
+    }
     v
 }
 
 /// Every kernel variant SRAM mode runs for a model of `cfg` (weights in any
-/// encoding) on chips whose slice is `slice_bytes`: the matmul and norm
-/// variants of [`sram_variants`], attention blocks, RoPE / KV write, SiLU,
-/// the embedding gather, link copies, arg-max and top-k.
+/// encoding) on chips whose slice is `slice_bytes`: the interpreter
+/// (`sram_step`), whose workgroup memory is the weight tile plus its scratch
+/// for the model's head size.
 pub fn sram_kernels(
     slice_bytes: usize,
     cfg: &crate::model::LlamaConfig,
 ) -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
-    use crate::gpu::{Shader, ShaderVariant};
-    let mut v = sram_variants(slice_bytes, cfg.hidden_size);
-    v.push((Shader::Attention, attention::partial_variant(cfg.head_dim)));
-    for s in [
-        Shader::Rope,
-        Shader::SiluMul,
-        Shader::LinkCopy,
-        Shader::Argmax,
-        Shader::Topk,
-    ] {
-        v.push((s, ShaderVariant::new("main")));
-    }
-    for dt in DType::ALL {
-        let d = cfg.hidden_size;
-        if d.is_multiple_of(dt.block_len()) && (d.is_multiple_of(4) || dt.block_len() == 1) {
-            v.push((Shader::SramEmbed, embed::variant(dt, d)));
-        }
-    }
-    v
+    vec![(
+        crate::gpu::Shader::SramStep,
+        sram_step::variant_sized(slice_bytes, cfg.head_dim, &DType::ALL),
+    )]
 }
 
 /// Checks with naga that every SRAM-mode kernel for `cfg` fits a slice of

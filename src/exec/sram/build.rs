@@ -1,17 +1,18 @@
-//! Building the emulated cluster: one [`StageState`] per pipeline stage of
-//! the plan's program, its kernels and the link copies between stages.
+//! Building the emulated cluster: each chip's SRAM image (the weight rows
+//! it holds, laid out contiguously), each stage's activation region and each
+//! chip's KV-cache blocks in arenas, and every stage's work items as
+//! interpreter codes ([`schedule::Code`]) for the task tables.
 
-use super::{ChipStats, LinkOp, SramExecutor, SramOptions, SramStats, StageState};
+use super::schedule::Code;
+use super::{ChipStats, LinkCount, SramExecutor, SramOptions, SramStats};
 use crate::chip::program::Work;
 use crate::chip::{Plan, Program};
 use crate::exec::{ExecCounters, ExecError};
 use crate::gpu::Gpu;
 use crate::graph::Act;
-use crate::kernels::{
-    argmax, attention, link_copy, rmsnorm, rope, silu_mul, sram_embed, sram_matmul, topk,
-    GpuWeight, KernelOp, Step,
-};
-use crate::model::{LlamaConfig, ModelWeights, WeightName};
+use crate::kernels::sram_step::{self, hdr, Op};
+use crate::kernels::{rope, topk};
+use crate::model::{DType, LlamaConfig, ModelWeights, WeightName};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -77,23 +78,58 @@ fn check(
     Ok((program, ctx, mb, batch))
 }
 
-/// Creates (once) and returns stage `k`'s buffer for `a`.
-fn local(
-    gpu: &Gpu,
-    st: &mut StageState,
-    k: usize,
-    a: Act,
-    cfg: &LlamaConfig,
-    mb: usize,
-) -> Result<wgpu::Buffer, ExecError> {
-    if !st.bufs.contains_key(&a) {
-        let buf = gpu.storage_buffer(
-            &format!("chip{}.stage{k}.{}", st.chip, a.name()),
-            (mb * a.width(cfg) * 4) as u64,
-        )?;
-        st.bufs.insert(a, buf);
+/// The chips' SRAM images: weight rows and norm vectors, chip by chip, each
+/// block at a 4-byte boundary; the RoPE table after them.
+#[derive(Default)]
+struct Image {
+    bytes: Vec<u8>,
+    /// (chip, weight, first row, end row) → byte offset.
+    blocks: HashMap<(usize, WeightName, usize, usize), usize>,
+}
+
+impl Image {
+    fn align(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
     }
-    Ok(st.bufs[&a].clone())
+    fn block(&mut self, key: (usize, WeightName, usize, usize), data: &[u8]) -> usize {
+        if let Some(&o) = self.blocks.get(&key) {
+            return o;
+        }
+        self.align();
+        let o = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.blocks.insert(key, o);
+        o
+    }
+}
+
+/// Activation regions (stage, activation) and KV blocks in word offsets.
+struct Arenas {
+    acts: BTreeMap<(usize, Act), usize>,
+    act_words: usize,
+    kv: HashMap<(usize, usize, usize, usize), (usize, usize)>,
+    kv_words: usize,
+}
+
+impl Arenas {
+    fn act(&mut self, k: usize, a: Act, cfg: &LlamaConfig, mb: usize) -> u32 {
+        let w = a.width(cfg) * mb;
+        let next = &mut self.act_words;
+        *self.acts.entry((k, a)).or_insert_with(|| {
+            let o = *next;
+            *next += w;
+            o
+        }) as u32
+    }
+}
+
+/// Counters the executor starts with (grown for longer runs).
+const COUNTERS0: usize = 4096;
+
+fn u(v: usize) -> u32 {
+    v as u32
 }
 
 pub(super) fn build(
@@ -110,100 +146,68 @@ pub(super) fn build(
             eprintln!("stage {s} chip {}: {:?} -> {:?}", l.chip, l.work, l.carry);
         }
     }
-
-    // Weights: one GPU buffer per tensor (the staging source: GPU memory
-    // standing in for the chips' resident SRAM contents); kernels read only
-    // the rows their chip holds.
+    let tile = sram_step::tile_bytes(slice, cfg.head_dim);
     let tensor = |n: WeightName| {
         w.get(n)
             .ok_or_else(|| ExecError::Invalid(format!("missing weight {n}")))
     };
-    let mut mats: HashMap<WeightName, GpuWeight> = HashMap::new();
-    let mut norms: HashMap<WeightName, wgpu::Buffer> = HashMap::new();
-    let mut staged = 0u64;
-    for it in &program.items {
-        let matrix = match it.work {
-            Work::Mat { w, .. } => Some(w),
-            Work::Embed { .. } => Some(WeightName::Embed),
-            _ => None,
-        };
-        if let Some(name) = matrix {
-            if let std::collections::hash_map::Entry::Vacant(e) = mats.entry(name) {
-                e.insert(GpuWeight::upload(&gpu, &name.to_string(), tensor(name)?)?);
-            }
-            if let Work::Mat { rows, .. } = it.work {
-                staged += ((rows.1 - rows.0) * mats[&name].row_bytes() as usize) as u64;
-            }
-        }
-        if let Work::Norm(n) = it.work {
-            let b = gpu.upload(&n.to_string(), bytemuck::cast_slice(&tensor(n)?.to_f32()))?;
-            norms.insert(n, b);
-        }
-    }
-    let table = rope::rope_table(ctx, cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
-    let cos_sin = gpu.upload("rope.cos_sin", bytemuck::cast_slice(&table))?;
-    let result = gpu.storage_buffer("result", (2 * topk::MAX_K * 4) as u64)?;
-    let batch_results = gpu.storage_buffer("batch_results", (batch * 8) as u64)?;
-    let shape = rope::Shape {
-        n_heads: cfg.num_heads,
-        n_kv_heads: cfg.num_kv_heads,
-        head_dim: cfg.head_dim,
-        layout: cfg.rope_layout,
+    let mut img = Image::default();
+    let mut ar = Arenas {
+        acts: BTreeMap::new(),
+        act_words: 0,
+        kv: HashMap::new(),
+        kv_words: 0,
     };
-
-    // The stages and their kernels.
-    let mut stages: Vec<StageState> = Vec::new();
-    let mut kv: HashMap<usize, (wgpu::Buffer, wgpu::Buffer)> = HashMap::new();
-    let mut kv_bytes = 0u64;
-    let mut keep = vec![cos_sin.clone()];
+    let mut encodings: Vec<DType> = Vec::new();
+    let mut staged = 0u64;
+    let hd = cfg.head_dim;
+    let mut codes: Vec<Vec<Code>> = Vec::new();
     for (k, s) in program.stages.iter().enumerate() {
         let c = s.chip;
-        let mut st = StageState {
-            chip: c,
-            step_buf: gpu.uniform(&format!("chip{c}.stage{k}.step"), &Step::default()),
-            bufs: BTreeMap::new(),
-            ids: None,
-            recv: vec![],
-            compute: vec![],
-            send: vec![],
-        };
-        let step_buf = st.step_buf.clone();
+        let mut stage_codes = Vec::new();
         for it in &program.items[s.items.clone()] {
-            let name = format!("chip{c}.{}", it.label(&program.nodes));
-            let op = match it.work {
+            let name = it.label(&program.nodes);
+            // A weight row block of this chip into its image.
+            let mut rows_of = |img: &mut Image, wn: WeightName, r0: usize, r1: usize| {
+                let t = tensor(wn)?;
+                let rb = t.cols() / t.dtype.block_len() * t.dtype.block_bytes();
+                let off = img.block((c, wn, r0, r1), &t.bytes.as_slice()[r0 * rb..r1 * rb]);
+                if !encodings.contains(&t.dtype) {
+                    encodings.push(t.dtype);
+                }
+                Ok::<_, ExecError>((t.dtype, t.cols(), t.rows(), rb, off))
+            };
+            let code = match it.work {
                 Work::Embed { rows, first } => {
-                    let x = local(&gpu, &mut st, k, Act::X, cfg, mb)?;
-                    if st.ids.is_none() {
-                        st.ids = Some(
-                            gpu.storage_buffer(&format!("chip{c}.stage{k}.ids"), (mb * 4) as u64)?,
-                        );
+                    let (dt, dim, _, rb, off) =
+                        rows_of(&mut img, WeightName::Embed, rows.0, rows.1)?;
+                    if rb + 4 > tile {
+                        return Err(slice_error(&name, rb + 4, tile, slice));
                     }
-                    let ids = st.ids.clone().expect("ids");
-                    sram_embed::build(
-                        &gpu,
-                        &step_buf,
-                        &name,
-                        &mats[&WeightName::Embed],
-                        rows,
-                        first,
-                        &ids,
-                        &x,
-                    )?
+                    let x = ar.act(k, Act::X, cfg, mb);
+                    Code::one(
+                        Op::Embed,
+                        &[
+                            sram_step::encoding(dt),
+                            u(off),
+                            u(rb),
+                            u(rows.0),
+                            u(rows.1),
+                            u32::from(first),
+                            x,
+                            u(dim),
+                        ],
+                    )
                 }
                 Work::Norm(wn) => {
-                    let x = local(&gpu, &mut st, k, Act::X, cfg, mb)?;
-                    let xn = local(&gpu, &mut st, k, Act::Xn, cfg, mb)?;
-                    rmsnorm::build_variant(
-                        &gpu,
-                        &step_buf,
-                        &name,
-                        cfg.hidden_size,
-                        cfg.rms_norm_eps,
-                        &norms[&wn],
-                        &x,
-                        &xn,
-                        &rmsnorm::sram_variant(cfg.hidden_size),
-                    )?
+                    let v = tensor(wn)?.to_f32();
+                    let off = img.block((c, wn, 0, 1), bytemuck::cast_slice(&v));
+                    if v.len() * 4 > tile {
+                        return Err(slice_error(&name, v.len() * 4, tile, slice));
+                    }
+                    let x = ar.act(k, Act::X, cfg, mb);
+                    let xn = ar.act(k, Act::Xn, cfg, mb);
+                    Code::one(Op::Norm, &[u(off), u(v.len()), x, xn])
                 }
                 Work::Mat {
                     w: wn,
@@ -213,165 +217,184 @@ pub(super) fn build(
                     acc,
                     head,
                 } => {
-                    let x = local(&gpu, &mut st, k, inp, cfg, mb)?;
-                    let y = local(&gpu, &mut st, k, out, cfg, mb)?;
-                    let spec = sram_matmul::Spec {
-                        name: &name,
-                        w: &mats[&wn],
-                        row_begin: rows.0,
-                        row_end: rows.1,
-                        slice_bytes: slice,
-                        accumulate: acc,
-                        out_rows_only: head,
-                    };
-                    sram_matmul::build(&gpu, &step_buf, &spec, &x, &y)?
+                    let (dt, kk, n, rb, off) = rows_of(&mut img, wn, rows.0, rows.1)?;
+                    let rpt = sram_step::rows_per_tile(rb, tile);
+                    if rpt == 0 {
+                        return Err(slice_error(&name, rb + 4, tile, slice));
+                    }
+                    staged += ((rows.1 - rows.0) * rb) as u64;
+                    let x = ar.act(k, inp, cfg, mb);
+                    let y = ar.act(k, out, cfg, mb);
+                    let flags = u32::from(acc) | (u32::from(head) << 1);
+                    Code::shared(
+                        Op::Mat,
+                        &[
+                            sram_step::encoding(dt),
+                            u(off),
+                            u(rows.0),
+                            u(rows.1),
+                            u(rpt),
+                            u(rb),
+                            u(kk),
+                            u(n),
+                            x,
+                            y,
+                            flags,
+                        ],
+                        u((rows.1 - rows.0).div_ceil(rpt)),
+                    )
                 }
-                Work::RopeQ(l) | Work::KvWrite(l, _) | Work::AttnBlock { layer: l, .. } => {
-                    // The layer's KV cache: one GPU buffer pair standing in
-                    // for the KV blocks in the chips' SRAM; each chip's
-                    // kernels touch only their own block.
-                    let kd = (batch * ctx * cfg.kv_dim() * 4) as u64;
-                    let (kc, vc) = match kv.get(&l) {
-                        Some(p) => p.clone(),
-                        None => {
-                            let p = (
-                                gpu.storage_buffer(&format!("layers.{l}.k_cache"), kd)?,
-                                gpu.storage_buffer(&format!("layers.{l}.v_cache"), kd)?,
-                            );
-                            kv_bytes += 2 * kd;
-                            kv.insert(l, p.clone());
-                            p
-                        }
-                    };
-                    let q = local(&gpu, &mut st, k, Act::Q, cfg, mb)?;
+                Work::RopeQ(_) => Code::one(Op::RopeQ, &[ar.act(k, Act::Q, cfg, mb)]),
+                Work::KvWrite(l, b)
+                | Work::AttnBlock {
+                    layer: l, block: b, ..
+                } => {
+                    // This chip's block of layer l's KV cache: its own region
+                    // (sequence × positions × heads × head_dim), K then V.
+                    let cells =
+                        batch * (b.positions.1 - b.positions.0) * (b.heads.1 - b.heads.0) * hd;
+                    let key = (l, b.heads.0, b.positions.0, c);
+                    let next = &mut ar.kv_words;
+                    let (kr, vr) = *ar.kv.entry(key).or_insert_with(|| {
+                        let o = *next;
+                        *next += 2 * cells;
+                        (o, o + cells)
+                    });
+                    let blk = [b.heads.0, b.heads.1, b.positions.0, b.positions.1].map(u);
                     match it.work {
-                        Work::AttnBlock {
-                            block, init, fin, ..
-                        } => {
-                            let att = local(&gpu, &mut st, k, Act::Att, cfg, mb)?;
-                            let state = local(&gpu, &mut st, k, Act::AttState, cfg, mb)?;
-                            let block = attention::Block {
-                                kv_heads: block.heads,
-                                positions: block.positions,
-                                init,
-                                finalize: fin,
-                            };
-                            attention::build_block(
-                                &gpu,
-                                &step_buf,
-                                &name,
-                                cfg.num_heads,
-                                cfg.num_kv_heads,
-                                cfg.head_dim,
-                                block,
-                                &q,
-                                &kc,
-                                &vc,
-                                &att,
-                                &state,
-                            )?
+                        Work::KvWrite(..) => {
+                            let kx = ar.act(k, Act::K, cfg, mb);
+                            let vx = ar.act(k, Act::V, cfg, mb);
+                            let mut p = vec![kx, vx];
+                            p.extend(blk);
+                            p.extend([u(kr), u(vr)]);
+                            Code::one(Op::KvWrite, &p)
                         }
-                        _ => {
-                            let kb = local(&gpu, &mut st, k, Act::K, cfg, mb)?;
-                            let vb = local(&gpu, &mut st, k, Act::V, cfg, mb)?;
-                            let part = match it.work {
-                                Work::KvWrite(_, b) => rope::Part {
-                                    q: false,
-                                    kv: Some((b.heads, b.positions)),
-                                },
-                                _ => rope::Part { q: true, kv: None },
-                            };
-                            rope::build_part(
-                                &gpu, &step_buf, &name, &shape, part, &cos_sin, &q, &kb, &vb, &kc,
-                                &vc,
-                            )?
+                        Work::AttnBlock { init, fin, .. } => {
+                            let q = ar.act(k, Act::Q, cfg, mb);
+                            let att = ar.act(k, Act::Att, cfg, mb);
+                            let st = ar.act(k, Act::AttState, cfg, mb);
+                            let mut p = vec![q, att, st];
+                            p.extend(blk);
+                            p.extend([u(kr), u(vr), u32::from(init), u32::from(fin)]);
+                            Code::shared(Op::Attn, &p, u(cfg.num_heads))
                         }
+                        _ => unreachable!(),
                     }
                 }
                 Work::Silu(_) => {
-                    let g = local(&gpu, &mut st, k, Act::G, cfg, mb)?;
-                    let u = local(&gpu, &mut st, k, Act::U, cfg, mb)?;
-                    let h = local(&gpu, &mut st, k, Act::H, cfg, mb)?;
-                    silu_mul::build(&gpu, &step_buf, &name, cfg.intermediate_size, &g, &u, &h)?
+                    let g = ar.act(k, Act::G, cfg, mb);
+                    let uu = ar.act(k, Act::U, cfg, mb);
+                    let h = ar.act(k, Act::H, cfg, mb);
+                    Code::one(Op::Silu, &[g, uu, h, u(cfg.intermediate_size)])
                 }
             };
-            st.compute.push(op);
+            stage_codes.push(code);
         }
-        stages.push(st);
+        codes.push(stage_codes);
     }
 
-    // The links: after stage k, pack the live activations into the link
-    // buffer (on stage k's chip), unpack them on stage k + 1's chip.
+    // The links: after stage k, each live activation's valid columns go
+    // from stage k's region straight into stage k + 1's.
+    let mut link_codes = Vec::new();
+    let mut link_counts = Vec::new();
     for l in &program.links {
         let (k, n) = (l.from_stage, l.from_stage + 1);
-        let width = l.values();
-        let label = format!("link{}->{}", l.from_chip, l.to_chip);
-        let link = gpu.storage_buffer(&label, (mb * width.max(1) * 4) as u64)?;
-        let mut off = 0;
+        let mut params = Vec::new();
+        let mut counts = Vec::new();
         for &(a, cols) in &l.carry {
-            let src = local(&gpu, &mut stages[k], k, a, cfg, mb)?;
-            let dst = local(&gpu, &mut stages[n], n, a, cfg, mb)?;
-            let rows = if a == Act::Logits {
-                link_copy::Rows::OutRows
-            } else {
-                link_copy::Rows::Tokens
-            };
-            let aw = a.width(cfg);
-            let name = format!("{label}.{}", a.name());
-            let send = link_copy::build(
-                &gpu,
-                &stages[k].step_buf,
-                &name,
-                cols,
-                rows,
-                (&src, aw, 0),
-                (&link, width, off),
-            )?;
-            let recv = link_copy::build(
-                &gpu,
-                &stages[n].step_buf,
-                &name,
-                cols,
-                rows,
-                (&link, width, off),
-                (&dst, aw, 0),
-            )?;
-            stages[k].send.push(LinkOp {
-                op: send,
+            let src = ar.act(k, a, cfg, mb);
+            let dst = ar.act(n, a, cfg, mb);
+            let aw = u(a.width(cfg));
+            let out_rows = a == Act::Logits;
+            let mut p = [0u32; sram_step::PARAMS];
+            p[..6].copy_from_slice(&[src, aw, dst, aw, u(cols), u32::from(out_rows)]);
+            params.push(p);
+            counts.push(LinkCount {
                 values: cols,
-                out_rows: a == Act::Logits,
+                out_rows,
             });
-            stages[n].recv.push(recv);
-            off += cols;
         }
-        keep.push(link);
+        link_codes.push(Code {
+            op: Op::Link,
+            tasks: u(params.len()),
+            params: if params.is_empty() {
+                vec![[0; sram_step::PARAMS]]
+            } else {
+                params
+            },
+        });
+        link_counts.push(counts);
     }
-
-    // Sampling on the chip of the last stage.
-    let last = stages
+    let last = program
+        .stages
         .len()
         .checked_sub(1)
         .ok_or_else(|| ExecError::Invalid("the plan's program is empty".into()))?;
-    let last_logits = local(&gpu, &mut stages[last], last, Act::Logits, cfg, mb)?;
-    let argmax = argmax::build(
-        &gpu,
-        &stages[last].step_buf,
-        cfg.vocab_size,
-        &last_logits,
-        &result,
+    let logits_off = ar.act(last, Act::Logits, cfg, mb) as usize;
+
+    // The RoPE table after the images (not a weight: every chip computes it).
+    img.align();
+    let weight_image_bytes = img.bytes.len();
+    let rope_off = img.bytes.len() / 4;
+    let table = rope::rope_table(ctx, cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
+    img.bytes.extend_from_slice(bytemuck::cast_slice(&table));
+    let limit = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    if img.bytes.len() as u64 + 4 > limit {
+        return Err(ExecError::Invalid(format!(
+            "the chips' SRAM images take {} bytes but this adapter binds at most {limit} bytes per storage buffer",
+            img.bytes.len()
+        )));
+    }
+    let image = gpu.upload("sram.images", &img.bytes)?;
+    let kv_need = (ar.kv_words * 4) as u64;
+    if kv_need > limit {
+        return Err(ExecError::Invalid(format!(
+            "the chips' KV-cache blocks take {kv_need} bytes (--ctx {ctx}, {batch} sequence(s)) but this adapter binds at most {limit} bytes per storage buffer: use a smaller --ctx or --batch"
+        )));
+    }
+    let act_need = (ar.act_words * 4) as u64;
+    if act_need > limit {
+        return Err(ExecError::Invalid(format!(
+            "the stages' activations take {act_need} bytes ({mb}-token micro-batches) but this adapter binds at most {limit} bytes per storage buffer: use a smaller --microbatch"
+        )));
+    }
+    let acts = gpu.storage_buffer("sram.activations", (ar.act_words * 4) as u64)?;
+    let kv = gpu.storage_buffer("sram.kv_cache", (ar.kv_words.max(1) * 4) as u64)?;
+    let kv_bytes = (ar.kv_words * 4) as u64;
+    let max_mbs = ctx.max(batch);
+    let run_buf = gpu.storage_buffer(
+        "sram.run",
+        ((max_mbs * sram_step::MB_WORDS + ctx.max(batch)) * 4) as u64,
     )?;
-    keep.extend(norms.into_values());
-    keep.extend(kv.into_values().flat_map(|(k, v)| [k, v]));
+    let counters_buf = gpu.storage_buffer("sram.counters", (COUNTERS0 * 4) as u64)?;
+    let results_len = (2 * topk::MAX_K).max(2 * batch);
+    let results = gpu.storage_buffer("sram.results", (results_len * 4) as u64)?;
+    let variant =
+        sram_step::variant(slice, cfg.head_dim, &encodings).map_err(ExecError::Invalid)?;
+    let pipeline = sram_step::pipeline(&gpu, &variant)?;
+    let mut header = [0u32; sram_step::HDR];
+    header[hdr::SPIN_LIMIT] = sram_step::SPIN_LIMIT;
+    header[hdr::IDS_BASE] = u(max_mbs * sram_step::MB_WORDS);
+    header[hdr::ROPE_OFF] = u(rope_off);
+    header[hdr::N_HEADS] = u(cfg.num_heads);
+    header[hdr::N_KV_HEADS] = u(cfg.num_kv_heads);
+    header[hdr::EPS] = cfg.rms_norm_eps.to_bits();
+    header[hdr::SCALE] = ((hd as f64).powf(-0.5) as f32).to_bits();
+    header[hdr::PAIR_LAYOUT] = cfg.rope_layout.as_u32();
 
     let mut chip_stats: BTreeMap<usize, ChipStats> = BTreeMap::new();
-    for (k, st) in stages.iter().enumerate() {
+    for (k, st) in program.stages.iter().enumerate() {
         let e = chip_stats.entry(st.chip).or_insert(ChipStats {
             chip: st.chip,
             link_bytes_in_per_token: 0,
             link_bytes_out_per_token: 0,
             dispatches_compute: 0,
         });
-        e.dispatches_compute += st.compute.len();
+        e.dispatches_compute += st.items.len();
         if let Some(l) = program.links.get(k) {
             e.link_bytes_out_per_token += 4 * l.values();
         }
@@ -400,8 +423,12 @@ pub(super) fn build(
         emulation_staged_bytes_per_step: staged,
         pipeline_steps_last: 0,
         stages_active_mean_last: 0.0,
+        chips_active_mean_last: 0.0,
+        dispatches_last: 0,
+        tasks_last: 0,
     };
-    let readback_size = (2 * topk::MAX_K * 4) as u64;
+    let _ = weight_image_bytes;
+    let readback_size = (2 * topk::MAX_K * 4 + 4) as u64;
     Ok(SramExecutor {
         readback: gpu.readback_buffer("readback", readback_size),
         gpu,
@@ -411,13 +438,21 @@ pub(super) fn build(
         mb,
         pos: vec![0; batch],
         seq: 0,
-        stages,
-        result,
-        batch_results,
-        argmax,
-        topk: None,
-        last_logits,
-        all_logits: None,
+        codes,
+        link_codes,
+        link_counts,
+        pipeline,
+        header,
+        logits_off,
+        image,
+        acts,
+        kv,
+        run_buf,
+        counters_buf,
+        counters_len: COUNTERS0,
+        results,
+        results_len,
+        tables: HashMap::new(),
         readback_size,
         weight_bytes: w.total_bytes() as u64,
         kv_bytes,
@@ -425,19 +460,12 @@ pub(super) fn build(
         profiler: None,
         stats,
         chip_stats: chip_stats.into_values().collect(),
-        _keep: keep,
     })
 }
 
-/// `topk` over the last stage's logits.
-pub(super) fn build_topk(ex: &SramExecutor, k: usize) -> Result<KernelOp, ExecError> {
-    let last = ex.stages.last().expect("stages");
-    Ok(topk::build(
-        &ex.gpu,
-        &last.step_buf,
-        ex.cfg.vocab_size,
-        k,
-        &ex.last_logits,
-        &ex.result,
-    )?)
+/// A weight block that does not fit the slice's tile.
+fn slice_error(what: &str, need: usize, tile: usize, slice: usize) -> ExecError {
+    ExecError::Invalid(format!(
+        "`{what}` needs {need} bytes of the chip's slice but the SRAM-step kernel leaves {tile} of its {slice}-byte slice for weights"
+    ))
 }

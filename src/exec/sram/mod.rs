@@ -6,24 +6,35 @@
 //!
 //! 1. **Embedding** — the chips holding the embedding (a tied one sits at
 //!    the tail, as the lm_head) gather the token's row, each from the rows it
-//!    holds (`sram_embed`), and pass `x` on; the last of them sends it to
-//!    chip 0 over the loopback link.
+//!    holds, and pass `x` on; the last of them sends it to chip 0 over the
+//!    loopback link.
 //! 2. **Layers** — each chip runs, in order, its share of every node of the
-//!    graph: `rmsnorm` where the norm vector is, `sram_matmul` on the row
-//!    blocks it holds (rows staged into `var<workgroup>`, computed from
-//!    there), RoPE + KV write + one attention block over the KV cells it
-//!    holds (a running online-softmax state between blocks), `silu_mul`.
+//!    graph: RMSNorm where the norm vector is, the row blocks of the matrices
+//!    it holds (tile by tile: rows staged into `var<workgroup>`, computed
+//!    from there), RoPE + KV write + one attention block over the KV cells it
+//!    holds (a running online-softmax state between blocks), SiLU.
 //! 3. **Links** — between consecutive stages the activations live after the
-//!    boundary move through one link buffer (`link_copy`), only the columns
-//!    computed so far; every executed copy is counted ([`SramStats`]).
+//!    boundary move from one chip's activations to the next's, only the
+//!    columns computed so far; every transfer is counted ([`SramStats`]).
 //! 4. **Sampling** — the chip holding the last lm_head rows runs arg-max /
 //!    top-k over the logits; the id goes to the host (the sampler), which
 //!    hands the next token to the embedding chips.
 //!
-//! Pipelining ([`pipeline`]): the prompt is cut into micro-batches (several
-//! sequences decode as one micro-batch each); in pipeline step s stage k
-//! works on micro-batch s − k, and all active stages' dispatches of a step
-//! are recorded together.
+//! How it runs on the GPU: one interpreter kernel (`shaders/sram_step.wgsl`,
+//! [`crate::kernels::sram_step`]). [`build`] lays out each chip's SRAM image
+//! (the weight rows it holds, contiguously), each stage's activation region
+//! and each chip's KV-cache blocks in three arenas, and turns every work
+//! item into an interpreter code. [`schedule`] turns a run (its
+//! micro-batches, through the pipeline) into a task table: each task is one
+//! workgroup (a matmul row tile, a norm, one head of an attention block, a
+//! link transfer, the read-out), ordered so that everything a task waits for
+//! has a lower index, with completion counters instead of dispatch
+//! barriers. So a run — a decoded token, a decode round of several
+//! sequences, a prefill — is ONE dispatch, and the chips active in a
+//! pipeline step (stage k on micro-batch s − k, [`pipeline`]) are not
+//! ordered by the API: their tasks are interleaved and wait only on their
+//! own inputs. A wait that sees no task finish for a long time raises a flag
+//! and the run returns an error instead of hanging.
 //!
 //! Emulation overheads (never costs of the emulated chip; reported apart):
 //! the weight bytes staged from GPU memory into workgroup memory each step
@@ -32,14 +43,14 @@
 
 mod build;
 mod pipeline;
+mod schedule;
 
 use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
 use crate::chip::{Plan, Program};
 use crate::gpu::Gpu;
-use crate::graph::Act;
-use crate::kernels::{rope, KernelOp};
+use crate::kernels::rope;
 use crate::model::{LlamaConfig, ModelWeights};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub use crate::chip::program::KvBlock;
@@ -55,25 +66,35 @@ pub struct SramOptions {
     pub batch: usize,
 }
 
-/// A link copy with what it moves per row (for counting).
-struct LinkOp {
-    op: KernelOp,
+/// What one link moves per carried activation (for counting): values per
+/// row, and whether its rows are the step's logit rows.
+struct LinkCount {
     values: usize,
     out_rows: bool,
 }
 
-/// One pipeline stage's emulated state: its chip's activation buffers (its
-/// scratch), step uniform, and dispatches.
-struct StageState {
-    chip: usize,
-    step_buf: wgpu::Buffer,
-    bufs: BTreeMap<Act, wgpu::Buffer>,
-    /// The token ids arriving at this stage (embedding stages only).
-    ids: Option<wgpu::Buffer>,
-    /// Receive (link → local), compute, send (local → link).
-    recv: Vec<KernelOp>,
-    compute: Vec<KernelOp>,
-    send: Vec<LinkOp>,
+/// A task table built for one kind of run (micro-batch count and read-out),
+/// with its bind group; reused while the same kind of run repeats (decode).
+struct CachedTable {
+    bind_group: wgpu::BindGroup,
+    _buf: wgpu::Buffer,
+    n_tasks: usize,
+    n_counters: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TableKey {
+    m: usize,
+    rb: ReadoutKind,
+    per_mb: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ReadoutKind {
+    Argmax,
+    TopK(usize),
+    LastLogits,
+    AllLogits,
 }
 
 /// SRAM-mode accounting, per token unless said otherwise.
@@ -102,6 +123,13 @@ pub struct SramStats {
     pub pipeline_steps_last: usize,
     /// Mean stages active per pipeline step in the last run.
     pub stages_active_mean_last: f64,
+    /// Mean distinct chips active per pipeline step in the last run.
+    pub chips_active_mean_last: f64,
+    /// Dispatches of the last run (all its pipeline steps: one interpreter
+    /// dispatch, unless the read-out needs more) and the tasks (workgroups)
+    /// they ran.
+    pub dispatches_last: usize,
+    pub tasks_last: usize,
 }
 
 /// What [`Executor::sram_report`] returns (and the JSON outputs carry):
@@ -142,14 +170,24 @@ pub struct SramExecutor {
     pos: Vec<usize>,
     /// The sequence `step` works on.
     seq: usize,
-    stages: Vec<StageState>,
-    result: wgpu::Buffer,
-    /// Batched decode: one [id, logit] per sequence.
-    batch_results: wgpu::Buffer,
-    argmax: KernelOp,
-    topk: Option<(usize, KernelOp)>,
-    last_logits: wgpu::Buffer,
-    all_logits: Option<(usize, wgpu::Buffer)>,
+    /// Each stage's item codes, the links' codes, what the links count.
+    codes: Vec<Vec<schedule::Code>>,
+    link_codes: Vec<schedule::Code>,
+    link_counts: Vec<Vec<LinkCount>>,
+    /// The interpreter and the header every table starts with.
+    pipeline: Arc<wgpu::ComputePipeline>,
+    header: [u32; crate::kernels::sram_step::HDR],
+    /// Word offset of the last stage's logits region in the activations.
+    logits_off: usize,
+    image: wgpu::Buffer,
+    acts: wgpu::Buffer,
+    kv: wgpu::Buffer,
+    run_buf: wgpu::Buffer,
+    counters_buf: wgpu::Buffer,
+    counters_len: usize,
+    results: wgpu::Buffer,
+    results_len: usize,
+    tables: HashMap<TableKey, CachedTable>,
     readback: wgpu::Buffer,
     readback_size: u64,
     weight_bytes: u64,
@@ -158,7 +196,6 @@ pub struct SramExecutor {
     profiler: Option<crate::gpu::profiler::Profiler>,
     stats: SramStats,
     chip_stats: Vec<ChipStats>,
-    _keep: Vec<wgpu::Buffer>,
 }
 
 /// Architecture features SRAM mode does not run yet: the one-line refusal
@@ -200,13 +237,6 @@ impl SramExecutor {
     /// The program this executor runs.
     pub fn program(&self) -> &Program {
         &self.program
-    }
-
-    fn ensure_readback(&mut self, size: u64) {
-        if size > self.readback_size {
-            self.readback = self.gpu.readback_buffer("readback", size);
-            self.readback_size = size;
-        }
     }
 
     /// Sequences whose KV caches are resident.

@@ -1,244 +1,254 @@
 //! Running micro-batches through the stages: pipeline step s runs stage k on
 //! micro-batch s − k ([`Program::pipeline`](crate::chip::Program::pipeline)).
-//! Per step: every active stage receives its link input, computes, sends;
-//! link copies are counted as they are recorded for submission.
+//! The steps of a run are one task table ([`schedule`](super::schedule)) and
+//! one interpreter dispatch; link transfers are counted as the table's link
+//! tasks are submitted.
 
-use super::{Mb, SramExecutor};
+use super::schedule::{self, Code};
+use super::{CachedTable, Mb, ReadoutKind, SramExecutor, TableKey};
 use crate::exec::{decode_readback, ExecError, Readback, StepOutput};
-use crate::kernels::{topk, KernelOp, Step};
+use crate::kernels::sram_step::{self, Op, MB_WORDS};
+use crate::kernels::{topk, KernelClass};
 
 impl SramExecutor {
-    /// The Step uniform of micro-batch `j` of `m` (`full`: also positions).
-    fn step_of(mbs: &[Mb], j: usize, rb: Readback, per_mb_argmax: bool) -> Step {
+    /// Micro-batch `j`'s record (`sram_step::MB_WORDS` words): tokens,
+    /// position, logit rows, KV-cache base and sequence, first token id.
+    fn mb_record(&self, mbs: &[Mb], j: usize, rb: Readback, per_mb: bool) -> [u32; MB_WORDS] {
         let m = mbs.len();
         let len = mbs[j].len;
         let (out_row0, n_out_rows) = if rb == Readback::AllLogits {
             (0, len)
-        } else if j == m - 1 || per_mb_argmax {
+        } else if j == m - 1 || per_mb {
             (len - 1, 1)
         } else {
             (0, 0)
         };
-        Step {
-            n_tokens: len as u32,
-            pos0: mbs[j].pos0 as u32,
-            out_row0: out_row0 as u32,
-            n_out_rows: n_out_rows as u32,
-            kv_base: mbs[j].kv_base as u32,
-            _pad: [0; 3],
+        [
+            len as u32,
+            mbs[j].pos0 as u32,
+            out_row0 as u32,
+            n_out_rows as u32,
+            mbs[j].kv_base as u32,
+            (mbs[j].kv_base / self.ctx) as u32,
+            mbs[j].start as u32,
+            0,
+        ]
+    }
+
+    /// The read-out at the end of the last stage for micro-batch `j`.
+    fn tail(&self, key: &TableKey, j: usize) -> Option<Code> {
+        let vocab = self.cfg.vocab_size as u32;
+        let l = self.logits_off as u32;
+        let final_mb = j + 1 == key.m;
+        match key.rb {
+            ReadoutKind::Argmax if key.per_mb => {
+                Some(Code::one(Op::Argmax, &[l, vocab, 2 * j as u32]))
+            }
+            ReadoutKind::Argmax if final_mb => Some(Code::one(Op::Argmax, &[l, vocab, 0])),
+            ReadoutKind::TopK(k) if final_mb => Some(Code::one(Op::Topk, &[l, vocab, k as u32])),
+            ReadoutKind::AllLogits => Some(Code::one(Op::CopyOut, &[l, vocab])),
+            _ => None,
         }
     }
 
-    /// Writes stage `k`'s Step uniform (and token ids, on an embedding
-    /// stage) for micro-batch `j`.
-    fn write_inputs(&self, k: usize, ids: &[u32], mb: &Mb, st: &Step) {
-        let stage = &self.stages[k];
-        self.gpu
-            .queue
-            .write_buffer(&stage.step_buf, 0, bytemuck::bytes_of(st));
-        if let Some(b) = &stage.ids {
-            self.gpu.queue.write_buffer(
-                b,
-                0,
-                bytemuck::cast_slice(&ids[mb.start..mb.start + mb.len]),
-            );
+    /// The task table for `key`, built once and kept.
+    fn table(&mut self, key: TableKey) -> Result<(), ExecError> {
+        if self.tables.contains_key(&key) {
+            return Ok(());
         }
+        if self.tables.len() >= 16 {
+            self.tables.clear();
+        }
+        let tails: Vec<Option<Code>> = (0..key.m).map(|j| self.tail(&key, j)).collect();
+        let t = schedule::build(
+            &self.codes,
+            &self.link_codes,
+            &tails,
+            &self.program.pipeline(key.m),
+            &self.header,
+        );
+        if t.n_counters > self.counters_len {
+            let n = t.n_counters.next_power_of_two();
+            self.counters_buf = self.gpu.storage_buffer("sram.counters", (n * 4) as u64)?;
+            self.counters_len = n;
+            self.tables.clear();
+        }
+        let buf = self
+            .gpu
+            .upload("sram.tasks", bytemuck::cast_slice(&t.words))?;
+        let layout = self.pipeline.get_bind_group_layout(0);
+        let bufs = [
+            &buf,
+            &self.run_buf,
+            &self.image,
+            &self.acts,
+            &self.kv,
+            &self.counters_buf,
+            &self.results,
+        ];
+        let entries: Vec<wgpu::BindGroupEntry> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("sram_step"),
+                layout: &layout,
+                entries: &entries,
+            });
+        self.tables.insert(
+            key,
+            CachedTable {
+                bind_group,
+                _buf: buf,
+                n_tasks: t.n_tasks,
+                n_counters: t.n_counters,
+            },
+        );
+        Ok(())
     }
 
     /// Runs micro-batches `mbs` (slices of `ids`, each with its own position
-    /// and KV-cache sequence) through the stage pipeline. With
-    /// `per_mb_argmax` every micro-batch gets its own arg-max (batched
-    /// decoding: one token per sequence, returned as `Candidates`).
+    /// and KV-cache sequence) through the stage pipeline. With `per_mb` every
+    /// micro-batch gets its own arg-max (batched decoding: one token per
+    /// sequence, returned as `Candidates`).
     pub(super) fn run(
         &mut self,
         ids: &[u32],
         mbs: &[Mb],
         rb: Readback,
-        per_mb_argmax: bool,
+        per_mb: bool,
     ) -> Result<StepOutput, ExecError> {
         let vocab = self.cfg.vocab_size;
         self.counters.steps += 1;
         let n = ids.len();
         let m = mbs.len();
-        let last = self.stages.len() - 1;
-        if let Readback::TopK(k) = rb {
-            let k = k.clamp(1, topk::MAX_K.min(vocab));
-            if self.topk.as_ref().map(|t| t.0) != Some(k) {
-                self.topk = Some((k, super::build::build_topk(self, k)?));
-            }
+        let last = self.program.stages.len() - 1;
+        let kind = match rb {
+            Readback::Argmax => ReadoutKind::Argmax,
+            Readback::TopK(k) => ReadoutKind::TopK(k.clamp(1, topk::MAX_K.min(vocab))),
+            Readback::LastLogits => ReadoutKind::LastLogits,
+            Readback::AllLogits => ReadoutKind::AllLogits,
+        };
+        if kind == ReadoutKind::AllLogits && self.results_len < n * vocab {
+            let len = (n * vocab).next_power_of_two();
+            self.results = self.gpu.storage_buffer("sram.results", (len * 4) as u64)?;
+            self.results_len = len;
+            self.tables.clear();
         }
-        if rb == Readback::AllLogits {
-            let size = (n * vocab * 4) as u64;
-            if self
-                .all_logits
-                .as_ref()
-                .is_none_or(|(s, _)| (*s as u64) < size)
-            {
-                self.all_logits =
-                    Some((size as usize, self.gpu.storage_buffer("all_logits", size)?));
-            }
+        let key = TableKey {
+            m,
+            rb: kind,
+            per_mb,
+        };
+        self.table(key)?;
+
+        // The micro-batch records and token ids.
+        let mut run: Vec<u32> = Vec::with_capacity(m * MB_WORDS);
+        for j in 0..m {
+            run.extend(self.mb_record(mbs, j, rb, per_mb));
         }
+        let ids_base = self.header[sram_step::hdr::IDS_BASE] as u64 * 4;
+        self.gpu
+            .queue
+            .write_buffer(&self.run_buf, 0, bytemuck::cast_slice(&run));
+        self.gpu
+            .queue
+            .write_buffer(&self.run_buf, ids_base, bytemuck::cast_slice(ids));
+
+        // Stats and link counting over the schedule.
         let schedule = self.program.pipeline(m);
+        let steps = schedule.len().max(1) as f64;
         self.stats.pipeline_steps_last = schedule.len();
         self.stats.stages_active_mean_last =
-            schedule.iter().map(Vec::len).sum::<usize>() as f64 / schedule.len().max(1) as f64;
-        let mut dispatched = 0u64;
-        // One micro-batch (decode): every stage gets the same inputs, so the
-        // whole token is one command buffer and one submission.
-        let single = m == 1;
-        if single {
-            let st = Self::step_of(mbs, 0, rb, per_mb_argmax);
-            for k in 0..self.stages.len() {
-                self.write_inputs(k, ids, &mbs[0], &st);
-            }
-        }
-        let mut enc = None;
+            schedule.iter().map(Vec::len).sum::<usize>() as f64 / steps;
+        self.stats.chips_active_mean_last = schedule
+            .iter()
+            .map(|s| {
+                let mut c: Vec<usize> = s
+                    .iter()
+                    .map(|&(k, _)| self.program.stages[k].chip)
+                    .collect();
+                c.sort_unstable();
+                c.dedup();
+                c.len()
+            })
+            .sum::<usize>() as f64
+            / steps;
         for active in &schedule {
-            if !single {
-                for &(k, j) in active {
-                    let st = Self::step_of(mbs, j, rb, per_mb_argmax);
-                    self.write_inputs(k, ids, &mbs[j], &st);
+            for &(k, j) in active {
+                if k == last {
+                    continue;
                 }
-            }
-            let e = enc.get_or_insert_with(|| {
-                self.gpu
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("pipeline step"),
-                    })
-            });
-            // Receive, compute, send: all active stages' dispatches together.
-            let mut list: Vec<(&KernelOp, Step)> = Vec::new();
-            let mut link_bytes = 0u64;
-            let mut link_copies = 0u64;
-            for phase in 0..3 {
-                for &(k, j) in active {
-                    let stp = Self::step_of(mbs, j, rb, per_mb_argmax);
-                    let st = &self.stages[k];
-                    match phase {
-                        0 => list.extend(st.recv.iter().map(|op| (op, stp))),
-                        1 => {
-                            list.extend(st.compute.iter().map(|op| (op, stp)));
-                            if k == last && (j == m - 1 || per_mb_argmax) {
-                                let pick = match rb {
-                                    Readback::Argmax => Some(&self.argmax),
-                                    Readback::TopK(_) => self.topk.as_ref().map(|t| &t.1),
-                                    _ => None,
-                                };
-                                list.extend(pick.map(|op| (op, stp)));
-                            }
-                        }
-                        _ => {
-                            for l in &st.send {
-                                let rows = if l.out_rows {
-                                    stp.n_out_rows
-                                } else {
-                                    stp.n_tokens
-                                };
-                                if rows > 0 && l.values > 0 {
-                                    link_bytes += (4 * l.values * rows as usize) as u64;
-                                    link_copies += 1;
-                                }
-                                list.push((&l.op, stp));
-                            }
-                        }
-                    }
-                }
-            }
-            list.retain(|(op, stp)| !op.groups(stp).contains(&0));
-            if let Some(prof) = self.profiler.as_mut() {
-                // Profiling: one pass per dispatch, each with timestamps.
-                for (op, stp) in &list {
-                    let tw = prof.next(op.class);
-                    let mut pass = e.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some(&op.name),
-                        timestamp_writes: tw,
-                    });
-                    op.record(&mut pass, stp);
-                }
-            } else {
-                let mut pass = e.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("pipeline step"),
-                    timestamp_writes: None,
-                });
-                for (op, stp) in &list {
-                    op.record(&mut pass, stp);
-                }
-            }
-            for (op, _) in &list {
-                self.counters.count(op.class);
-            }
-            dispatched += list.len() as u64;
-            self.stats.link_bytes_counted += link_bytes;
-            self.stats.link_copies_counted += link_copies;
-            // Collect logits rows of the micro-batch the last stage just finished.
-            if let Some(&(_, j)) = active.iter().find(|(k, _)| *k == last) {
-                let len = mbs[j].len;
-                if per_mb_argmax {
-                    e.copy_buffer_to_buffer(
-                        &self.result,
-                        0,
-                        &self.batch_results,
-                        (j * 8) as u64,
-                        8,
-                    );
-                } else if rb == Readback::AllLogits {
-                    if let Some((_, all)) = &self.all_logits {
-                        e.copy_buffer_to_buffer(
-                            &self.last_logits,
-                            0,
-                            all,
-                            (mbs[j].start * vocab * 4) as u64,
-                            (len * vocab * 4) as u64,
-                        );
-                    }
-                } else if rb == Readback::LastLogits && j == m - 1 {
-                    let need = (vocab * 4) as u64;
-                    if self.readback_size < need {
-                        self.readback = self.gpu.readback_buffer("readback", need);
-                        self.readback_size = need;
-                    }
-                    e.copy_buffer_to_buffer(&self.last_logits, 0, &self.readback, 0, need);
-                }
-            }
-            if !single {
-                if let Some(mut e) = enc.take() {
-                    if let Some(p) = self.profiler.as_ref() {
-                        p.resolve(&mut e);
-                    }
-                    self.gpu.queue.submit([e.finish()]);
-                    self.counters.submissions += 1;
-                    if let Some(p) = self.profiler.as_mut() {
-                        p.collect(&self.gpu)?;
+                let r = &run[j * MB_WORDS..];
+                for l in &self.link_counts[k] {
+                    let rows = if l.out_rows { r[3] } else { r[0] } as usize;
+                    if rows > 0 && l.values > 0 {
+                        self.stats.link_bytes_counted += (4 * l.values * rows) as u64;
+                        self.stats.link_copies_counted += 1;
                     }
                 }
             }
         }
+
         let read_len: u64 = match rb {
-            _ if per_mb_argmax => (m * 8) as u64,
+            _ if per_mb => (m * 8) as u64,
             Readback::Argmax => 8,
-            Readback::TopK(_) => 8 * self.topk.as_ref().map_or(1, |t| t.0) as u64,
+            Readback::TopK(_) => {
+                8 * match kind {
+                    ReadoutKind::TopK(k) => k as u64,
+                    _ => 1,
+                }
+            }
             Readback::LastLogits => (vocab * 4) as u64,
             Readback::AllLogits => (n * vocab * 4) as u64,
         };
-        self.ensure_readback(read_len);
-        let mut e = enc
-            .take()
-            .unwrap_or_else(|| self.gpu.device.create_command_encoder(&Default::default()));
-        match rb {
-            _ if per_mb_argmax => {
-                e.copy_buffer_to_buffer(&self.batch_results, 0, &self.readback, 0, read_len)
-            }
-            Readback::Argmax | Readback::TopK(_) => {
-                e.copy_buffer_to_buffer(&self.result, 0, &self.readback, 0, read_len)
-            }
-            Readback::AllLogits => {
-                if let Some((_, all)) = &self.all_logits {
-                    e.copy_buffer_to_buffer(all, 0, &self.readback, 0, read_len);
-                }
-            }
-            Readback::LastLogits => {}
+        if read_len + 4 > self.readback_size {
+            self.readback = self.gpu.readback_buffer("readback", read_len + 4);
+            self.readback_size = read_len + 4;
         }
+        let table = &self.tables[&key];
+        let mut e = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("sram run"),
+            });
+        e.clear_buffer(&self.counters_buf, 0, Some((table.n_counters * 4) as u64));
+        {
+            let tw = self
+                .profiler
+                .as_mut()
+                .and_then(|p| p.next(KernelClass::SramStep));
+            let mut pass = e.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("sram_step"),
+                timestamp_writes: tw,
+            });
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, &table.bind_group, &[]);
+            let [x, y, z] = sram_step::grid(table.n_tasks);
+            pass.dispatch_workgroups(x, y, z);
+        }
+        self.counters.count(KernelClass::SramStep);
+        self.stats.dispatches_last = 1;
+        self.stats.tasks_last = table.n_tasks;
+        match rb {
+            Readback::LastLogits if !per_mb => e.copy_buffer_to_buffer(
+                &self.acts,
+                (self.logits_off * 4) as u64,
+                &self.readback,
+                0,
+                read_len,
+            ),
+            _ => e.copy_buffer_to_buffer(&self.results, 0, &self.readback, 0, read_len),
+        }
+        e.copy_buffer_to_buffer(&self.counters_buf, 0, &self.readback, read_len, 4);
         if let Some(p) = self.profiler.as_ref() {
             p.resolve(&mut e);
         }
@@ -247,14 +257,23 @@ impl SramExecutor {
         if let Some(p) = self.profiler.as_mut() {
             p.collect(&self.gpu)?;
         }
-        if n == 1 {
-            self.counters.dispatches_last_decode = dispatched;
-        } else if per_mb_argmax {
-            // A decode round: one token per sequence.
-            self.counters.dispatches_last_decode = dispatched / m.max(1) as u64;
+        if n == 1 || per_mb {
+            // One dispatch for the token (a decode round: for all of them).
+            self.counters.dispatches_last_decode = 1;
         }
-        let bytes = self.gpu.read(&self.readback, read_len)?;
+        let bytes = self.gpu.read(&self.readback, read_len + 4)?;
         self.counters.readback_bytes += read_len;
-        Ok(decode_readback(rb, &bytes, n, per_mb_argmax))
+        let flag = u32::from_le_bytes(
+            bytes[read_len as usize..read_len as usize + 4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        );
+        if flag != 0 {
+            return Err(ExecError::Invalid(format!(
+                "SRAM pipeline step stalled: a task waited {} polls for work it depends on while no task finished (a scheduling bug); the results were discarded",
+                sram_step::SPIN_LIMIT
+            )));
+        }
+        Ok(decode_readback(rb, &bytes[..read_len as usize], n, per_mb))
     }
 }

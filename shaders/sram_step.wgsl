@@ -1,0 +1,818 @@
+// The SRAM-mode interpreter: one dispatch runs the pipeline steps of a run;
+// each workgroup is one TASK, one slice-sized piece of one work item of one
+// pipeline stage (a row tile of a matmul, a norm, the attention of one head
+// over one KV block, a link transfer of one carried activation, the arg-max).
+// The task table T (built on the CPU, kernels::sram_step and
+// exec::sram::schedule) lists the tasks so that everything a task depends on
+// has a LOWER workgroup index; a task waits for those with completion
+// counters C (thread 0 spins, bounded), runs, and signals its node's counter.
+// So the chips active in a pipeline step run side by side with no barrier
+// between them, and a whole token is one dispatch.
+//
+// Memory: W is the chip's slice (SLICE minus the small scratch arrays below):
+// matmul tiles, the norm vector and the embedding row are staged into it
+// from the chip's SRAM image (Wimg) and every weight is read from there.
+// A: the activation arena (one region per stage and activation), KV: the
+// KV-cache arena (one region per chip's KV block), R: results.
+// The arithmetic of each op is that of the per-op kernels SRAM mode ran
+// before (sram_matmul, the embedding gather, rmsnorm, rope, attention
+// PARTIAL, silu_mul, the link copy, argmax, topk), so tokens and logits
+// match VRAM mode.
+// Defines: W_WORDS, HD (head_dim), HD4 = ceil(HD / 4), E_<encoding> for each
+// weight encoding the model uses.
+
+@group(0) @binding(0) var<storage, read> T: array<u32>;         // header, tasks, deps
+@group(0) @binding(1) var<storage, read> Run: array<u32>;       // micro-batch records, token ids
+@group(0) @binding(2) var<storage, read> Wimg: array<u32>;      // the chips' SRAM images, RoPE table
+@group(0) @binding(3) var<storage, read_write> A: array<f32>;   // activations
+@group(0) @binding(4) var<storage, read_write> KV: array<f32>;  // KV cache, per chip block
+@group(0) @binding(5) var<storage, read_write> C: array<atomic<u32>>; // [0] stall flag, [1] progress, nodes
+@group(0) @binding(6) var<storage, read_write> R: array<u32>;   // token ids / logits out
+
+var<workgroup> W: array<u32, {{W_WORDS}}>;
+var<workgroup> sc: array<f32, 256>;
+var<workgroup> red: array<f32, 64>;
+var<workgroup> redi: array<u32, 128>;
+var<workgroup> vpart: array<vec4<f32>, 64>;
+var<workgroup> qs: array<vec4<f32>, {{HD4}}>;
+
+const WG: u32 = 64u;
+const HD: u32 = {{HD}}u;
+const HD4: u32 = {{HD4}}u;
+const CHUNK: u32 = 256u;
+const NA: u32 = (HD + WG - 1u) / WG;
+const G: u32 = WG / HD4;
+// Mirrors kernels::sram_step.
+const HDR: u32 = 16u;
+const REC: u32 = 20u;
+
+const OP_NOP: u32 = 0u;
+const OP_EMBED: u32 = 1u;
+const OP_NORM: u32 = 2u;
+const OP_MAT: u32 = 3u;
+const OP_ROPE_Q: u32 = 4u;
+const OP_KV_WRITE: u32 = 5u;
+const OP_ATTN: u32 = 6u;
+const OP_SILU: u32 = 7u;
+const OP_LINK: u32 = 8u;
+const OP_ARGMAX: u32 = 9u;
+const OP_TOPK: u32 = 10u;
+const OP_COPY_OUT: u32 = 11u;
+
+// The task's record and its micro-batch.
+struct Task {
+    op: u32,
+    mb: u32,
+    node: u32,
+    sub: u32,
+    base: u32, // first parameter word in T
+    n_tok: u32,
+    pos0: u32,
+    out_row0: u32,
+    n_out: u32,
+    seq: u32,
+    ids0: u32,
+}
+
+fn prm(t: Task, i: u32) -> u32 {
+    return T[t.base + i];
+}
+
+// Chunk c4 of the activation row starting at element xb (zero past k).
+fn xload(xb: u32, c4: u32, k: u32) -> vec4<f32> {
+    let i = xb + 4u * c4;
+    let r = k - 4u * c4;
+    return vec4<f32>(A[i], select(0.0, A[i + 1u], r > 1u), select(0.0, A[i + 2u], r > 2u), select(0.0, A[i + 3u], r > 3u));
+}
+
+#ifdef E_F32
+#include wdecode,sram_dot as _f32 with W_F32 KTAIL
+#endif
+#ifdef E_F16
+#include wdecode,sram_dot as _f16 with W_F16 KTAIL
+#endif
+#ifdef E_BF16
+#include wdecode,sram_dot as _bf16 with W_BF16 KTAIL
+#endif
+#ifdef E_Q8_0
+#include wdecode,sram_dot as _q8_0 with W_Q8_0
+#endif
+#ifdef E_Q4_0
+#include wdecode,sram_dot as _q4_0 with W_Q4_0
+#endif
+#ifdef E_Q4_1
+#include wdecode,sram_dot as _q4_1 with W_Q4_1
+#endif
+#ifdef E_Q5_0
+#include wdecode,sram_dot as _q5_0 with W_Q5_0
+#endif
+#ifdef E_Q5_1
+#include wdecode,sram_dot as _q5_1 with W_Q5_1
+#endif
+#ifdef E_Q2_K
+#include wdecode,sram_dot as _q2_k with W_Q2_K
+#endif
+#ifdef E_Q3_K
+#include wdecode,sram_dot as _q3_k with W_Q3_K
+#endif
+#ifdef E_Q4_K
+#include wdecode,sram_dot as _q4_k with W_Q4_K
+#endif
+#ifdef E_Q5_K
+#include wdecode,sram_dot as _q5_k with W_Q5_K
+#endif
+#ifdef E_Q6_K
+#include wdecode,sram_dot as _q6_k with W_Q6_K
+#endif
+
+// Encodings are numbered as model::DType::ALL.
+fn row_dot_any(enc: u32, rb: u32, xb: u32, k: u32) -> f32 {
+    switch enc {
+#ifdef E_F32
+        case 0u: { return row_dot_f32(rb, xb, k); }
+#endif
+#ifdef E_F16
+        case 1u: { return row_dot_f16(rb, xb, k); }
+#endif
+#ifdef E_BF16
+        case 2u: { return row_dot_bf16(rb, xb, k); }
+#endif
+#ifdef E_Q8_0
+        case 3u: { return row_dot_q8_0(rb, xb, k); }
+#endif
+#ifdef E_Q4_0
+        case 4u: { return row_dot_q4_0(rb, xb, k); }
+#endif
+#ifdef E_Q4_1
+        case 5u: { return row_dot_q4_1(rb, xb, k); }
+#endif
+#ifdef E_Q5_0
+        case 6u: { return row_dot_q5_0(rb, xb, k); }
+#endif
+#ifdef E_Q5_1
+        case 7u: { return row_dot_q5_1(rb, xb, k); }
+#endif
+#ifdef E_Q2_K
+        case 8u: { return row_dot_q2_k(rb, xb, k); }
+#endif
+#ifdef E_Q3_K
+        case 9u: { return row_dot_q3_k(rb, xb, k); }
+#endif
+#ifdef E_Q4_K
+        case 10u: { return row_dot_q4_k(rb, xb, k); }
+#endif
+#ifdef E_Q5_K
+        case 11u: { return row_dot_q5_k(rb, xb, k); }
+#endif
+#ifdef E_Q6_K
+        case 12u: { return row_dot_q6_k(rb, xb, k); }
+#endif
+        default: { return 0.0; }
+    }
+}
+
+fn chunk_any(enc: u32, rb: u32, c4: u32, len: u32) -> vec4<f32> {
+    switch enc {
+#ifdef E_F32
+        case 0u: { return chunk_f32(rb, c4, len); }
+#endif
+#ifdef E_F16
+        case 1u: { return chunk_f16(rb, c4, len); }
+#endif
+#ifdef E_BF16
+        case 2u: { return chunk_bf16(rb, c4, len); }
+#endif
+#ifdef E_Q8_0
+        case 3u: { return chunk_q8_0(rb, c4, len); }
+#endif
+#ifdef E_Q4_0
+        case 4u: { return chunk_q4_0(rb, c4, len); }
+#endif
+#ifdef E_Q4_1
+        case 5u: { return chunk_q4_1(rb, c4, len); }
+#endif
+#ifdef E_Q5_0
+        case 6u: { return chunk_q5_0(rb, c4, len); }
+#endif
+#ifdef E_Q5_1
+        case 7u: { return chunk_q5_1(rb, c4, len); }
+#endif
+#ifdef E_Q2_K
+        case 8u: { return chunk_q2_k(rb, c4, len); }
+#endif
+#ifdef E_Q3_K
+        case 9u: { return chunk_q3_k(rb, c4, len); }
+#endif
+#ifdef E_Q4_K
+        case 10u: { return chunk_q4_k(rb, c4, len); }
+#endif
+#ifdef E_Q5_K
+        case 11u: { return chunk_q5_k(rb, c4, len); }
+#endif
+#ifdef E_Q6_K
+        case 12u: { return chunk_q6_k(rb, c4, len); }
+#endif
+        default: { return vec4<f32>(0.0); }
+    }
+}
+
+// Copies the bytes [byte0, byte0 + len) of the chip's image into the slice
+// (whole words; the first byte lands at byte0 & 3).
+fn stage(byte0: u32, len: u32, lid: u32) {
+    let word0 = byte0 >> 2u;
+    let n_words = min(((byte0 + len + 3u) >> 2u) - word0, {{W_WORDS}}u);
+    for (var i = lid; i < n_words; i += WG) {
+        W[i] = Wimg[word0 + i];
+    }
+    workgroupBarrier();
+}
+
+// Embedding rows [r0, r1) of one chip: a token whose id is
+// there gets its row, staged into the slice and decoded from there.
+// p: enc, block byte, row_bytes, r0, r1, first, x_off, dim
+fn op_embed(t: Task, lid: u32) {
+    let enc = prm(t, 0u);
+    let blk = prm(t, 1u);
+    let row_bytes = prm(t, 2u);
+    let r0 = prm(t, 3u);
+    let r1 = prm(t, 4u);
+    let first = prm(t, 5u);
+    let x_off = prm(t, 6u);
+    let dim = prm(t, 7u);
+    let ids_base = T[2];
+    for (var tt = 0u; tt < t.n_tok; tt++) {
+        let id = Run[ids_base + t.ids0 + tt];
+        let xb = x_off + tt * dim;
+        if (id >= r0 && id < r1) {
+            let byte0 = blk + (id - r0) * row_bytes;
+            stage(byte0, row_bytes, lid);
+            let shift = byte0 & 3u;
+            for (var c4 = lid; c4 * 4u < dim; c4 += WG) {
+                let v = chunk_any(enc, shift, c4, dim);
+                let n = min(4u, dim - c4 * 4u);
+                for (var j = 0u; j < n; j++) {
+                    A[xb + c4 * 4u + j] = v[j];
+                }
+            }
+            workgroupBarrier(); // the slice is restaged for the next token
+        } else if (first == 1u) {
+            for (var i = lid; i < dim; i += WG) {
+                A[xb + i] = 0.0;
+            }
+        }
+    }
+}
+
+// RMSNorm (rmsnorm.wgsl, STAGE_WEIGHT): the norm vector staged into the slice.
+// p: w byte, dim, x_off, y_off
+fn op_norm(t: Task, lid: u32) {
+    let dim = prm(t, 1u);
+    let x_off = prm(t, 2u);
+    let y_off = prm(t, 3u);
+    let eps = bitcast<f32>(T[6]);
+    stage(prm(t, 0u), dim * 4u, lid);
+    for (var tt = 0u; tt < t.n_tok; tt++) {
+        let base = tt * dim;
+        var ss = 0.0;
+        for (var i = lid; i < dim; i += WG) {
+            let v = A[x_off + base + i];
+            ss = fma(v, v, ss);
+        }
+        red[lid] = ss;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                red[lid] += red[lid + s];
+            }
+            workgroupBarrier();
+        }
+        let inv = inverseSqrt(red[0] / f32(dim) + eps);
+        for (var i = lid; i < dim; i += WG) {
+            A[y_off + base + i] = bitcast<f32>(W[i]) * (A[x_off + base + i] * inv);
+        }
+        workgroupBarrier(); // red is rewritten for the next token
+    }
+}
+
+// One row tile of a matmul (sram_matmul): Y[t, r] (+)= X[t] · W[r] for the
+// tile's rows, weights from the slice only.
+// p: enc, block byte, block row0, block row_end, rows per tile, row_bytes,
+//    k, n (Y stride), x_off, y_off, flags (1 accumulate, 2 logit rows)
+fn op_mat(t: Task, lid: u32) {
+    let enc = prm(t, 0u);
+    let blk = prm(t, 1u);
+    let b_r0 = prm(t, 2u);
+    let b_r1 = prm(t, 3u);
+    let rpt = prm(t, 4u);
+    let row_bytes = prm(t, 5u);
+    let k = prm(t, 6u);
+    let n = prm(t, 7u);
+    let x_off = prm(t, 8u);
+    let y_off = prm(t, 9u);
+    let flags = prm(t, 10u);
+    let r0 = b_r0 + t.sub * rpt;
+    let rows = min(rpt, b_r1 - r0);
+    let byte0 = blk + (r0 - b_r0) * row_bytes;
+    stage(byte0, rows * row_bytes, lid);
+    let shift = byte0 & 3u;
+    var n_tok = t.n_tok;
+    var x_row0 = 0u;
+    if ((flags & 2u) != 0u) {
+        n_tok = t.n_out;
+        x_row0 = t.out_row0;
+    }
+    let items = rows * n_tok;
+    for (var it = lid; it < items; it += WG) {
+        let r = it % rows;
+        let tt = it / rows;
+        let acc = row_dot_any(enc, shift + r * row_bytes, x_off + (x_row0 + tt) * k, k);
+        let o = y_off + tt * n + r0 + r;
+        if ((flags & 1u) != 0u) {
+            A[o] = A[o] + acc;
+        } else {
+            A[o] = acc;
+        }
+    }
+}
+
+// RoPE's (cos, sin) for position pos, pair i.
+fn cos_sin(pos: u32, i: u32) -> vec2<f32> {
+    let w = T[3] + 2u * (pos * (HD / 2u) + i);
+    return vec2<f32>(bitcast<f32>(Wimg[w]), bitcast<f32>(Wimg[w + 1u]));
+}
+
+// The pair (i0, i1) of rotation i (rope.wgsl's layouts).
+fn pair(i: u32) -> vec2<u32> {
+    if (T[8] == 0u) {
+        return vec2<u32>(i, i + HD / 2u);
+    }
+    return vec2<u32>(2u * i, 2u * i + 1u);
+}
+
+// RoPE on q in place (rope.wgsl, do_q). p: q_off
+fn op_rope_q(t: Task, lid: u32) {
+    let q_off = prm(t, 0u);
+    let nh = T[4];
+    let half = HD / 2u;
+    for (var tt = 0u; tt < t.n_tok; tt++) {
+        let pos = t.pos0 + tt;
+        for (var p = lid; p < nh * half; p += WG) {
+            let head = p / half;
+            let i = p % half;
+            let pr = pair(i);
+            let cs = cos_sin(pos, i);
+            let b = q_off + tt * nh * HD + head * HD;
+            let x0 = A[b + pr.x];
+            let x1 = A[b + pr.y];
+            A[b + pr.x] = x0 * cs.x - x1 * cs.y;
+            A[b + pr.y] = x1 * cs.x + x0 * cs.y;
+        }
+    }
+}
+
+// Element 0 of KV head h at position pos in a chip's KV block region:
+// [sequence][position - p0][head - h0][HD].
+fn kv_cell(region: u32, seq: u32, pos: u32, h: u32, p0: u32, p1: u32, h0: u32, h1: u32) -> u32 {
+    return region + ((seq * (p1 - p0) + pos - p0) * (h1 - h0) + h - h0) * HD;
+}
+
+// RoPE on k and the KV write of the step's positions in this chip's block
+// (rope.wgsl, do_kv). p: k_off, v_off, h0, h1, p0, p1, k region, v region
+fn op_kv_write(t: Task, lid: u32) {
+    let k_off = prm(t, 0u);
+    let v_off = prm(t, 1u);
+    let h0 = prm(t, 2u);
+    let h1 = prm(t, 3u);
+    let p0 = prm(t, 4u);
+    let p1 = prm(t, 5u);
+    let kr = prm(t, 6u);
+    let vr = prm(t, 7u);
+    let kv_dim = T[5] * HD;
+    let half = HD / 2u;
+    let nh = h1 - h0;
+    for (var tt = 0u; tt < t.n_tok; tt++) {
+        let pos = t.pos0 + tt;
+        if (pos < p0 || pos >= p1) {
+            continue;
+        }
+        for (var p = lid; p < nh * HD; p += WG) {
+            let h = h0 + p / HD;
+            let d = p % HD;
+            KV[kv_cell(vr, t.seq, pos, h, p0, p1, h0, h1) + d] = A[v_off + tt * kv_dim + h * HD + d];
+        }
+        for (var p = lid; p < nh * half; p += WG) {
+            let h = h0 + p / half;
+            let i = p % half;
+            let pr = pair(i);
+            let cs = cos_sin(pos, i);
+            let b = k_off + tt * kv_dim + h * HD;
+            let x0 = A[b + pr.x];
+            let x1 = A[b + pr.y];
+            let c = kv_cell(kr, t.seq, pos, h, p0, p1, h0, h1);
+            KV[c + pr.x] = x0 * cs.x - x1 * cs.y;
+            KV[c + pr.y] = x1 * cs.x + x0 * cs.y;
+        }
+    }
+}
+
+// Chunk i of HD floats at flat index b of A / KV (zero past HD).
+fn a4(b: u32, i: u32) -> vec4<f32> {
+    let e = b + 4u * i;
+    let r = HD - 4u * i;
+    return vec4<f32>(A[e], select(0.0, A[e + 1u], r > 1u), select(0.0, A[e + 2u], r > 2u), select(0.0, A[e + 3u], r > 3u));
+}
+fn kv4(b: u32, i: u32) -> vec4<f32> {
+    let e = b + 4u * i;
+    let r = HD - 4u * i;
+    return vec4<f32>(KV[e], select(0.0, KV[e + 1u], r > 1u), select(0.0, KV[e + 2u], r > 2u), select(0.0, KV[e + 3u], r > 3u));
+}
+
+fn reduce_max(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] = max(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_sum(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Query head t.sub folded over this chip's KV block into the running softmax
+// state (attention.wgsl PARTIAL, same arithmetic), or normalised into Att by
+// the last block. p: q_off, att_off, st_off, h0, h1, p0, p1, k region,
+// v region, init, finalize
+fn op_attn(t: Task, lid: u32) {
+    let q_off = prm(t, 0u);
+    let att_off = prm(t, 1u);
+    let st_off = prm(t, 2u);
+    let h0 = prm(t, 3u);
+    let h1 = prm(t, 4u);
+    let p0 = prm(t, 5u);
+    let p1 = prm(t, 6u);
+    let kr = prm(t, 7u);
+    let vr = prm(t, 8u);
+    let init = prm(t, 9u);
+    let fin = prm(t, 10u);
+    let n_heads = T[4];
+    let scale = bitcast<f32>(T[7]);
+    let h = t.sub;
+    let kvh = h / (n_heads / T[5]);
+    let pstride = (h1 - h0) * HD;
+    for (var tt = 0u; tt < t.n_tok; tt++) {
+        let pos = t.pos0 + tt;
+        let qb = q_off + tt * n_heads * HD + h * HD;
+        for (var i = lid; i < HD4; i += WG) {
+            qs[i] = a4(qb, i);
+        }
+        workgroupBarrier();
+        let s_begin = p0;
+        var s_end = min(p1, pos + 1u);
+        if (kvh < h0 || kvh >= h1 || s_end < s_begin) {
+            s_end = s_begin;
+        }
+        var m_run = -3.0e38;
+        var l_run = 0.0;
+        var acc = vec4<f32>(0.0);
+        for (var c0 = s_begin; c0 < s_end; c0 += CHUNK) {
+            let n = min(CHUNK, s_end - c0);
+            var local_max = -3.0e38;
+            for (var j = lid; j < n; j += WG) {
+                let kb = kv_cell(kr, t.seq, c0 + j, kvh, p0, p1, h0, h1);
+                var d = 0.0;
+                for (var i = 0u; i < HD4; i++) {
+                    d += dot(qs[i], kv4(kb, i));
+                }
+                let score = d * scale;
+                sc[j] = score;
+                local_max = max(local_max, score);
+            }
+            let m_new = max(m_run, reduce_max(local_max, lid));
+            let corr = exp(m_run - m_new);
+            var local_sum = 0.0;
+            for (var j = lid; j < n; j += WG) {
+                let p = exp(sc[j] - m_new);
+                sc[j] = p;
+                local_sum += p;
+            }
+            let chunk_sum = reduce_sum(local_sum, lid);
+            l_run = l_run * corr + chunk_sum;
+            let lane = lid % HD4;
+            let grp = lid / HD4;
+            var av = vec4<f32>(0.0);
+            if (grp < G) {
+                let vb = kv_cell(vr, t.seq, c0, kvh, p0, p1, h0, h1);
+                for (var j = grp; j < n; j += G) {
+                    av = fma(vec4<f32>(sc[j]), kv4(vb + j * pstride, lane), av);
+                }
+            }
+            vpart[lid] = av;
+            workgroupBarrier();
+            var a = vec4<f32>(0.0);
+            for (var g = 0u; g < G; g++) {
+                for (var k = 0u; k < NA; k++) {
+                    let d = lid + k * WG;
+                    if (d < HD) {
+                        a[k] += vpart[g * HD4 + d / 4u][d % 4u];
+                    }
+                }
+            }
+            acc = acc * corr + a;
+            m_run = m_new;
+            workgroupBarrier();
+        }
+        let ob = att_off + tt * n_heads * HD + h * HD;
+        let sb = st_off + (tt * n_heads + h) * (2u + HD);
+        var m0 = -3.0e38;
+        var l0 = 0.0;
+        if (init == 0u) {
+            m0 = A[sb];
+            l0 = A[sb + 1u];
+        }
+        workgroupBarrier();
+        let m_new = max(m0, m_run);
+        var a = 0.0;
+        if (l0 > 0.0) {
+            a = exp(m0 - m_new);
+        }
+        var b = 0.0;
+        if (l_run > 0.0) {
+            b = exp(m_run - m_new);
+        }
+        let l_new = l0 * a + l_run * b;
+        for (var k = 0u; k < NA; k++) {
+            let d = lid + k * WG;
+            if (d < HD) {
+                let mine = acc[k];
+                var prev = 0.0;
+                if (init == 0u) {
+                    prev = A[sb + 2u + d];
+                }
+                let merged = prev * a + mine * b;
+                if (fin == 1u) {
+                    A[ob + d] = merged / l_new;
+                } else {
+                    A[sb + 2u + d] = merged;
+                }
+            }
+        }
+        if (lid == 0u && fin == 0u) {
+            A[sb] = m_new;
+            A[sb + 1u] = l_new;
+        }
+        workgroupBarrier(); // qs and the state are reused for the next token
+    }
+}
+
+// SwiGLU gate (silu_mul.wgsl). p: g_off, u_off, h_off, dim
+fn op_silu(t: Task, lid: u32) {
+    let g_off = prm(t, 0u);
+    let u_off = prm(t, 1u);
+    let h_off = prm(t, 2u);
+    let dim = prm(t, 3u);
+    for (var i = lid; i < t.n_tok * dim; i += WG) {
+        let g = A[g_off + i];
+        A[h_off + i] = g / (1.0 + exp(-g)) * A[u_off + i];
+    }
+}
+
+// A link transfer of one carried activation: the first
+// cols columns of the step's rows, from the sending stage's region into the
+// receiving stage's. p: src_off, src stride, dst_off, dst stride, cols, logit rows
+fn op_link(t: Task, lid: u32) {
+    let src = prm(t, 0u);
+    let ss = prm(t, 1u);
+    let dst = prm(t, 2u);
+    let ds = prm(t, 3u);
+    let cols = prm(t, 4u);
+    var rows = t.n_tok;
+    if (prm(t, 5u) == 1u) {
+        rows = t.n_out;
+    }
+    for (var i = lid; i < rows * cols; i += WG) {
+        let r = i / cols;
+        let c = i % cols;
+        A[dst + r * ds + c] = A[src + r * ss + c];
+    }
+}
+
+// 1 when v is NaN or ±Inf, by bits (argmax.wgsl).
+fn non_finite(v: f32) -> u32 {
+    return select(0u, 1u, (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u);
+}
+
+fn key(v: f32) -> f32 {
+    if (v != v) {
+        return -3.4e38;
+    }
+    return v;
+}
+
+// true if (v, i) ranks before (bv, bi) (topk.wgsl).
+fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
+    return bi == 0xffffffffu || v > bv || (v == bv && i < bi);
+}
+
+// Greedy pick over the last logit row (argmax.wgsl; 64 threads: the same
+// first-index-of-the-maximum). p: logits_off, vocab, out word
+fn op_argmax(t: Task, lid: u32) {
+    let vocab = prm(t, 1u);
+    let o = prm(t, 2u);
+    let base = prm(t, 0u) + (t.n_out - 1u) * vocab;
+    var bv = -3.4e38;
+    var bi = 0xffffffffu;
+    var nf = 0u;
+    for (var i = lid; i < vocab; i += WG) {
+        let raw = A[base + i];
+        nf |= non_finite(raw);
+        let v = key(raw);
+        if (v > bv || bi == 0xffffffffu) {
+            bv = v;
+            bi = i;
+        }
+    }
+    sc[lid] = bv;
+    redi[lid] = bi;
+    redi[64u + lid] = nf;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            redi[64u + lid] |= redi[64u + lid + s];
+            let ov = sc[lid + s];
+            let oi = redi[lid + s];
+            let mv = sc[lid];
+            let mi = redi[lid];
+            if (oi != 0xffffffffu && (mi == 0xffffffffu || ov > mv || (ov == mv && oi < mi))) {
+                sc[lid] = ov;
+                redi[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        if (redi[64] != 0u) {
+            R[o] = 0xffffffffu;
+            R[o + 1u] = 0x7fc00000u;
+        } else {
+            R[o] = redi[0];
+            R[o + 1u] = bitcast<u32>(sc[0]);
+        }
+    }
+}
+
+// The k largest logits of the last row, best first (topk.wgsl).
+// p: logits_off, vocab, k
+fn op_topk(t: Task, lid: u32) {
+    let vocab = prm(t, 1u);
+    let kk = prm(t, 2u);
+    let base = prm(t, 0u) + (t.n_out - 1u) * vocab;
+    var nf = 0u;
+    for (var i = lid; i < vocab; i += WG) {
+        nf |= non_finite(A[base + i]);
+    }
+    redi[64u + lid] = nf;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            redi[64u + lid] |= redi[64u + lid + s];
+        }
+        workgroupBarrier();
+    }
+    let any_bad = redi[64];
+    var prev_v = 3.4e38;
+    var prev_i = 0xffffffffu;
+    for (var r = 0u; r < kk; r++) {
+        var bv = -3.4e38;
+        var bi = 0xffffffffu;
+        for (var i = lid; i < vocab; i += WG) {
+            let v = key(A[base + i]);
+            let after = prev_i == 0xffffffffu || v < prev_v || (v == prev_v && i > prev_i);
+            if (after && better(v, i, bv, bi)) {
+                bv = v;
+                bi = i;
+            }
+        }
+        sc[lid] = bv;
+        redi[lid] = bi;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                let ov = sc[lid + s];
+                let oi = redi[lid + s];
+                if (oi != 0xffffffffu && better(ov, oi, sc[lid], redi[lid])) {
+                    sc[lid] = ov;
+                    redi[lid] = oi;
+                }
+            }
+            workgroupBarrier();
+        }
+        prev_v = sc[0];
+        prev_i = redi[0];
+        if (lid == 0u) {
+            R[2u * r] = prev_i;
+            R[2u * r + 1u] = bitcast<u32>(prev_v);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u && any_bad != 0u) {
+        R[0] = 0xffffffffu;
+        R[1] = 0x7fc00000u;
+    }
+}
+
+// Every logit row of the micro-batch into R at its first token's row.
+// p: logits_off, vocab
+fn op_copy_out(t: Task, lid: u32) {
+    let src = prm(t, 0u);
+    let vocab = prm(t, 1u);
+    let dst = t.ids0 * vocab;
+    for (var i = lid; i < t.n_out * vocab; i += WG) {
+        R[dst + i] = bitcast<u32>(A[src + i]);
+    }
+}
+
+// Thread 0 waits until every counter this task depends on has reached its
+// target (all lower workgroups). No task may wait forever: when no task of
+// the dispatch has finished (C[1], the progress count) for T[1] polls, or
+// another task has stalled, it raises the flag C[0] and goes on. (Progress
+// and the flag are looked at every 256 polls.)
+fn wait_deps(dep_off: u32, dep_n: u32, lid: u32) {
+    if (lid == 0u) {
+        var polls = 0u;
+        var seen = atomicLoad(&C[1]);
+        let limit = T[1];
+        for (var d = 0u; d < dep_n; d++) {
+            let c = T[dep_off + 2u * d];
+            let want = T[dep_off + 2u * d + 1u];
+            loop {
+                if (atomicLoad(&C[c]) >= want) {
+                    break;
+                }
+                polls++;
+                if ((polls & 255u) == 0u) {
+                    let now = atomicLoad(&C[1]);
+                    if (now != seen) {
+                        seen = now;
+                        polls = 0u;
+                    }
+                    if (polls >= limit || atomicLoad(&C[0]) != 0u) {
+                        atomicMax(&C[0], 1u);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // A control barrier: every thread waits for thread 0 (and sees storage).
+    storageBarrier();
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ti = wid.y * nwg.x + wid.x;
+    if (ti >= T[0]) {
+        return;
+    }
+    let r = HDR + ti * REC;
+    let mb = T[r + 1u];
+    let m = 8u * mb;
+    let t = Task(T[r], mb, T[r + 2u], T[r + 5u], r + 6u, Run[m], Run[m + 1u], Run[m + 2u], Run[m + 3u], Run[m + 5u], Run[m + 6u]);
+    wait_deps(T[r + 3u], T[r + 4u], lid);
+    switch t.op {
+        case OP_EMBED: { op_embed(t, lid); }
+        case OP_NORM: { op_norm(t, lid); }
+        case OP_MAT: { op_mat(t, lid); }
+        case OP_ROPE_Q: { op_rope_q(t, lid); }
+        case OP_KV_WRITE: { op_kv_write(t, lid); }
+        case OP_ATTN: { op_attn(t, lid); }
+        case OP_SILU: { op_silu(t, lid); }
+        case OP_LINK: { op_link(t, lid); }
+        case OP_ARGMAX: { op_argmax(t, lid); }
+        case OP_TOPK: { op_topk(t, lid); }
+        case OP_COPY_OUT: { op_copy_out(t, lid); }
+        default: {}
+    }
+    // Publish this task's writes (a control barrier), then count it done.
+    storageBarrier();
+    if (lid == 0u) {
+        atomicAdd(&C[t.node], 1u);
+        atomicAdd(&C[1], 1u);
+    }
+}

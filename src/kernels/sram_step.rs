@@ -1,0 +1,227 @@
+//! The SRAM-step interpreter (`shaders/sram_step.wgsl`): one dispatch runs a
+//! whole set of pipeline steps; each workgroup is one task (a slice-sized
+//! piece of one work item of one stage) read from a task table. This module
+//! holds the table format (mirrored by the WGSL constants), the variant (the
+//! slice minus the interpreter's scratch becomes the weight tile) and the
+//! pipeline; `exec::sram::schedule` builds the tables.
+
+use crate::gpu::{Gpu, GpuError, Shader, ShaderVariant};
+use crate::model::DType;
+use std::sync::Arc;
+
+/// Header words of a task table.
+pub const HDR: usize = 16;
+/// Words of one task record: op, micro-batch, counter, dep offset, dep
+/// count, sub-index, then [`PARAMS`] op parameters.
+pub const REC: usize = 20;
+pub const PARAMS: usize = REC - 6;
+/// Words of one micro-batch record in the run buffer: n_tokens, pos0,
+/// out_row0, n_out_rows, kv_base, sequence, first token id index, 0.
+pub const MB_WORDS: usize = 8;
+/// Threads per task.
+pub const WG: usize = 64;
+/// Polls a waiting task may spend while no task of the dispatch finishes
+/// before the step is declared stalled (a scheduling bug; never a hang).
+pub const SPIN_LIMIT: u32 = 1 << 30;
+/// Counter of the first node (0: the stall flag, 1: tasks finished).
+pub const FIRST_NODE: usize = 2;
+
+/// Header word indices.
+pub mod hdr {
+    pub const N_TASKS: usize = 0;
+    pub const SPIN_LIMIT: usize = 1;
+    pub const IDS_BASE: usize = 2;
+    pub const ROPE_OFF: usize = 3;
+    pub const N_HEADS: usize = 4;
+    pub const N_KV_HEADS: usize = 5;
+    pub const EPS: usize = 6;
+    pub const SCALE: usize = 7;
+    pub const PAIR_LAYOUT: usize = 8;
+}
+
+/// Task kinds (`OP_*` in the WGSL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Op {
+    Nop = 0,
+    Embed = 1,
+    Norm = 2,
+    Mat = 3,
+    RopeQ = 4,
+    KvWrite = 5,
+    Attn = 6,
+    Silu = 7,
+    Link = 8,
+    Argmax = 9,
+    Topk = 10,
+    CopyOut = 11,
+}
+
+/// Bytes of `var<workgroup>` the interpreter uses besides the weight tile
+/// (scores, reductions, a head's q), for head dimension `head_dim`.
+pub fn scratch_bytes(head_dim: usize) -> usize {
+    256 * 4 + 64 * 4 + 128 * 4 + 64 * 16 + head_dim.div_ceil(4) * 16
+}
+
+/// Bytes of weight tile the slice leaves after the scratch (0 if none).
+pub fn tile_bytes(slice_bytes: usize, head_dim: usize) -> usize {
+    (slice_bytes / 4).saturating_sub(scratch_bytes(head_dim) / 4) * 4
+}
+
+/// The run-time code of a weight encoding (its index in [`DType::ALL`]).
+pub fn encoding(dt: DType) -> u32 {
+    DType::ALL.iter().position(|&d| d == dt).unwrap_or(0) as u32
+}
+
+/// The smallest weight tile the interpreter is built with (bytes).
+const MIN_TILE: usize = 16;
+
+/// The interpreter for a slice of `slice_bytes`, heads of `head_dim` and
+/// weights in `encodings`. Errors (naming both sizes) when the scratch
+/// leaves no tile.
+pub fn variant(
+    slice_bytes: usize,
+    head_dim: usize,
+    encodings: &[DType],
+) -> Result<ShaderVariant, String> {
+    let v = variant_sized(slice_bytes, head_dim, encodings);
+    let bytes = crate::gpu::shader::workgroup_bytes(&Shader::SramStep.source(&v), &v)?;
+    if bytes as usize > slice_bytes || head_dim > 256 {
+        return Err(format!(
+            "SRAM kernel `sram_step` needs {bytes} bytes of workgroup memory, more than the chip's {slice_bytes}-byte slice"
+        ));
+    }
+    Ok(v)
+}
+
+/// [`variant`] without the check: the tile is what the slice leaves after
+/// the scratch, at least 16 bytes (so naga can measure what a too-small
+/// slice would need).
+pub fn variant_sized(slice_bytes: usize, head_dim: usize, encodings: &[DType]) -> ShaderVariant {
+    let tile = tile_bytes(slice_bytes, head_dim).max(MIN_TILE);
+    let mut v = ShaderVariant::new("main")
+        .define(format!("W_WORDS={}", tile / 4))
+        .define(format!("HD={head_dim}"))
+        .define(format!("HD4={}", head_dim.div_ceil(4)));
+    let mut seen: Vec<DType> = Vec::new();
+    for &d in encodings {
+        if !seen.contains(&d) {
+            seen.push(d);
+            v = v.define(format!("E_{d}"));
+        }
+    }
+    v
+}
+
+/// Whole rows of `row_bytes` that fit a tile of `tile_bytes` (a tile that
+/// starts inside a word, as Q8_0/Q4_0 rows can, needs one spare word).
+pub fn rows_per_tile(row_bytes: usize, tile_bytes: usize) -> usize {
+    crate::kernels::sram_matmul::rows_per_tile(row_bytes, tile_bytes)
+}
+
+/// The interpreter's pipeline.
+pub fn pipeline(gpu: &Gpu, v: &ShaderVariant) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+    gpu.pipeline(Shader::SramStep, v)
+}
+
+/// The grid for `n` tasks: x-major rows of at most 65535 workgroups
+/// (task index = y · x_size + x).
+pub fn grid(n: usize) -> [u32; 3] {
+    let x = n.clamp(1, 65535);
+    [x as u32, n.div_ceil(x).max(1) as u32, 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    fn every_encoding_compiles_into_one_interpreter() {
+        let v = variant(16384, 64, &DType::ALL).unwrap();
+        let src = Shader::SramStep.source(&v);
+        crate::gpu::shader::validate(&src).unwrap();
+        let bytes = crate::gpu::shader::workgroup_bytes(&src, &v).unwrap();
+        assert!(bytes <= 16384, "{bytes}");
+        // Odd head sizes too.
+        for hd in [6, 8, 18, 256] {
+            let v = variant(16384, hd, &[DType::F32]).unwrap();
+            crate::gpu::shader::validate(&Shader::SramStep.source(&v)).unwrap();
+        }
+        let e = variant(2048, 64, &[DType::F32]).unwrap_err();
+        assert!(e.contains("2048-byte slice"), "{e}");
+    }
+
+    /// Runs a table of `n` NOP tasks, task i counting node i, with `deps[i]`
+    /// = (node, target) pairs; returns the counters (C[0] = stall flag,
+    /// C[1] = tasks finished, then the nodes).
+    fn run_nops(deps: &[Vec<(u32, u32)>], limit: u32) -> Option<Vec<u32>> {
+        let gpu = gpu()?;
+        let n = deps.len();
+        let mut t = vec![0u32; HDR + n * REC];
+        t[hdr::N_TASKS] = n as u32;
+        t[hdr::SPIN_LIMIT] = limit;
+        t[hdr::N_HEADS] = 1;
+        t[hdr::N_KV_HEADS] = 1;
+        for (i, d) in deps.iter().enumerate() {
+            let r = HDR + i * REC;
+            t[r] = Op::Nop as u32;
+            t[r + 2] = (FIRST_NODE + i) as u32;
+            t[r + 3] = t.len() as u32;
+            t[r + 4] = d.len() as u32;
+            for &(c, v) in d {
+                t.push(FIRST_NODE as u32 + c);
+                t.push(v);
+            }
+        }
+        let v = variant(16384, 8, &[DType::F32]).unwrap();
+        let pipe = pipeline(&gpu, &v).unwrap();
+        let tb = gpu.upload("t", bytemuck::cast_slice(&t)).unwrap();
+        let runb = gpu.upload("run", &[0u8; 64]).unwrap();
+        let img = gpu.upload("img", &[0u8; 64]).unwrap();
+        let a = gpu.storage_buffer("a", 64).unwrap();
+        let kv = gpu.storage_buffer("kv", 64).unwrap();
+        let c = gpu.storage_buffer("c", (4 * (n + 2)) as u64).unwrap();
+        let r = gpu.storage_buffer("r", 64).unwrap();
+        let op = crate::kernels::KernelOp::new(
+            &gpu,
+            "nops",
+            crate::kernels::KernelClass::Link,
+            pipe,
+            &[&tb, &runb, &img, &a, &kv, &c, &r],
+            move |_| grid(n),
+        );
+        let step = gpu.uniform("step", &crate::kernels::Step::default());
+        run(&gpu, &step, crate::kernels::Step::default(), &[&op]);
+        let bytes = gpu
+            .read_storage(&c, (4 * (n + 2)) as u64)
+            .expect("readback");
+        Some(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    #[test]
+    fn tasks_wait_for_lower_ones_and_a_stall_raises_the_flag() {
+        // A chain: each task waits for the one before it.
+        let chain: Vec<Vec<(u32, u32)>> = (0..40)
+            .map(|i| {
+                if i == 0 {
+                    vec![]
+                } else {
+                    vec![(i as u32 - 1, 1)]
+                }
+            })
+            .collect();
+        let Some(c) = run_nops(&chain, SPIN_LIMIT) else {
+            return;
+        };
+        assert_eq!(c[0], 0, "no stall");
+        assert_eq!(c[1], 40);
+        assert!(c[2..].iter().all(|&x| x == 1), "{c:?}");
+        // A task waiting for a count its node never reaches: flagged, and
+        // the dispatch still ends (small spin limit).
+        let bad = vec![vec![], vec![(0, 2)], vec![(1, 1)]];
+        let c = run_nops(&bad, 1 << 12).unwrap();
+        assert_ne!(c[0], 0, "stall flagged: {c:?}");
+        assert_eq!(&c[1..], &[3, 1, 1, 1]);
+    }
+}
