@@ -24,8 +24,17 @@
 @group(0) @binding(0) var<storage, read> T: array<u32>;         // header, tasks, deps
 @group(0) @binding(1) var<storage, read> Run: array<u32>;       // micro-batch records, token ids
 @group(0) @binding(2) var<storage, read> Wimg: array<u32>;      // the chips' SRAM images, RoPE table
+// Activations and KV cells written by one workgroup are read by later ones of
+// the same dispatch: `@coherent` (COHERENT, where the device has the feature)
+// keeps a reader from seeing a stale cached copy on GPUs whose caches are not
+// coherent across compute units; CPU adapters run without it.
+#ifdef COHERENT
+@group(0) @binding(3) @coherent var<storage, read_write> A: array<f32>;
+@group(0) @binding(4) @coherent var<storage, read_write> KV: array<f32>;
+#else
 @group(0) @binding(3) var<storage, read_write> A: array<f32>;   // activations
 @group(0) @binding(4) var<storage, read_write> KV: array<f32>;  // KV cache, per chip block
+#endif
 @group(0) @binding(5) var<storage, read_write> C: array<atomic<u32>>; // [0] stall flag, [1] progress, nodes
 @group(0) @binding(6) var<storage, read_write> R: array<u32>;   // token ids / logits out
 

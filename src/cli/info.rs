@@ -72,12 +72,13 @@ pub(super) fn run(a: InfoArgs) -> Result<()> {
             s.max_storage_buffers_per_stage
         );
         println!(
-            "    features: shader-f16 {} | subgroups {} (size {}-{}) | timestamps {}",
+            "    features: shader-f16 {} | subgroups {} (size {}-{}) | timestamps {} | coherent storage {}",
             yes(s.shader_f16),
             yes(s.subgroups),
             s.subgroup_min_size,
             s.subgroup_max_size,
-            yes(s.timestamps)
+            yes(s.timestamps),
+            yes(s.coherent)
         );
     }
     if picked.is_some() {

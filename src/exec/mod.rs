@@ -15,8 +15,6 @@ pub enum ExecError {
     ContextFull { pos: usize, n: usize, ctx: usize },
     #[error("token id {id} is outside the vocabulary ({vocab})")]
     BadToken { id: u32, vocab: usize },
-    #[error("{0}")]
-    Invalid(String),
     #[error("a step needs at least one token")]
     EmptyStep,
     #[error("a batch needs at least one sequence")]
@@ -36,6 +34,10 @@ pub enum ExecError {
     /// A step the RoPE scaling cannot cover (`kernels::rope::check_step`).
     #[error("{0}")]
     Position(String),
+    #[error("SRAM pipeline step stalled: a task waited {polls} polls for work it depends on while no task finished (a scheduling bug); the results were discarded")]
+    Stalled { polls: u32 },
+    #[error("a batched decode read back no tokens")]
+    NoTokens,
     /// The model or plan cannot run in SRAM mode on this adapter.
     #[error(transparent)]
     Sram(#[from] SramBuildError),
@@ -66,6 +68,22 @@ pub enum SramBuildError {
     MissingWeight(crate::model::WeightName),
     #[error("the plan's program is empty")]
     EmptyProgram,
+    #[error("the chips' {what} take {bytes} bytes but this adapter binds at most {limit} bytes per storage buffer{hint}")]
+    OverBinding {
+        what: &'static str,
+        bytes: u64,
+        limit: u64,
+        hint: String,
+    },
+    #[error("`{what}` needs {need} bytes of the chip's slice but the SRAM-step kernel leaves {tile} of its {slice}-byte slice for weights")]
+    SliceTooSmall {
+        what: String,
+        need: usize,
+        tile: usize,
+        slice: usize,
+    },
+    #[error("SRAM mode hands data between workgroups inside one dispatch and needs coherent storage buffers (wgpu feature MEMORY_DECORATION_COHERENT), which this adapter ({adapter}) lacks; use --mode vram")]
+    NoCoherentMemory { adapter: String },
 }
 
 /// What a step sends back to the CPU.

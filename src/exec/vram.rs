@@ -927,7 +927,8 @@ impl Executor for VramExecutor {
     fn step(&mut self, ids: &[u32], rb: Readback) -> Result<StepOutput, ExecError> {
         super::check_step(ids, self.pos[self.seq], self.ctx, self.cfg.vocab_size)?;
         for (_, scaling) in self.cfg.rope_tables().0 {
-            rope::check_step(scaling, self.pos[self.seq], ids.len()).map_err(ExecError::Position)?;
+            rope::check_step(scaling, self.pos[self.seq], ids.len())
+                .map_err(ExecError::Position)?;
         }
         self.counters.steps += 1;
         let chunks: Vec<&[u32]> = ids.chunks(self.chunk).collect();

@@ -86,6 +86,9 @@ pub struct FeatureLevel {
     pub timestamps: bool,
     /// `max_compute_workgroup_storage_size` requested from the device.
     pub workgroup_storage: u32,
+    /// `@coherent` storage buffers (MEMORY_DECORATION_COHERENT): SRAM mode's
+    /// interpreter hands data between workgroups of one dispatch through them.
+    pub coherent: bool,
 }
 
 /// How to pick the adapter and what to ask of it.
@@ -149,6 +152,8 @@ pub struct AdapterSummary {
     pub shader_f16: bool,
     pub subgroups: bool,
     pub timestamps: bool,
+    /// MEMORY_DECORATION_COHERENT (`@coherent` storage buffers).
+    pub coherent: bool,
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
 }
@@ -172,6 +177,7 @@ impl AdapterSummary {
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
             subgroups: f.contains(wgpu::Features::SUBGROUP),
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            coherent: f.contains(wgpu::Features::MEMORY_DECORATION_COHERENT),
             subgroup_min_size: a.get_info().subgroup_min_size,
             subgroup_max_size: a.get_info().subgroup_max_size,
         }
@@ -288,6 +294,9 @@ impl Gpu {
                 }
             }
         }
+        if have.contains(wgpu::Features::MEMORY_DECORATION_COHERENT) {
+            want |= wgpu::Features::MEMORY_DECORATION_COHERENT;
+        }
         let limits = if downlevel {
             // WebGPU defaults, but never above what the adapter has.
             wgpu::Limits::default().using_resolution(adapter.limits())
@@ -313,6 +322,7 @@ impl Gpu {
                 && subgroup_matmul.unwrap_or(info.device_type != wgpu::DeviceType::Cpu),
             timestamps: want.contains(wgpu::Features::TIMESTAMP_QUERY),
             workgroup_storage: limits.max_compute_workgroup_storage_size,
+            coherent: want.contains(wgpu::Features::MEMORY_DECORATION_COHERENT),
         };
         Ok(Arc::new(Gpu {
             adapter,

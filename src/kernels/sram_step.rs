@@ -143,6 +143,11 @@ mod tests {
         crate::gpu::shader::validate(&src).unwrap();
         let bytes = crate::gpu::shader::workgroup_bytes(&src, &v).unwrap();
         assert!(bytes <= 16384, "{bytes}");
+        // With `@coherent` activations and KV (GPUs with the feature).
+        let c = v.clone().define("COHERENT");
+        let csrc = Shader::SramStep.source(&c);
+        assert!(csrc.contains("@coherent"));
+        crate::gpu::shader::validate(&csrc).unwrap();
         // Odd head sizes too.
         for hd in [6, 8, 18, 256] {
             let v = variant(16384, hd, &[DType::F32]).unwrap();

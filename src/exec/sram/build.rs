@@ -7,7 +7,7 @@ use super::schedule::Code;
 use super::{ChipStats, LinkCount, SramExecutor, SramOptions, SramStats};
 use crate::chip::program::Work;
 use crate::chip::{Plan, Program};
-use crate::exec::{ExecCounters, ExecError};
+use crate::exec::{ExecCounters, ExecError, SramBuildError};
 use crate::gpu::Gpu;
 use crate::graph::Act;
 use crate::kernels::sram_step::{self, hdr, Op};
@@ -24,35 +24,41 @@ fn check(
     opts: &SramOptions,
 ) -> Result<(Program, usize, usize, usize), ExecError> {
     if let Some(m) = super::unsupported_in_sram(cfg) {
-        return Err(ExecError::Invalid(m));
+        return Err(SramBuildError::Unsupported(m).into());
+    }
+    // Tasks of one dispatch hand activations and KV cells to later tasks
+    // through storage: a GPU needs `@coherent` buffers for that (stale reads
+    // were measured on an H100 without them); a CPU adapter's memory is.
+    if !gpu.level.coherent && gpu.info.device_type != wgpu::DeviceType::Cpu {
+        return Err(SramBuildError::NoCoherentMemory {
+            adapter: gpu.info.name.clone(),
+        }
+        .into());
     }
     let limit = gpu.limits.max_compute_workgroup_storage_size as usize;
     let slice = plan.spec.slice_bytes;
     if slice > limit {
-        return Err(ExecError::Invalid(format!(
-            "the chip's SRAM slice is {slice} bytes but this adapter allows {limit} bytes of workgroup storage per workgroup"
-        )));
+        return Err(SramBuildError::SliceOverAdapter { slice, limit }.into());
     }
-    crate::kernels::check_sram_kernels(slice, cfg).map_err(ExecError::Invalid)?;
+    crate::kernels::check_sram_kernels(slice, cfg).map_err(SramBuildError::KernelOverSlice)?;
     if let Some(e) = &plan.program_error {
-        return Err(ExecError::Invalid(format!(
-            "SRAM mode cannot run this plan: {e}"
-        )));
+        return Err(SramBuildError::Unrunnable(e.to_string()).into());
     }
-    let program =
-        Program::from_chips(cfg, &plan.chips).map_err(|e| ExecError::Invalid(e.to_string()))?;
+    let program = Program::from_chips(cfg, &plan.chips).map_err(SramBuildError::Program)?;
     if program.stage_plans() != plan.stages {
-        return Err(ExecError::Invalid(
-            crate::chip::ProgramError::Stale("stages differ".into()).to_string(),
-        ));
+        return Err(SramBuildError::Program(crate::chip::ProgramError::Stale(
+            "stages differ".into(),
+        ))
+        .into());
     }
     let m = &plan.model;
     let ctx = opts.context.unwrap_or(m.context_len);
     if ctx == 0 || ctx > m.context_len {
-        return Err(ExecError::Invalid(format!(
-            "a KV cache of {ctx} positions was asked for, but the plan places {}: place with the same --ctx",
-            m.context_len
-        )));
+        return Err(SramBuildError::Context {
+            asked: ctx,
+            placed: m.context_len,
+        }
+        .into());
     }
     let mb = match opts.microbatch {
         0 => m.microbatch_tokens,
@@ -60,20 +66,22 @@ fn check(
     }
     .min(ctx);
     if mb > m.microbatch_tokens {
-        return Err(ExecError::Invalid(format!(
-            "micro-batches of {mb} tokens were asked for, but the plan's scratch holds {}: place with the same --microbatch",
-            m.microbatch_tokens
-        )));
+        return Err(SramBuildError::Microbatch {
+            asked: mb,
+            placed: m.microbatch_tokens,
+        }
+        .into());
     }
     let batch = match opts.batch {
         0 => m.batch,
         n => n,
     };
     if batch > m.batch {
-        return Err(ExecError::Invalid(format!(
-            "the plan holds KV caches for {} sequence(s) but --batch is {batch}: place with the same batch",
-            m.batch
-        )));
+        return Err(SramBuildError::Batch {
+            asked: batch,
+            placed: m.batch,
+        }
+        .into());
     }
     Ok((program, ctx, mb, batch))
 }
@@ -147,10 +155,7 @@ pub(super) fn build(
         }
     }
     let tile = sram_step::tile_bytes(slice, cfg.head_dim);
-    let tensor = |n: WeightName| {
-        w.get(n)
-            .ok_or_else(|| ExecError::Invalid(format!("missing weight {n}")))
-    };
+    let tensor = |n: WeightName| w.get(n).ok_or(SramBuildError::MissingWeight(n));
     let mut img = Image::default();
     let mut ar = Arenas {
         acts: BTreeMap::new(),
@@ -330,7 +335,7 @@ pub(super) fn build(
         .stages
         .len()
         .checked_sub(1)
-        .ok_or_else(|| ExecError::Invalid("the plan's program is empty".into()))?;
+        .ok_or(SramBuildError::EmptyProgram)?;
     let logits_off = ar.act(last, Act::Logits, cfg, mb) as usize;
 
     // The RoPE table after the images (not a weight: every chip computes it).
@@ -344,23 +349,34 @@ pub(super) fn build(
         .max_storage_buffer_binding_size
         .min(gpu.limits.max_buffer_size);
     if img.bytes.len() as u64 + 4 > limit {
-        return Err(ExecError::Invalid(format!(
-            "the chips' SRAM images take {} bytes but this adapter binds at most {limit} bytes per storage buffer",
-            img.bytes.len()
-        )));
+        return Err(SramBuildError::OverBinding {
+            what: "SRAM images",
+            bytes: img.bytes.len() as u64,
+            limit,
+            hint: String::new(),
+        }
+        .into());
     }
     let image = gpu.upload("sram.images", &img.bytes)?;
     let kv_need = (ar.kv_words * 4) as u64;
     if kv_need > limit {
-        return Err(ExecError::Invalid(format!(
-            "the chips' KV-cache blocks take {kv_need} bytes (--ctx {ctx}, {batch} sequence(s)) but this adapter binds at most {limit} bytes per storage buffer: use a smaller --ctx or --batch"
-        )));
+        return Err(SramBuildError::OverBinding {
+            what: "KV-cache blocks",
+            bytes: kv_need,
+            limit,
+            hint: format!(" (--ctx {ctx}, {batch} sequence(s)): use a smaller --ctx or --batch"),
+        }
+        .into());
     }
     let act_need = (ar.act_words * 4) as u64;
     if act_need > limit {
-        return Err(ExecError::Invalid(format!(
-            "the stages' activations take {act_need} bytes ({mb}-token micro-batches) but this adapter binds at most {limit} bytes per storage buffer: use a smaller --microbatch"
-        )));
+        return Err(SramBuildError::OverBinding {
+            what: "activations",
+            bytes: act_need,
+            limit,
+            hint: format!(" ({mb}-token micro-batches): use a smaller --microbatch"),
+        }
+        .into());
     }
     let acts = gpu.storage_buffer("sram.activations", (ar.act_words * 4) as u64)?;
     let kv = gpu.storage_buffer("sram.kv_cache", (ar.kv_words.max(1) * 4) as u64)?;
@@ -373,8 +389,11 @@ pub(super) fn build(
     let counters_buf = gpu.storage_buffer("sram.counters", (COUNTERS0 * 4) as u64)?;
     let results_len = (2 * topk::MAX_K).max(2 * batch);
     let results = gpu.storage_buffer("sram.results", (results_len * 4) as u64)?;
-    let variant =
-        sram_step::variant(slice, cfg.head_dim, &encodings).map_err(ExecError::Invalid)?;
+    let mut variant = sram_step::variant(slice, cfg.head_dim, &encodings)
+        .map_err(SramBuildError::KernelOverSlice)?;
+    if gpu.level.coherent {
+        variant = variant.define("COHERENT");
+    }
     let pipeline = sram_step::pipeline(&gpu, &variant)?;
     let mut header = [0u32; sram_step::HDR];
     header[hdr::SPIN_LIMIT] = sram_step::SPIN_LIMIT;
@@ -465,7 +484,11 @@ pub(super) fn build(
 
 /// A weight block that does not fit the slice's tile.
 fn slice_error(what: &str, need: usize, tile: usize, slice: usize) -> ExecError {
-    ExecError::Invalid(format!(
-        "`{what}` needs {need} bytes of the chip's slice but the SRAM-step kernel leaves {tile} of its {slice}-byte slice for weights"
-    ))
+    SramBuildError::SliceTooSmall {
+        what: what.to_string(),
+        need,
+        tile,
+        slice,
+    }
+    .into()
 }

@@ -247,10 +247,10 @@ impl SramExecutor {
     /// Makes `seq` the sequence that `step` (prefill, single decode) works on.
     pub fn select_sequence(&mut self, seq: usize) -> Result<(), ExecError> {
         if seq >= self.pos.len() {
-            return Err(ExecError::Invalid(format!(
-                "sequence {seq} does not exist (batch of {})",
-                self.pos.len()
-            )));
+            return Err(ExecError::NoSuchSequence {
+                seq,
+                resident: self.pos.len(),
+            });
         }
         self.seq = seq;
         Ok(())
@@ -261,11 +261,10 @@ impl SramExecutor {
     /// so in each pipeline step different chips work on different sequences.
     pub fn decode_all(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
         if tokens.len() != self.pos.len() {
-            return Err(ExecError::Invalid(format!(
-                "{} tokens for a batch of {} sequences",
-                tokens.len(),
-                self.pos.len()
-            )));
+            return Err(ExecError::BatchMismatch {
+                tokens: tokens.len(),
+                sequences: self.pos.len(),
+            });
         }
         for (s, t) in tokens.iter().enumerate() {
             super::check_step(
@@ -289,9 +288,7 @@ impl SramExecutor {
         }
         match out {
             StepOutput::Candidates(c) => Ok(c.into_iter().map(|p| p.0).collect()),
-            _ => Err(ExecError::Invalid(
-                "batched decode returned no tokens".into(),
-            )),
+            _ => Err(ExecError::NoTokens),
         }
     }
 }
@@ -315,7 +312,7 @@ impl Executor for SramExecutor {
         let seq = self.seq;
         super::check_step(ids, self.pos[seq], self.ctx, self.cfg.vocab_size)?;
         rope::check_step(&self.cfg.rope_scaling, self.pos[seq], ids.len())
-            .map_err(ExecError::Invalid)?;
+            .map_err(ExecError::Position)?;
         let mbs: Vec<Mb> = (0..ids.len())
             .step_by(self.mb)
             .map(|start| Mb {

@@ -269,10 +269,9 @@ impl SramExecutor {
                 .unwrap_or([0; 4]),
         );
         if flag != 0 {
-            return Err(ExecError::Invalid(format!(
-                "SRAM pipeline step stalled: a task waited {} polls for work it depends on while no task finished (a scheduling bug); the results were discarded",
-                sram_step::SPIN_LIMIT
-            )));
+            return Err(ExecError::Stalled {
+                polls: sram_step::SPIN_LIMIT,
+            });
         }
         Ok(decode_readback(rb, &bytes[..read_len as usize], n, per_mb))
     }
