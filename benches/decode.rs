@@ -142,6 +142,7 @@ fn sram(
         &m.weights,
         &plan,
         &SramOptions {
+            image_split_bytes: None,
             batch: 1,
             context: Some(ctx),
             microbatch: MICROBATCH,

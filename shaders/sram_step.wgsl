@@ -24,6 +24,7 @@
 @group(0) @binding(0) var<storage, read> T: array<u32>;         // header, tasks, deps
 @group(0) @binding(1) var<storage, read> Run: array<u32>;       // micro-batch records, token ids
 @group(0) @binding(2) var<storage, read> Wimg: array<u32>;      // the chips' SRAM images, RoPE table
+@group(0) @binding(7) var<storage, read> Wimg2: array<u32>;     // their continuation past one binding
 // Activations and KV cells written by one workgroup are read by later ones of
 // the same dispatch: `@coherent` (COHERENT, where the device has the feature)
 // keeps a reader from seeing a stale cached copy on GPUs whose caches are not
@@ -225,13 +226,22 @@ fn chunk_any(enc: u32, rb: u32, c4: u32, len: u32) -> vec4<f32> {
     }
 }
 
+// Word i of the images: the first T[9] words are in Wimg, the rest in Wimg2
+// (images larger than one storage binding).
+fn img(i: u32) -> u32 {
+    if (i < T[9]) {
+        return Wimg[i];
+    }
+    return Wimg2[i - T[9]];
+}
+
 // Copies the bytes [byte0, byte0 + len) of the chip's image into the slice
 // (whole words; the first byte lands at byte0 & 3).
 fn stage(byte0: u32, len: u32, lid: u32) {
     let word0 = byte0 >> 2u;
     let n_words = min(((byte0 + len + 3u) >> 2u) - word0, {{W_WORDS}}u);
     for (var i = lid; i < n_words; i += WG) {
-        W[i] = Wimg[word0 + i];
+        W[i] = img(word0 + i);
     }
     workgroupBarrier();
 }
@@ -347,7 +357,7 @@ fn op_mat(t: Task, lid: u32) {
 // RoPE's (cos, sin) for position pos, pair i.
 fn cos_sin(pos: u32, i: u32) -> vec2<f32> {
     let w = T[3] + 2u * (pos * (HD / 2u) + i);
-    return vec2<f32>(bitcast<f32>(Wimg[w]), bitcast<f32>(Wimg[w + 1u]));
+    return vec2<f32>(bitcast<f32>(img(w)), bitcast<f32>(img(w + 1u)));
 }
 
 // The pair (i0, i1) of rotation i (rope.wgsl's layouts).

@@ -282,6 +282,7 @@ fn sram(m: &Model, ctx: usize) -> Result<SramExecutor, String> {
             &m.weights,
             &plan,
             &SramOptions {
+                image_split_bytes: None,
                 batch: 1,
                 context: Some(ctx),
                 microbatch: 4,

@@ -54,6 +54,7 @@ fn parity_on(backend: BackendChoice, downlevel: bool) {
         &m.weights,
         &plan,
         &SramOptions {
+            image_split_bytes: None,
             batch: 1,
             context: Some(ctx),
             microbatch: 8,

@@ -645,6 +645,7 @@ fn tiny_kquant_model_sram_matches_reference() {
             &m.weights,
             &plan,
             &SramOptions {
+                image_split_bytes: None,
                 batch: 1,
                 context: Some(64),
                 microbatch: 4,

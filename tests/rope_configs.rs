@@ -160,6 +160,7 @@ fn sram(m: &Model, ctx: usize) -> (SramExecutor, &'static str) {
             &m.weights,
             &plan,
             &SramOptions {
+                image_split_bytes: None,
                 batch: 1,
                 context: Some(ctx),
                 microbatch: 4,

@@ -533,6 +533,7 @@ fn run_case(i: usize, c: &Case) -> usize {
         &m.weights,
         &plan,
         &SramOptions {
+            image_split_bytes: None,
             batch: 1,
             context: Some(ctx),
             microbatch: 3,

@@ -161,6 +161,7 @@ fn both_modes(gpu: std::sync::Arc<sramlm::gpu::Gpu>) {
         &m.weights,
         &plan,
         &SramOptions {
+            image_split_bytes: None,
             batch: 1,
             context: Some(CTX),
             microbatch: 16,

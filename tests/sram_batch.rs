@@ -40,6 +40,7 @@ fn three_sequences_decoded_together_match_their_references() {
         &m.weights,
         &plan,
         &SramOptions {
+            image_split_bytes: None,
             context: Some(ctx),
             microbatch: 8,
             batch,
@@ -88,6 +89,7 @@ fn three_sequences_decoded_together_match_their_references() {
         &m.weights,
         &plan1,
         &SramOptions {
+            image_split_bytes: None,
             context: Some(ctx),
             microbatch: 8,
             batch,

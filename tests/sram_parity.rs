@@ -33,6 +33,7 @@ fn stories260k_sram_matches_reference_on_every_preset() {
                 &m.weights,
                 &plan,
                 &SramOptions {
+                    image_split_bytes: None,
                     batch: 1,
                     context: Some(ctx),
                     microbatch: mb,
@@ -43,5 +44,46 @@ fn stories260k_sram_matches_reference_on_every_preset() {
             let e = check_reference_parity(&mut exec, &m, &r, TOL, &what);
             eprintln!("{what}: max logit error {e:.2e}");
         }
+    }
+}
+
+/// The chips' SRAM images over two storage bindings (as a model larger than
+/// one binding has them): the first binding cut at several points, some
+/// inside a chip's image, the RoPE table straddling or wholly in the second.
+#[test]
+fn stories260k_sram_images_split_over_two_bindings() {
+    let Some(gpu) = gpu() else { return };
+    let m = model::load(&model::default_model_path()).unwrap();
+    let r = Reference::load(&fixture_dir("stories260K"), "stories260K").unwrap();
+    let ctx = m.config.max_position_embeddings;
+    let spec = ChipSpec::preset("mini-64k").unwrap();
+    let mut opts = PlaceOptions::for_config(&m.config);
+    opts.context_len = ctx;
+    opts.microbatch_tokens = 8;
+    let plan = place(
+        &m.config,
+        &TensorInfo::from_weights(&m.weights),
+        &spec,
+        &opts,
+    )
+    .unwrap();
+    let weights = m.weights.total_bytes();
+    for split in [4 * 1024, 333 * 1024 + 6, weights - 1000, weights + 64] {
+        let mut exec = SramExecutor::new(
+            gpu.clone(),
+            &m.config,
+            &m.weights,
+            &plan,
+            &SramOptions {
+                image_split_bytes: Some(split),
+                batch: 1,
+                context: Some(ctx),
+                microbatch: 8,
+            },
+        )
+        .unwrap();
+        let what = format!("mini-64k, first binding {split} bytes");
+        let e = check_reference_parity(&mut exec, &m, &r, TOL, &what);
+        eprintln!("{what}: max logit error {e:.2e}");
     }
 }

@@ -370,6 +370,7 @@ pub(super) fn build_executor(
                 &m.weights,
                 &plan,
                 &SramOptions {
+                    image_split_bytes: None,
                     batch: s.batch,
                     context: Some(s.ctx),
                     microbatch: s.microbatch,

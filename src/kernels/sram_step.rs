@@ -37,6 +37,8 @@ pub mod hdr {
     pub const EPS: usize = 6;
     pub const SCALE: usize = 7;
     pub const PAIR_LAYOUT: usize = 8;
+    /// Words of the images in the first image binding (the rest in the second).
+    pub const IMG_SPLIT: usize = 9;
 }
 
 /// Task kinds (`OP_*` in the WGSL).

@@ -348,16 +348,22 @@ pub(super) fn build(
         .limits
         .max_storage_buffer_binding_size
         .min(gpu.limits.max_buffer_size);
-    if img.bytes.len() as u64 + 4 > limit {
+    // Two bindings hold the images (and the RoPE table after them): the
+    // first as full as one binding allows, the rest in the second.
+    let first = (((limit - 4) / 4) as usize * 4)
+        .min(opts.image_split_bytes.map_or(usize::MAX, |b| b / 4 * 4))
+        .min(img.bytes.len());
+    if (img.bytes.len() - first) as u64 + 4 > limit {
         return Err(SramBuildError::OverBinding {
             what: "SRAM images",
             bytes: img.bytes.len() as u64,
             limit,
-            hint: String::new(),
+            hint: " (two bindings hold at most twice that)".into(),
         }
         .into());
     }
-    let image = gpu.upload("sram.images", &img.bytes)?;
+    let image = gpu.upload("sram.images", &img.bytes[..first])?;
+    let image2 = gpu.upload("sram.images2", &img.bytes[first..])?;
     let kv_need = (ar.kv_words * 4) as u64;
     if kv_need > limit {
         return Err(SramBuildError::OverBinding {
@@ -404,6 +410,7 @@ pub(super) fn build(
     header[hdr::EPS] = cfg.rms_norm_eps.to_bits();
     header[hdr::SCALE] = ((hd as f64).powf(-0.5) as f32).to_bits();
     header[hdr::PAIR_LAYOUT] = cfg.rope_layout.as_u32();
+    header[hdr::IMG_SPLIT] = u(first / 4);
 
     let mut chip_stats: BTreeMap<usize, ChipStats> = BTreeMap::new();
     for (k, st) in program.stages.iter().enumerate() {
@@ -464,6 +471,7 @@ pub(super) fn build(
         header,
         logits_off,
         image,
+        image2,
         acts,
         kv,
         run_buf,

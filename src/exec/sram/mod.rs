@@ -64,6 +64,10 @@ pub struct SramOptions {
     /// Sequences with a resident KV cache (decoded together by
     /// `decode_batch`); 0 = the plan's.
     pub batch: usize,
+    /// Test hook: bytes of the chips' SRAM images the first storage binding
+    /// holds (default: as many as the adapter binds); smaller values make
+    /// small models exercise the second binding.
+    pub image_split_bytes: Option<usize>,
 }
 
 /// What one link moves per carried activation (for counting): values per
@@ -180,6 +184,8 @@ pub struct SramExecutor {
     /// Word offset of the last stage's logits region in the activations.
     logits_off: usize,
     image: wgpu::Buffer,
+    /// The images past what one storage binding holds (4 bytes if none).
+    image2: wgpu::Buffer,
     acts: wgpu::Buffer,
     kv: wgpu::Buffer,
     run_buf: wgpu::Buffer,

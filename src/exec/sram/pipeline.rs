@@ -85,6 +85,7 @@ impl SramExecutor {
             &self.kv,
             &self.counters_buf,
             &self.results,
+            &self.image2,
         ];
         let entries: Vec<wgpu::BindGroupEntry> = bufs
             .iter()
