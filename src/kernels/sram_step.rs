@@ -195,7 +195,7 @@ mod tests {
             "nops",
             crate::kernels::KernelClass::Link,
             pipe,
-            &[&tb, &runb, &img, &a, &kv, &c, &r],
+            &[&tb, &runb, &img, &a, &kv, &c, &r, &img],
             move |_| grid(n),
         );
         let step = gpu.uniform("step", &crate::kernels::Step::default());
