@@ -259,7 +259,7 @@ pub fn build_block(
         n_heads: n_heads as u32,
         n_kv_heads: n_kv_heads as u32,
         head_dim: head_dim as u32,
-        scale: (head_dim as f64).powf(-0.5) as f32,
+        scale: default_scale(head_dim),
         kv_head_begin: block.kv_heads.0 as u32,
         kv_head_end: block.kv_heads.1 as u32,
         pos_begin: block.positions.0 as u32,

@@ -340,7 +340,6 @@ pub(super) fn build(
 
     // The RoPE table after the images (not a weight: every chip computes it).
     img.align();
-    let weight_image_bytes = img.bytes.len();
     let rope_off = img.bytes.len() / 4;
     let table = rope::rope_table(ctx, cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
     img.bytes.extend_from_slice(bytemuck::cast_slice(&table));
@@ -408,7 +407,7 @@ pub(super) fn build(
     header[hdr::N_HEADS] = u(cfg.num_heads);
     header[hdr::N_KV_HEADS] = u(cfg.num_kv_heads);
     header[hdr::EPS] = cfg.rms_norm_eps.to_bits();
-    header[hdr::SCALE] = ((hd as f64).powf(-0.5) as f32).to_bits();
+    header[hdr::SCALE] = crate::kernels::attention::default_scale(hd).to_bits();
     header[hdr::PAIR_LAYOUT] = cfg.rope_layout.as_u32();
     header[hdr::IMG_SPLIT] = u(first / 4);
 
@@ -453,7 +452,6 @@ pub(super) fn build(
         dispatches_last: 0,
         tasks_last: 0,
     };
-    let _ = weight_image_bytes;
     let readback_size = (2 * topk::MAX_K * 4 + 4) as u64;
     Ok(SramExecutor {
         readback: gpu.readback_buffer("readback", readback_size),
