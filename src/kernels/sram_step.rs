@@ -23,8 +23,9 @@ pub const WG: usize = 64;
 /// Polls a waiting task may spend while no task of the dispatch finishes
 /// before the step is declared stalled (a scheduling bug; never a hang).
 pub const SPIN_LIMIT: u32 = 1 << 30;
-/// Counter of the first node (0: the stall flag, 1: tasks finished).
-pub const FIRST_NODE: usize = 2;
+/// Counter of the first node (0: the stall flag, 1: tasks finished, 2: the
+/// ticket each workgroup takes its task index from).
+pub const FIRST_NODE: usize = 3;
 
 /// Header word indices.
 pub mod hdr {
@@ -39,6 +40,8 @@ pub mod hdr {
     pub const PAIR_LAYOUT: usize = 8;
     /// Words of the images in the first image binding (the rest in the second).
     pub const IMG_SPLIT: usize = 9;
+    /// 1: workgroups take tasks by ticket (`C[2]`); 0: by workgroup id.
+    pub const TASK_ORDER: usize = 15;
 }
 
 /// Task kinds (`OP_*` in the WGSL).
@@ -60,9 +63,11 @@ pub enum Op {
 }
 
 /// Bytes of `var<workgroup>` the interpreter uses besides the weight tile
-/// (scores, reductions, a head's q), for head dimension `head_dim`.
+/// (scores, reductions, a head's q, the task ticket; naga counts each
+/// variable from a 16-byte boundary), for head dimension
+/// `head_dim`.
 pub fn scratch_bytes(head_dim: usize) -> usize {
-    256 * 4 + 64 * 4 + 128 * 4 + 64 * 16 + head_dim.div_ceil(4) * 16
+    256 * 4 + 64 * 4 + 128 * 4 + 64 * 16 + head_dim.div_ceil(4) * 16 + 16
 }
 
 /// Bytes of weight tile the slice leaves after the scratch (0 if none).
