@@ -14,6 +14,7 @@
 pub mod cost;
 pub mod placement;
 pub mod program;
+pub mod tp;
 pub mod report;
 pub mod spec;
 
@@ -28,7 +29,8 @@ pub use placement::{
     PlanCheckError, SliceRange, TensorInfo, TensorSummary, Tile, TilePart, Totals, WeightFormat,
     DEFAULT_CONTEXT, DEFAULT_MICROBATCH,
 };
-pub use program::{Program, ProgramError, StagePlan};
+pub use program::{Program, ProgramError, SendPlan, StagePlan};
+pub use tp::place_tp;
 pub use report::{
     chip_contents, fmt_bytes, fmt_seconds, llama2_70b_scenarios, plan_json, plan_table,
     plan_table_fit, study, study_table, Scenario, StudyRow, StudyVariant,
