@@ -1868,10 +1868,15 @@ impl Plan {
                     ));
                 }
                 tile_bytes += k.bytes;
-                if self.tp <= 1
-                    || kv_seen.insert((k.layer, k.head_start, k.head_end, k.pos_start, k.pos_end))
-                {
+                if self.tp <= 1 {
                     kv_cover[k.layer] += (k.head_end - k.head_start) * (k.pos_end - k.pos_start);
+                } else {
+                    // Tensor parallelism may hold a KV head on several chips.
+                    for h in k.head_start..k.head_end {
+                        if kv_seen.insert((k.layer, h, k.pos_start, k.pos_end)) {
+                            kv_cover[k.layer] += k.pos_end - k.pos_start;
+                        }
+                    }
                 }
             }
             if tile_bytes != chip.weight_bytes + chip.kv_bytes {
@@ -1946,9 +1951,17 @@ impl Plan {
             let mut rects = covered.remove(t.weight.as_str()).unwrap_or_default();
             if self.tp > 1 {
                 // Tensor parallelism replicates norm vectors (and k/v rows
-                // when the group has more chips than KV heads): each copy once.
+                // when the group has more chips than KV heads), always whole
+                // rows: count the rows covered once each.
                 rects.sort_unstable();
-                rects.dedup();
+                let mut merged: Vec<(usize, usize, usize, usize)> = Vec::new();
+                for r in rects {
+                    match merged.last_mut() {
+                        Some(m) if (m.2, m.3) == (r.2, r.3) && r.0 <= m.1 => m.1 = m.1.max(r.1),
+                        _ => merged.push(r),
+                    }
+                }
+                rects = merged;
             }
             let area: usize = rects.iter().map(|r| (r.1 - r.0) * (r.3 - r.2)).sum();
             if area != t.rows * t.cols {
