@@ -183,7 +183,21 @@ fn smollm2_tp2_and_tp4_match_vram_mode() {
                 .unwrap();
         let got = greedy(&mut e, &prompt, NEW);
         assert_eq!(got, want, "tp {tp}");
-        let counted = e.sram_stats().link_bytes_counted;
-        assert!(counted > 0);
+        // Counted link bytes == planned: the prompt's rows cross every link
+        // but the logits' (the output row only), then one row per token.
+        let per_token = plan.totals.link_bytes_per_token;
+        let logits: usize = plan
+            .stages
+            .iter()
+            .flat_map(|s| &s.carry)
+            .filter(|c| c.name == "logits")
+            .map(|c| 4 * c.values)
+            .sum();
+        assert!(logits > 0 && per_token > logits);
+        assert_eq!(
+            e.sram_stats().link_bytes_counted as usize,
+            prompt.len() * (per_token - logits) + logits + (NEW - 1) * per_token,
+            "tp {tp}"
+        );
     }
 }
