@@ -980,7 +980,8 @@ mod tests {
         let mut c = LlamaConfig::tiny_for_tests(2, 64, tied);
         c.num_kv_heads = kv_heads;
         let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
-        let spec = ChipSpec::preset("mini-64k").unwrap();
+        // A layer's half takes a chip: several groups.
+        let spec = ChipSpec::scale_model("t", 128 * 1024);
         let mut o = PlaceOptions::for_config(&c);
         o.context_len = 32;
         let p = place_tp(&c, &t, &spec, &o, tp).unwrap();
@@ -1021,6 +1022,7 @@ mod tests {
                 assert_eq!(planned, p.totals.link_bytes_per_token);
                 // The last group is the read-out on one chip.
                 assert_eq!(prog.groups.last().unwrap().len(), 1);
+                assert!(p.totals.chips_used > tp, "{}", p.totals.chips_used);
             }
         }
     }
@@ -1051,6 +1053,11 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("--tp") && e.contains("heads"), "{e}");
+        // A share larger than a chip is refused by name.
+        let e = place_tp(&c0, &t, &spec, &PlaceOptions::for_config(&c0), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tp 2") && e.contains("layer 0") && e.contains("mini-64k"), "{e}");
         // tp 1 is today's placement.
         let o = PlaceOptions::for_config(&c0);
         assert_eq!(
