@@ -365,4 +365,45 @@ mod tests {
         assert_eq!(pos(1, 0, 1), pos(0, 0, 2) + 1);
         assert_eq!(pos(2, 0, 0), pos(1, 0, 1) + 1);
     }
+
+    #[test]
+    fn a_groups_chains_are_independent_and_its_collective_waits_for_all() {
+        // Group 1 is three chips (tensor parallelism) between two single ones.
+        let lens = [2usize, 3, 1, 2, 1];
+        let stages: Vec<Vec<Code>> = lens
+            .iter()
+            .map(|&c| (0..c).map(|_| Code::shared(Op::Mat, &[], 2)).collect())
+            .collect();
+        let groups = vec![0..1, 1..4, 4..5];
+        let links: Vec<Code> = (0..2).map(|_| Code::shared(Op::Link, &[], 4)).collect();
+        let tails = vec![None, Some(Code::one(Op::Argmax, &[]))];
+        let t = build_groups(&stages, &groups, &links, &tails, &pipeline(3, 2), &[0; HDR]);
+        let pos = |k: NodeKind| t.nodes.iter().position(|x| *x == k).unwrap();
+        for (id, deps) in t.node_deps.iter().enumerate() {
+            for &d in deps {
+                assert!(t.node_tasks[d].0 + t.node_tasks[d].1 <= t.node_tasks[id].0);
+            }
+        }
+        for j in 0..2 {
+            let link = pos(NodeKind::Link { k: 1, j });
+            let into = pos(NodeKind::Link { k: 0, j });
+            for lane in 0..3 {
+                let n = lens[1 + lane];
+                let item = |i| pos(NodeKind::LaneItem { k: 1, lane, i, j });
+                // The collective waits for every chip's last item.
+                assert!(t.node_deps[link].contains(&item(n - 1)));
+                // A chip's chain waits only on itself (and the link in).
+                assert!(t.node_deps[item(0)].contains(&into));
+                for i in 1..n {
+                    assert_eq!(t.node_deps[item(i)], vec![item(i - 1)]);
+                }
+            }
+        }
+        // The chips of the group run side by side: their first items are
+        // consecutive nodes.
+        let a = pos(NodeKind::LaneItem { k: 1, lane: 0, i: 0, j: 0 });
+        assert_eq!(pos(NodeKind::LaneItem { k: 1, lane: 2, i: 0, j: 0 }), a + 2);
+        // The read-out follows the last group's chain.
+        assert!(t.nodes.contains(&NodeKind::Item { k: 2, i: 1, j: 1 }));
+    }
 }
