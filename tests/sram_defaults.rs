@@ -104,10 +104,9 @@ fn tp_is_shared_by_plan_generate_and_bench() {
         stages.iter().filter(|t| t["group"].as_u64() == g).count() == 2
             && s["sends"].as_array().is_some_and(|v| !v.is_empty())
     }));
-    let text = String::from_utf8_lossy(
-        &run(&["plan", "--chip", chip, "--tp", "2", "--ctx", "64"]).stdout,
-    )
-    .to_string();
+    let text =
+        String::from_utf8_lossy(&run(&["plan", "--chip", chip, "--tp", "2", "--ctx", "64"]).stdout)
+            .to_string();
     assert!(text.contains("tensor parallelism: --tp 2"), "{text}");
     let g = run(&[
         "generate", "--chip", chip, "--tp", "2", "--ctx", "64", "-n", "2", "Once",
@@ -118,8 +117,21 @@ fn tp_is_shared_by_plan_generate_and_bench() {
     std::fs::create_dir_all(&dir).unwrap();
     let json: PathBuf = dir.join("bench.json");
     run(&[
-        "bench", "--chip", chip, "--tp", "2", "--modes", "sram", "--ctx", "64", "--gen", "2",
-        "--repeat", "1", "--json", json.to_str().unwrap(),
+        "bench",
+        "--chip",
+        chip,
+        "--tp",
+        "2",
+        "--modes",
+        "sram",
+        "--ctx",
+        "64",
+        "--gen",
+        "2",
+        "--repeat",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
     ]);
     let text = std::fs::read_to_string(&json).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -128,7 +140,10 @@ fn tp_is_shared_by_plan_generate_and_bench() {
         .iter()
         .filter_map(|v| v["result"]["chips_used"].as_u64())
         .collect();
-    assert!(!chips.is_empty() && chips.iter().all(|&c| c == planned), "{chips:?} vs {planned}");
+    assert!(
+        !chips.is_empty() && chips.iter().all(|&c| c == planned),
+        "{chips:?} vs {planned}"
+    );
     // stories260K has 8 attention heads.
     let o = Command::new(env!("CARGO_BIN_EXE_sramlm"))
         .args(["plan", "--chip", chip, "--tp", "9", "--ctx", "64"])

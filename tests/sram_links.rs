@@ -205,7 +205,11 @@ fn stories260k_tensor_parallel_link_bytes_equal_the_plan() {
         assert_eq!(plan.totals.chips_used % tp, 0);
         // The embedding row reaches every chip of the first group (one of
         // them is its own when the whole model is one group).
-        let to = if plan.totals.chips_used > tp { tp } else { tp - 1 };
+        let to = if plan.totals.chips_used > tp {
+            tp
+        } else {
+            tp - 1
+        };
         assert_eq!(
             plan.totals.loopback_bytes_per_token,
             to * 4 * m.config.hidden_size,

@@ -73,10 +73,7 @@ fn stories260k_tp2_and_tp4_match_the_reference() {
                 },
             )
             .unwrap();
-            let what = format!(
-                "{} tp {tp} x{} mb={mb}",
-                spec.name, plan.totals.chips_used
-            );
+            let what = format!("{} tp {tp} x{} mb={mb}", spec.name, plan.totals.chips_used);
             let e = check_reference_parity(&mut exec, &m, &r, TOL, &what);
             eprintln!("{what}: max logit error {e:.2e}");
         }
@@ -178,9 +175,14 @@ fn smollm2_tp2_and_tp4_match_vram_mode() {
     // splits query heads and replicates the KV heads two chips share.
     for tp in [2, 4] {
         let plan = tp_plan(&m, &ChipSpec::preset("groq-v1").unwrap(), tp, CTX, 1, 4);
-        let mut e =
-            SramExecutor::new(g.clone(), &m.config, &m.weights, &plan, &SramOptions::default())
-                .unwrap();
+        let mut e = SramExecutor::new(
+            g.clone(),
+            &m.config,
+            &m.weights,
+            &plan,
+            &SramOptions::default(),
+        )
+        .unwrap();
         let got = greedy(&mut e, &prompt, NEW);
         assert_eq!(got, want, "tp {tp}");
         // Counted link bytes == planned: the prompt's rows cross every link

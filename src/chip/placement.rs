@@ -721,7 +721,10 @@ struct Dims {
 }
 
 /// A live set of the graph as carried vectors (4 bytes a value).
-pub(super) fn materialize(live: &std::collections::BTreeSet<Act>, cfg: &LlamaConfig) -> Vec<Carried> {
+pub(super) fn materialize(
+    live: &std::collections::BTreeSet<Act>,
+    cfg: &LlamaConfig,
+) -> Vec<Carried> {
     live.iter()
         .map(|a| Carried {
             name: a.name().to_string(),

@@ -218,11 +218,9 @@ impl Ctx<'_> {
         let full = || PlacementError::InvalidOptions("over the chip".into());
         match p {
             Piece::W(w, r0, r1) => {
-                let t = self
-                    .tensors
-                    .iter()
-                    .find(|t| t.name == w)
-                    .ok_or_else(|| PlacementError::BadTensors(format!("tensor `{w}` is missing")))?;
+                let t = self.tensors.iter().find(|t| t.name == w).ok_or_else(|| {
+                    PlacementError::BadTensors(format!("tensor `{w}` is missing"))
+                })?;
                 let f = t.dtype;
                 let (ql, qb) = (f.block_len(), f.block_bytes());
                 let cols = t.cols();
@@ -672,16 +670,15 @@ pub fn program(cfg: &LlamaConfig, chips: &[ChipPlan], tp: usize) -> Result<Progr
     };
     let mat_node = |w: WeightName| node(&|k| matches!(*k, NodeKind::MatMul { w: x, .. } if x == w));
     let norm_node = |w: WeightName| node(&|k| *k == NodeKind::Norm(w));
-    let mat = |w: WeightName, r: (usize, usize), inp: Act, out: Act, acc: bool, head: bool| {
-        Work::Mat {
+    let mat =
+        |w: WeightName, r: (usize, usize), inp: Act, out: Act, acc: bool, head: bool| Work::Mat {
             w,
             rows: r,
             inp,
             out,
             acc,
             head,
-        }
-    };
+        };
     let d = cfg.hidden_size;
     let hd = cfg.head_dim;
     let mut segs: Vec<Seg> = Vec::new();
@@ -704,7 +701,13 @@ pub fn program(cfg: &LlamaConfig, chips: &[ChipPlan], tp: usize) -> Result<Progr
         segs.push(Seg {
             lanes: vec![(
                 c,
-                vec![(0, Work::Embed { rows: r, first: i == 0 })],
+                vec![(
+                    0,
+                    Work::Embed {
+                        rows: r,
+                        first: i == 0,
+                    },
+                )],
                 vec![(Act::X, (0, d))],
             )],
             live: vec![Act::X],
@@ -731,7 +734,16 @@ pub fn program(cfg: &LlamaConfig, chips: &[ChipPlan], tp: usize) -> Result<Progr
         }
         last_group = g;
         let mut parts = Vec::new();
-        for t in [T::AttnNorm, T::K, T::V, T::O, T::FfnNorm, T::Gate, T::Up, T::Down] {
+        for t in [
+            T::AttnNorm,
+            T::K,
+            T::V,
+            T::O,
+            T::FfnNorm,
+            T::Gate,
+            T::Up,
+            T::Down,
+        ] {
             let (gg, r) = lanes_of(w(t))?;
             if gg != g {
                 return Err(stale(format!(
@@ -774,9 +786,18 @@ pub fn program(cfg: &LlamaConfig, chips: &[ChipPlan], tp: usize) -> Result<Progr
                 chip,
                 vec![
                     (norm_node(w(T::AttnNorm)), Work::Norm(w(T::AttnNorm))),
-                    (mat_node(w(T::Q)), mat(w(T::Q), q[m], Act::Xn, Act::Q, false, false)),
-                    (mat_node(w(T::K)), mat(w(T::K), k[m], Act::Xn, Act::K, false, false)),
-                    (mat_node(w(T::V)), mat(w(T::V), k[m], Act::Xn, Act::V, false, false)),
+                    (
+                        mat_node(w(T::Q)),
+                        mat(w(T::Q), q[m], Act::Xn, Act::Q, false, false),
+                    ),
+                    (
+                        mat_node(w(T::K)),
+                        mat(w(T::K), k[m], Act::Xn, Act::K, false, false),
+                    ),
+                    (
+                        mat_node(w(T::V)),
+                        mat(w(T::V), k[m], Act::Xn, Act::V, false, false),
+                    ),
                     (att, Work::RopeQ(l)),
                     (att, Work::KvWrite(l, block)),
                     (
@@ -793,7 +814,10 @@ pub fn program(cfg: &LlamaConfig, chips: &[ChipPlan], tp: usize) -> Result<Progr
             ));
             b.push((
                 chip,
-                vec![(mat_node(w(T::O)), mat(w(T::O), o[m], Act::Att, Act::X, true, false))],
+                vec![(
+                    mat_node(w(T::O)),
+                    mat(w(T::O), o[m], Act::Att, Act::X, true, false),
+                )],
                 vec![(Act::X, o[m])],
             ));
             c.push((
@@ -869,7 +893,10 @@ pub fn program(cfg: &LlamaConfig, chips: &[ChipPlan], tp: usize) -> Result<Progr
                 (
                     g * tp + m,
                     vec![
-                        (norm_node(WeightName::FinalNorm), Work::Norm(WeightName::FinalNorm)),
+                        (
+                            norm_node(WeightName::FinalNorm),
+                            Work::Norm(WeightName::FinalNorm),
+                        ),
                         (head, mat(hw, v[m], Act::Xn, Act::Logits, false, true)),
                     ],
                     vec![(Act::Logits, v[m])],
@@ -1018,7 +1045,12 @@ mod tests {
                 let gathers = prog.links.iter().filter(|l| l.values() > 0).count();
                 assert!(gathers >= 4 * c.num_layers, "{gathers}");
                 assert_eq!(p.totals.link_bytes_per_token, prog.link_bytes_per_token());
-                let planned: usize = p.stages.iter().flat_map(|s| &s.carry).map(|c| 4 * c.values).sum();
+                let planned: usize = p
+                    .stages
+                    .iter()
+                    .flat_map(|s| &s.carry)
+                    .map(|c| 4 * c.values)
+                    .sum();
                 assert_eq!(planned, p.totals.link_bytes_per_token);
                 // The last group is the read-out on one chip.
                 assert_eq!(prog.groups.last().unwrap().len(), 1);
@@ -1057,7 +1089,10 @@ mod tests {
         let e = place_tp(&c0, &t, &spec, &PlaceOptions::for_config(&c0), 2)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--tp 2") && e.contains("layer 0") && e.contains("mini-64k"), "{e}");
+        assert!(
+            e.contains("--tp 2") && e.contains("layer 0") && e.contains("mini-64k"),
+            "{e}"
+        );
         // tp 1 is today's placement.
         let o = PlaceOptions::for_config(&c0);
         assert_eq!(

@@ -107,7 +107,15 @@ pub(super) fn run(a: PlanArgs) -> Result<()> {
         None => {
             let m = load_model(a.model.as_ref())?;
             let ctx = plan_ctx(a.ctx, &m.config)?;
-            plan_for(&m, &spec, a.chip.chips, ctx, a.batch, a.microbatch, a.chip.tp)?
+            plan_for(
+                &m,
+                &spec,
+                a.chip.chips,
+                ctx,
+                a.batch,
+                a.microbatch,
+                a.chip.tp,
+            )?
         }
     };
     match a.format {

@@ -44,8 +44,7 @@ fn check(
     if let Some(e) = &plan.program_error {
         return Err(SramBuildError::Unrunnable(e.to_string()).into());
     }
-    let program =
-        Program::for_tp(cfg, &plan.chips, plan.tp).map_err(SramBuildError::Program)?;
+    let program = Program::for_tp(cfg, &plan.chips, plan.tp).map_err(SramBuildError::Program)?;
     if program.stage_plans() != plan.stages {
         return Err(SramBuildError::Program(crate::chip::ProgramError::Stale(
             "stages differ".into(),
@@ -285,8 +284,9 @@ pub(super) fn build(
                             p.extend([u(kr), u(vr), u32::from(init), u32::from(fin)]);
                             // Tensor parallelism: only this chip's query heads
                             // (the rows of wq it holds; parameter 11: the first).
-                            let (h0, h1) = tp_rows(&program, k, WeightName::Layer(l, LayerTensor::Q))
-                                .map_or((0, cfg.num_heads), |r| (r.0 / hd, r.1 / hd));
+                            let (h0, h1) =
+                                tp_rows(&program, k, WeightName::Layer(l, LayerTensor::Q))
+                                    .map_or((0, cfg.num_heads), |r| (r.0 / hd, r.1 / hd));
                             p.push(u(h0));
                             Code::shared(Op::Attn, &p, u(h1 - h0))
                         }
@@ -301,7 +301,10 @@ pub(super) fn build(
                     // w_gate rows (parameters 4, 5; 0, 0: all).
                     let (f0, f1) = tp_rows(&program, k, WeightName::Layer(l, LayerTensor::Gate))
                         .unwrap_or((0, 0));
-                    Code::one(Op::Silu, &[g, uu, h, u(cfg.intermediate_size), u(f0), u(f1)])
+                    Code::one(
+                        Op::Silu,
+                        &[g, uu, h, u(cfg.intermediate_size), u(f0), u(f1)],
+                    )
                 }
             };
             stage_codes.push(code);

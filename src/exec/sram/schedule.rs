@@ -129,14 +129,13 @@ pub(super) fn build_groups(
     let mut last_item = vec![vec![usize::MAX; m]; stages.len()];
     let mut link_node = vec![vec![usize::MAX; m]; n];
     let mut prev_in_chain = vec![vec![usize::MAX; m]; stages.len()];
-    let release =
-        |k: usize, j: usize, last_item: &Vec<Vec<usize>>, link_node: &Vec<Vec<usize>>| {
-            if k < last {
-                vec![link_node[k][j]]
-            } else {
-                groups[k].clone().map(|s| last_item[s][j]).collect()
-            }
-        };
+    let release = |k: usize, j: usize, last_item: &Vec<Vec<usize>>, link_node: &Vec<Vec<usize>>| {
+        if k < last {
+            vec![link_node[k][j]]
+        } else {
+            groups[k].clone().map(|s| last_item[s][j]).collect()
+        }
+    };
     let mut emit = |kind: NodeKind, c: &Code, j: usize, deps: Vec<usize>, recs: &mut Vec<u32>| {
         let id = nodes.len();
         let first = recs.len() / REC;
@@ -401,8 +400,21 @@ mod tests {
         }
         // The chips of the group run side by side: their first items are
         // consecutive nodes.
-        let a = pos(NodeKind::LaneItem { k: 1, lane: 0, i: 0, j: 0 });
-        assert_eq!(pos(NodeKind::LaneItem { k: 1, lane: 2, i: 0, j: 0 }), a + 2);
+        let a = pos(NodeKind::LaneItem {
+            k: 1,
+            lane: 0,
+            i: 0,
+            j: 0,
+        });
+        assert_eq!(
+            pos(NodeKind::LaneItem {
+                k: 1,
+                lane: 2,
+                i: 0,
+                j: 0
+            }),
+            a + 2
+        );
         // The read-out follows the last group's chain.
         assert!(t.nodes.contains(&NodeKind::Item { k: 2, i: 1, j: 1 }));
     }
