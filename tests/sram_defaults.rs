@@ -96,7 +96,7 @@ fn tp_is_shared_by_plan_generate_and_bench() {
     .unwrap();
     assert_eq!(plan["tp"].as_u64(), Some(2));
     let planned = plan["totals"]["chips_used"].as_u64().unwrap();
-    assert!(planned > 2 && planned % 2 == 0, "{planned}");
+    assert!(planned > 2 && planned.is_multiple_of(2), "{planned}");
     let stages = plan["stages"].as_array().unwrap();
     // A group of two chips with a collective between them.
     assert!(stages.iter().any(|s| {

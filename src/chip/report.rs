@@ -278,7 +278,9 @@ fn tp_groups(plan: &Plan) -> String {
         let chips: Vec<String> = st.iter().map(|s| s.chip.to_string()).collect();
         let mut sends: Vec<String> = Vec::new();
         for s in &st {
-            let mut by: Vec<((String, (usize, usize)), Vec<usize>)> = Vec::new();
+            // (activation, columns) and the chips they go to.
+            type Key = (String, (usize, usize));
+            let mut by: Vec<(Key, Vec<usize>)> = Vec::new();
             for x in &s.sends {
                 let key = (x.name.clone(), x.cols);
                 match by.iter_mut().find(|b| b.0 == key) {

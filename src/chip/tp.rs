@@ -70,7 +70,7 @@ pub fn check_tp(cfg: &LlamaConfig, tp: usize) -> Result<(), PlacementError> {
             cfg.num_heads
         )));
     }
-    if cfg.num_kv_heads == 0 || cfg.num_heads % cfg.num_kv_heads != 0 {
+    if cfg.num_kv_heads == 0 || !cfg.num_heads.is_multiple_of(cfg.num_kv_heads) {
         return Err(PlacementError::InvalidOptions(format!(
             "--tp {tp}: {} attention heads do not share {} KV heads evenly",
             cfg.num_heads, cfg.num_kv_heads
@@ -568,8 +568,12 @@ pub fn place_tp(
 
 /// A sub-step of the program: per chip of its group, the items it runs and
 /// the columns of each activation it computes; what is live after it.
+/// One chip of a sub-step: the chip, its (graph node, work) items, the
+/// columns of each activation it computes.
+type SegLane = (usize, Vec<(usize, Work)>, Vec<(Act, (usize, usize))>);
+
 struct Seg {
-    lanes: Vec<(usize, Vec<(usize, Work)>, Vec<(Act, (usize, usize))>)>,
+    lanes: Vec<SegLane>,
     live: Vec<Act>,
 }
 
@@ -577,7 +581,7 @@ struct Seg {
 /// consecutive chips (see the module docs).
 pub fn program(cfg: &LlamaConfig, chips: &[ChipPlan], tp: usize) -> Result<Program, ProgramError> {
     let stale = |m: String| ProgramError::Stale(m);
-    if chips.is_empty() || chips.len() % tp != 0 {
+    if chips.is_empty() || !chips.len().is_multiple_of(tp) {
         return Err(stale(format!(
             "{} chips do not form groups of --tp {tp}",
             chips.len()

@@ -149,7 +149,7 @@ pub(super) fn run(a: BenchArgs) -> Result<()> {
         sramlm::bench::output::check_outputs(&outputs, &inputs)?;
     }
     if a.chip.given() && !modes.contains(&Mode::Sram) {
-        bail!("--chip, --chips and --slice describe SRAM mode: add sram to --modes");
+        bail!("--chip, --chips, --slice and --tp describe SRAM mode: add sram to --modes");
     }
     let spec = if modes.contains(&Mode::Sram) {
         Some(a.chip.spec()?)

@@ -90,7 +90,7 @@ impl RunArgs {
             bail!("--stop needs a non-empty text");
         }
         if self.mode == Some(Mode::Vram) && self.chip.given() {
-            bail!("--chip, --chips and --slice describe SRAM mode: drop them or use --mode sram");
+            bail!("--chip, --chips, --slice and --tp describe SRAM mode: drop them or use --mode sram");
         }
         sampling.validate().map_err(anyhow::Error::msg)?;
         Ok(sampling)
