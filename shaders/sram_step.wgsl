@@ -493,7 +493,7 @@ fn op_attn(t: Task, lid: u32) {
     let fin = prm(t, 10u);
     let n_heads = T[4];
     let scale = bitcast<f32>(T[7]);
-    let h = t.sub;
+    let h = t.sub + prm(t, 11u); // p11: first query head (tensor parallelism)
     let kvh = h / (n_heads / T[5]);
     let pstride = (h1 - h0) * HD;
     for (var tt = 0u; tt < t.n_tok; tt++) {
@@ -601,13 +601,22 @@ fn op_attn(t: Task, lid: u32) {
     }
 }
 
-// SwiGLU gate (silu_mul.wgsl). p: g_off, u_off, h_off, dim
+// SwiGLU gate (silu_mul.wgsl). p: g_off, u_off, h_off, dim, and the
+// features [c0, c1) of each row (tensor parallelism; c1 = 0: all)
 fn op_silu(t: Task, lid: u32) {
     let g_off = prm(t, 0u);
     let u_off = prm(t, 1u);
     let h_off = prm(t, 2u);
     let dim = prm(t, 3u);
-    for (var i = lid; i < t.n_tok * dim; i += WG) {
+    var c0 = prm(t, 4u);
+    var c1 = prm(t, 5u);
+    if (c1 == 0u) {
+        c0 = 0u;
+        c1 = dim;
+    }
+    let w = c1 - c0;
+    for (var e = lid; e < t.n_tok * w; e += WG) {
+        let i = (e / w) * dim + c0 + e % w;
         let g = A[g_off + i];
         A[h_off + i] = g / (1.0 + exp(-g)) * A[u_off + i];
     }

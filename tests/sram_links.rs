@@ -3,7 +3,7 @@
 //! counts while it runs equal the bytes the plan lists, and the tokens equal
 //! VRAM mode's.
 
-use sramlm::chip::{place, ChipSpec, PlaceOptions, Plan, TensorInfo};
+use sramlm::chip::{place_tp, ChipSpec, PlaceOptions, Plan, TensorInfo};
 use sramlm::exec::sram::{SramExecutor, SramOptions};
 use sramlm::exec::vram::{VramExecutor, VramOptions};
 use sramlm::exec::{Executor, Readback, StepOutput};
@@ -42,18 +42,36 @@ const CTX: usize = 64;
 const MB: usize = 4;
 const NEW: usize = 5;
 
-/// Runs `m` on `spec` in SRAM mode; checks counted == planned link bytes for
-/// the decoded tokens and returns the tokens.
 fn check(
     g: &Arc<sramlm::gpu::Gpu>,
     m: &Model,
     spec: &ChipSpec,
     prompt: &[u32],
 ) -> (Plan, Vec<u32>) {
+    check_tp(g, m, spec, prompt, 1)
+}
+
+/// Runs `m` on `spec` in SRAM mode at tensor-parallel degree `tp`; checks
+/// counted == planned link bytes for the decoded tokens and returns the
+/// tokens.
+fn check_tp(
+    g: &Arc<sramlm::gpu::Gpu>,
+    m: &Model,
+    spec: &ChipSpec,
+    prompt: &[u32],
+    tp: usize,
+) -> (Plan, Vec<u32>) {
     let mut o = PlaceOptions::for_config(&m.config);
     o.context_len = CTX;
     o.microbatch_tokens = MB;
-    let plan = place(&m.config, &TensorInfo::from_weights(&m.weights), spec, &o).unwrap();
+    let plan = place_tp(
+        &m.config,
+        &TensorInfo::from_weights(&m.weights),
+        spec,
+        &o,
+        tp,
+    )
+    .unwrap();
     assert_eq!(plan.program_error, None, "{}", spec.name);
     let planned: usize = plan
         .stages
@@ -156,6 +174,49 @@ fn stories260k_counted_link_bytes_equal_the_plan_on_every_spec() {
         );
     }
     assert!(multi >= 2, "at least two specs must span several chips");
+}
+
+/// Tensor parallelism: the collectives (all-gathers inside a group, the
+/// hand-over between groups, the embedding row to the first group, the
+/// logits onto the read-out chip) are counted as they run.
+#[test]
+fn stories260k_tensor_parallel_link_bytes_equal_the_plan() {
+    let Some(g) = gpu() else { return };
+    let m = model::load(&model::default_model_path()).unwrap();
+    let prompt = m.tokenizer.encode("Once upon a time, there was a").unwrap();
+    let mut v = VramExecutor::new(
+        g.clone(),
+        &m.config,
+        &m.weights,
+        &VramOptions {
+            context: Some(CTX),
+            chunk: 256,
+        },
+    )
+    .unwrap();
+    let want = greedy(&mut v, &prompt, NEW);
+    let small = ChipSpec::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/chips/mini-256k-32k-slices.json"),
+    )
+    .unwrap();
+    for (spec, tp) in [(small.clone(), 2), (small, 4), (ChipSpec::groq_v1(), 2)] {
+        let (plan, got) = check_tp(&g, &m, &spec, &prompt, tp);
+        assert_eq!(got, want, "{} tp {tp}", spec.name);
+        assert_eq!(plan.totals.chips_used % tp, 0);
+        // The embedding row reaches every chip of the first group (one of
+        // them is its own when the whole model is one group).
+        let to = if plan.totals.chips_used > tp {
+            tp
+        } else {
+            tp - 1
+        };
+        assert_eq!(
+            plan.totals.loopback_bytes_per_token,
+            to * 4 * m.config.hidden_size,
+            "{} tp {tp}",
+            spec.name
+        );
+    }
 }
 
 #[test]

@@ -265,9 +265,11 @@ pub fn modeled_token_latency_with(plan: &Plan, spec: &ChipSpec, o: &CostOptions)
     // Streaming work of each dependent stage, and the chip its last piece is on.
     let mut stage_work: std::collections::BTreeMap<(usize, usize), (f64, usize)> =
         Default::default();
+    // Tensor parallelism: a group's chips share each stage's work side by side.
+    let tp = plan.tp.max(1);
     let mut add_work = |key: (usize, usize), work: f64, chip: usize| {
         let e = stage_work.entry(key).or_insert((0.0, chip));
-        e.0 += work;
+        e.0 += work / tp as f64;
         e.1 = e.1.max(chip);
     };
     let rate_piece =
@@ -301,7 +303,14 @@ pub fn modeled_token_latency_with(plan: &Plan, spec: &ChipSpec, o: &CostOptions)
             2.0 * params * mb / rate + 2.0 * group * kv_values * mb / spec.compute_flops_fp16;
         let sram = (weight_bytes + kv_read * mb) / spec.sram_bandwidth;
         let chip = compute.max(sram);
-        let transfers = if n == 1 {
+        let transfers = if tp > 1 {
+            // Every copy of the collectives that leaves this chip.
+            plan.stages
+                .iter()
+                .filter(|s| s.chip == c.index)
+                .map(|s| s.sends.len())
+                .sum()
+        } else if n == 1 {
             0
         } else if c.index + 1 == n {
             loop_transfers
@@ -340,8 +349,24 @@ pub fn modeled_token_latency_with(plan: &Plan, spec: &ChipSpec, o: &CostOptions)
         }
     }
     let sum = |f: fn(&ModeledChipCost) -> f64| chips.iter().map(f).sum::<f64>();
-    let latency = sum(|c| c.modeled_stage_s);
-    let bottleneck = chips.iter().map(|c| c.modeled_stage_s).fold(0.0, f64::max);
+    let mut latency = sum(|c| c.modeled_stage_s);
+    let mut bottleneck = chips.iter().map(|c| c.modeled_stage_s).fold(0.0, f64::max);
+    if tp > 1 {
+        // A group of tp chips runs side by side: the slowest chip, then the
+        // collective (each chip sends over its own links).
+        let most = |g: &[ModeledChipCost], f: fn(&ModeledChipCost) -> f64| {
+            g.iter().map(f).fold(0.0, f64::max)
+        };
+        let groups: Vec<f64> = chips
+            .chunks(tp)
+            .map(|g| {
+                most(g, |c| c.modeled_chip_s + c.modeled_floor_s)
+                    + most(g, |c| c.modeled_link_out_s)
+            })
+            .collect();
+        latency = groups.iter().sum();
+        bottleneck = groups.iter().copied().fold(0.0, f64::max);
+    }
     let inflight = o.inflight.max(1);
     let cycle = latency.max(inflight as f64 * bottleneck);
     let busy: f64 = inflight as f64 * latency;
@@ -889,6 +914,27 @@ mod tests {
             (r.modeled_token_latency_s - r0.modeled_token_latency_s - r.modeled_floor_s).abs()
                 < 1e-12
         );
+    }
+
+    #[test]
+    fn a_tensor_parallel_group_costs_its_slowest_chip_and_its_collective() {
+        let c = cfg();
+        let t = TensorInfo::from_config(&c, DType::F32, DType::F32).unwrap();
+        let mut g = ChipSpec::groq_v1();
+        g.stage_latency_s = 0.0;
+        g.link_latency_s = 0.0;
+        g.link_bandwidth = 1e30;
+        let o = PlaceOptions::for_config(&c);
+        let p1 = place(&c, &t, &g, &o).unwrap();
+        let p2 = crate::chip::place_tp(&c, &t, &g, &o, 2).unwrap();
+        let r1 = modeled_token_latency(&p1, &g, Precision::Fp16);
+        let r2 = modeled_token_latency(&p2, &g, Precision::Fp16);
+        // Half the rows per chip, side by side (norms are replicated).
+        assert!(r2.modeled_token_latency_s < 0.75 * r1.modeled_token_latency_s);
+        assert!(r2.modeled_chip_s > 0.9 * r1.modeled_chip_s);
+        // The collectives are charged.
+        let r2l = modeled_token_latency(&p2, &ChipSpec::groq_v1(), Precision::Fp16);
+        assert!(r2l.modeled_link_s > 0.0);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod placement;
 pub mod program;
 pub mod report;
 pub mod spec;
+pub mod tp;
 
 pub use cost::{
     dependent_stage_s, dependent_stages_per_token, gpu_inputs_from_plan, modeled_gpu_token_latency,
@@ -28,12 +29,13 @@ pub use placement::{
     PlanCheckError, SliceRange, TensorInfo, TensorSummary, Tile, TilePart, Totals, WeightFormat,
     DEFAULT_CONTEXT, DEFAULT_MICROBATCH,
 };
-pub use program::{Program, ProgramError, StagePlan};
+pub use program::{Program, ProgramError, SendPlan, StagePlan};
 pub use report::{
     chip_contents, fmt_bytes, fmt_seconds, llama2_70b_scenarios, plan_json, plan_table,
     plan_table_fit, study, study_table, Scenario, StudyRow, StudyVariant,
 };
 pub use spec::{ChipSpec, Economics, Interconnect, Topology, DEFAULT_SLICE_BYTES, PRESET_NAMES};
+pub use tp::place_tp;
 
 /// Everything that can go wrong between a chip description and a plan.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -523,6 +523,14 @@ pub struct Plan {
     /// Why SRAM mode cannot run this plan (e.g. a row cut by columns), if so.
     #[serde(default)]
     pub program_error: Option<String>,
+    /// Tensor-parallel degree (`--tp`): each pipeline stage is a group of
+    /// this many chips (`chip::tp`); 1 = every chip on the serial path.
+    #[serde(default = "one")]
+    pub tp: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 // ---------------------------------------------------------------------------
@@ -530,11 +538,11 @@ pub struct Plan {
 
 /// How a `[rows, cols]` array is cut into tiles.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Tiling {
+pub(super) struct Tiling {
     rows: usize,
     cols: usize,
-    tile_rows: usize,
-    tile_cols: usize,
+    pub(super) tile_rows: usize,
+    pub(super) tile_cols: usize,
     /// Columns per quantum (block) and bytes per quantum.
     q_len: usize,
     q_bytes: usize,
@@ -569,7 +577,7 @@ impl Tiling {
 /// `q_len` values / `q_bytes` bytes, so that every tile fits `slice` bytes and
 /// the fewest slice bytes are wasted (fewer column blocks win near-ties).
 /// `Err(q_bytes)` when not even one quantum fits a slice.
-fn choose_tiling(
+pub(super) fn choose_tiling(
     rows: usize,
     cols: usize,
     q_len: usize,
@@ -713,7 +721,10 @@ struct Dims {
 }
 
 /// A live set of the graph as carried vectors (4 bytes a value).
-fn materialize(live: &std::collections::BTreeSet<Act>, cfg: &LlamaConfig) -> Vec<Carried> {
+pub(super) fn materialize(
+    live: &std::collections::BTreeSet<Act>,
+    cfg: &LlamaConfig,
+) -> Vec<Carried> {
     live.iter()
         .map(|a| Carried {
             name: a.name().to_string(),
@@ -722,7 +733,7 @@ fn materialize(live: &std::collections::BTreeSet<Act>, cfg: &LlamaConfig) -> Vec
         .collect()
 }
 
-fn values(c: &[Carried]) -> usize {
+pub(super) fn values(c: &[Carried]) -> usize {
     c.iter().map(|c| c.values).sum()
 }
 
@@ -878,7 +889,7 @@ struct Compiler<'a> {
     point: Vec<Carried>,
 }
 
-fn align16(x: usize) -> usize {
+pub(super) fn align16(x: usize) -> usize {
     x.div_ceil(16) * 16
 }
 
@@ -1359,7 +1370,7 @@ pub const MAX_PLACED_PIECES: usize = 1 << 25;
 /// Checks, with checked arithmetic, that the sizes of weights and KV cache
 /// do not overflow and make at most [`MAX_PLACED_PIECES`] pieces, before any
 /// placement work.
-fn check_size(
+pub(super) fn check_size(
     cfg: &LlamaConfig,
     tensors: &[TensorInfo],
     spec: &ChipSpec,
@@ -1395,14 +1406,14 @@ fn check_size(
     Ok(())
 }
 
-/// Places `tensors` (the weights of the model `cfg`), its KV cache and the
-/// activation scratch onto chips of `spec`. See the module docs.
-pub fn place(
+/// The checks every placement starts with (architecture, spec, options), and
+/// the model's tensors in forward order, checked against the config.
+pub(super) fn checked_tensors(
     cfg: &LlamaConfig,
     tensors: &[TensorInfo],
     spec: &ChipSpec,
     opts: &PlaceOptions,
-) -> Result<Plan, PlacementError> {
+) -> Result<Vec<TensorInfo>, PlacementError> {
     if let Some(m) = crate::exec::sram::unsupported_in_sram(cfg) {
         return Err(PlacementError::Unsupported(m));
     }
@@ -1424,8 +1435,6 @@ pub fn place(
             "`max_chips` must be positive, got 0".into(),
         ));
     }
-    let slice = spec.slice_bytes;
-
     // Order the tensors forward and check them against the config.
     let want = WeightName::all(cfg);
     let mut ordered: Vec<TensorInfo> = Vec::with_capacity(want.len());
@@ -1468,6 +1477,19 @@ pub fn place(
             extra.name, cfg.tie_word_embeddings
         )));
     }
+    Ok(ordered)
+}
+
+/// Places `tensors` (the weights of the model `cfg`), its KV cache and the
+/// activation scratch onto chips of `spec`. See the module docs.
+pub fn place(
+    cfg: &LlamaConfig,
+    tensors: &[TensorInfo],
+    spec: &ChipSpec,
+    opts: &PlaceOptions,
+) -> Result<Plan, PlacementError> {
+    let ordered = checked_tensors(cfg, tensors, spec, opts)?;
+    let slice = spec.slice_bytes;
 
     let dims = Dims {
         heads: cfg.num_heads,
@@ -1687,6 +1709,7 @@ pub fn place(
         totals,
         stages,
         program_error,
+        tp: 1,
     })
 }
 
@@ -1792,6 +1815,7 @@ impl Plan {
         let mut covered: std::collections::HashMap<&str, Vec<(usize, usize, usize, usize)>> =
             Default::default();
         let mut kv_cover: Vec<usize> = vec![0; self.model.num_layers];
+        let mut kv_seen = std::collections::HashSet::new();
         for chip in &self.chips {
             let mut spans: Vec<(usize, usize, String)> = Vec::new();
             let mut per_slice = vec![0usize; nsl];
@@ -1847,7 +1871,16 @@ impl Plan {
                     ));
                 }
                 tile_bytes += k.bytes;
-                kv_cover[k.layer] += (k.head_end - k.head_start) * (k.pos_end - k.pos_start);
+                if self.tp <= 1 {
+                    kv_cover[k.layer] += (k.head_end - k.head_start) * (k.pos_end - k.pos_start);
+                } else {
+                    // Tensor parallelism may hold a KV head on several chips.
+                    for h in k.head_start..k.head_end {
+                        if kv_seen.insert((k.layer, h, k.pos_start, k.pos_end)) {
+                            kv_cover[k.layer] += k.pos_end - k.pos_start;
+                        }
+                    }
+                }
             }
             if tile_bytes != chip.weight_bytes + chip.kv_bytes {
                 return Err(PlanCheckError::ChipBytes {
@@ -1918,7 +1951,21 @@ impl Plan {
             }
         }
         for t in &self.model.tensors {
-            let rects = covered.remove(t.weight.as_str()).unwrap_or_default();
+            let mut rects = covered.remove(t.weight.as_str()).unwrap_or_default();
+            if self.tp > 1 {
+                // Tensor parallelism replicates norm vectors (and k/v rows
+                // when the group has more chips than KV heads), always whole
+                // rows: count the rows covered once each.
+                rects.sort_unstable();
+                let mut merged: Vec<(usize, usize, usize, usize)> = Vec::new();
+                for r in rects {
+                    match merged.last_mut() {
+                        Some(m) if (m.2, m.3) == (r.2, r.3) && r.0 <= m.1 => m.1 = m.1.max(r.1),
+                        _ => merged.push(r),
+                    }
+                }
+                rects = merged;
+            }
             let area: usize = rects.iter().map(|r| (r.1 - r.0) * (r.3 - r.2)).sum();
             if area != t.rows * t.cols {
                 return Err(PlanCheckError::Area {

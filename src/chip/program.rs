@@ -198,14 +198,46 @@ pub struct Link {
     pub from_stage: usize,
     pub from_chip: usize,
     pub to_chip: usize,
-    /// Activations and their valid leading columns, packed in this order.
+    /// Activations and their valid leading columns, packed in this order
+    /// (tensor parallelism: what crosses between chips, summed per activation).
     pub carry: Vec<(Act, usize)>,
+    /// Every copy the link makes, stage region to stage region; at tp 1 one
+    /// per carried activation. A copy between two stages of the same chip
+    /// (a tensor-parallel group's next sub-step) is local, not link traffic.
+    pub copies: Vec<LinkCopy>,
+}
+
+/// One copy of a link: columns `cols` of `act` from stage `from_stage`'s
+/// region to stage `to_stage`'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkCopy {
+    pub from_stage: usize,
+    pub to_stage: usize,
+    pub from_chip: usize,
+    pub to_chip: usize,
+    pub act: Act,
+    pub cols: (usize, usize),
+}
+
+impl LinkCopy {
+    /// Both stages on one chip: no link crossed.
+    pub fn is_local(&self) -> bool {
+        self.from_chip == self.to_chip
+    }
+    pub fn values(&self) -> usize {
+        self.cols.1 - self.cols.0
+    }
 }
 
 impl Link {
-    /// Values per token (the logits only on the step's output rows).
+    /// Values per token crossing chips (the logits only on the step's
+    /// output rows).
     pub fn values(&self) -> usize {
-        self.carry.iter().map(|c| c.1).sum()
+        self.copies
+            .iter()
+            .filter(|c| !c.is_local())
+            .map(LinkCopy::values)
+            .sum()
     }
     /// The loopback: from the tail of the chip chain back to an earlier chip.
     pub fn is_loopback(&self) -> bool {
@@ -219,8 +251,13 @@ pub struct Program {
     pub nodes: Vec<graph::Node>,
     pub items: Vec<Item>,
     pub stages: Vec<Stage>,
-    /// `links[k]` follows `stages[k]`.
+    /// The pipeline stages: `groups[g]` = the stages that run side by side
+    /// (tensor parallelism: one per chip of the group; else one).
+    pub groups: Vec<Range<usize>>,
+    /// `links[g]` follows group `g` (at tp 1: `stages[g]`).
     pub links: Vec<Link>,
+    /// Tensor-parallel degree the program was derived for.
+    pub tp: usize,
 }
 
 /// A stage as the plan records it (what `sramlm plan --format json` shows).
@@ -233,6 +270,22 @@ pub struct StagePlan {
     pub link_to: Option<usize>,
     /// What that link carries per token.
     pub carry: Vec<Carried>,
+    /// The pipeline stage (tensor parallelism: the chips whose stages share
+    /// a group run side by side).
+    #[serde(default)]
+    pub group: usize,
+    /// Tensor parallelism: each copy of the collective after the group that
+    /// leaves this chip (to which chip, which activation, which columns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sends: Vec<SendPlan>,
+}
+
+/// One copy of a tensor-parallel collective, as the plan records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendPlan {
+    pub to_chip: usize,
+    pub name: String,
+    pub cols: (usize, usize),
 }
 
 /// Why a plan cannot be run as a program.
@@ -467,24 +520,56 @@ impl Program {
                 valid.extend(it.writes(cfg));
             }
             if let Some(next) = stages.get(k + 1) {
-                let carry = live[s.items.end - 1]
+                let carry: Vec<(Act, usize)> = live[s.items.end - 1]
                     .iter()
                     .filter_map(|a| valid.get(a).filter(|&&c| c > 0).map(|&c| (*a, c)))
+                    .collect();
+                let copies = carry
+                    .iter()
+                    .map(|&(act, c)| LinkCopy {
+                        from_stage: k,
+                        to_stage: k + 1,
+                        from_chip: s.chip,
+                        to_chip: next.chip,
+                        act,
+                        cols: (0, c),
+                    })
                     .collect();
                 links.push(Link {
                     from_stage: k,
                     from_chip: s.chip,
                     to_chip: next.chip,
                     carry,
+                    copies,
                 });
             }
         }
         Ok(Program {
             nodes,
             items,
+            groups: (0..stages.len()).map(|k| k..k + 1).collect(),
             stages,
             links,
+            tp: 1,
         })
+    }
+
+    /// The program of a plan's chips at tensor-parallel degree `tp`
+    /// (`super::tp`; 1: [`Program::from_chips`]).
+    pub fn for_tp(cfg: &LlamaConfig, chips: &[ChipPlan], tp: usize) -> Result<Self, ProgramError> {
+        if tp <= 1 {
+            Self::from_chips(cfg, chips)
+        } else {
+            super::tp::program(cfg, chips, tp)
+        }
+    }
+
+    /// The pipeline group of each stage.
+    pub fn group_of(&self, stage: usize) -> usize {
+        self.groups
+            .iter()
+            .position(|g| g.contains(&stage))
+            .unwrap_or(0)
     }
 
     /// The summary the plan stores.
@@ -493,23 +578,64 @@ impl Program {
             .iter()
             .enumerate()
             .map(|(k, s)| {
-                let link = self.links.get(k);
+                let g = self.group_of(k);
+                let link = self.links.get(g);
+                let work = self.items[s.items.clone()]
+                    .iter()
+                    .map(|i| i.label(&self.nodes))
+                    .collect();
+                if self.tp <= 1 {
+                    return StagePlan {
+                        chip: s.chip,
+                        work,
+                        link_to: link.map(|l| l.to_chip),
+                        carry: link.map_or(vec![], |l| {
+                            l.carry
+                                .iter()
+                                .map(|&(a, c)| Carried {
+                                    name: a.name().into(),
+                                    values: c,
+                                })
+                                .collect()
+                        }),
+                        group: g,
+                        sends: vec![],
+                    };
+                }
+                // Tensor parallelism: what leaves this chip after the group.
+                let out: Vec<&LinkCopy> = link.map_or(vec![], |l| {
+                    l.copies
+                        .iter()
+                        .filter(|c| c.from_stage == k && !c.is_local())
+                        .collect()
+                });
+                let mut carry: Vec<Carried> = Vec::new();
+                for c in &out {
+                    match carry.iter_mut().find(|x| x.name == c.act.name()) {
+                        Some(x) => x.values += c.values(),
+                        None => carry.push(Carried {
+                            name: c.act.name().into(),
+                            values: c.values(),
+                        }),
+                    }
+                }
+                let mut to: Vec<usize> = out.iter().map(|c| c.to_chip).collect();
+                to.sort_unstable();
+                to.dedup();
                 StagePlan {
                     chip: s.chip,
-                    work: self.items[s.items.clone()]
+                    work,
+                    link_to: (to.len() == 1).then(|| to[0]),
+                    carry,
+                    group: g,
+                    sends: out
                         .iter()
-                        .map(|i| i.label(&self.nodes))
+                        .map(|c| SendPlan {
+                            to_chip: c.to_chip,
+                            name: c.act.name().into(),
+                            cols: c.cols,
+                        })
                         .collect(),
-                    link_to: link.map(|l| l.to_chip),
-                    carry: link.map_or(vec![], |l| {
-                        l.carry
-                            .iter()
-                            .map(|&(a, c)| Carried {
-                                name: a.name().into(),
-                                values: c,
-                            })
-                            .collect()
-                    }),
                 }
             })
             .collect()
@@ -523,7 +649,7 @@ impl Program {
     /// Which stage runs on which micro-batch in each pipeline step: step `s`
     /// runs stage `k` on micro-batch `s − k`; `(stage, micro-batch)` pairs.
     pub fn pipeline(&self, microbatches: usize) -> Vec<Vec<(usize, usize)>> {
-        let n = self.stages.len();
+        let n = self.groups.len();
         (0..microbatches + n.max(1) - 1)
             .map(|s| {
                 (0..n)

@@ -255,6 +255,63 @@ pub fn plan_table(plan: &Plan) -> String {
         t.link_bytes_per_token, t.link_transfers_per_token, t.hops, t.loopback_bytes_per_token
     )
     .unwrap();
+    if plan.tp > 1 {
+        out.push_str(&tp_groups(plan));
+    }
+    out
+}
+
+/// Tensor parallelism: each pipeline group's chips, what they run (the first
+/// chip's items; the others run their own rows of the same) and the
+/// collective after it (who sends which columns of what to whom).
+fn tp_groups(plan: &Plan) -> String {
+    let mut out = String::new();
+    let n = plan.stages.iter().map(|s| s.group + 1).max().unwrap_or(0);
+    writeln!(
+        out,
+        "\ntensor parallelism: --tp {}, {n} pipeline groups (chips of a group run side by side; after each, the collective)",
+        plan.tp
+    )
+    .unwrap();
+    for g in 0..n {
+        let st: Vec<&super::StagePlan> = plan.stages.iter().filter(|s| s.group == g).collect();
+        let chips: Vec<String> = st.iter().map(|s| s.chip.to_string()).collect();
+        let mut sends: Vec<String> = Vec::new();
+        for s in &st {
+            // (activation, columns) and the chips they go to.
+            type Key = (String, (usize, usize));
+            let mut by: Vec<(Key, Vec<usize>)> = Vec::new();
+            for x in &s.sends {
+                let key = (x.name.clone(), x.cols);
+                match by.iter_mut().find(|b| b.0 == key) {
+                    Some(b) => b.1.push(x.to_chip),
+                    None => by.push((key, vec![x.to_chip])),
+                }
+            }
+            for ((name, c), to) in by {
+                let to: Vec<String> = to.iter().map(|t| t.to_string()).collect();
+                sends.push(format!(
+                    "{} {name}[{}..{}) → {}",
+                    s.chip,
+                    c.0,
+                    c.1,
+                    to.join(",")
+                ));
+            }
+        }
+        writeln!(
+            out,
+            "  group {g} (chips {}): {}{}",
+            chips.join(","),
+            st.first().map_or(String::new(), |s| s.work.join(", ")),
+            if sends.is_empty() {
+                String::new()
+            } else {
+                format!(" ⇒ {}", sends.join("; "))
+            }
+        )
+        .unwrap();
+    }
     out
 }
 

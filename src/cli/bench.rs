@@ -149,7 +149,7 @@ pub(super) fn run(a: BenchArgs) -> Result<()> {
         sramlm::bench::output::check_outputs(&outputs, &inputs)?;
     }
     if a.chip.given() && !modes.contains(&Mode::Sram) {
-        bail!("--chip, --chips and --slice describe SRAM mode: add sram to --modes");
+        bail!("--chip, --chips, --slice and --tp describe SRAM mode: add sram to --modes");
     }
     let spec = if modes.contains(&Mode::Sram) {
         Some(a.chip.spec()?)
@@ -234,6 +234,7 @@ pub(super) fn run(a: BenchArgs) -> Result<()> {
                 batch,
                 chunk: sramlm::exec::vram::DEFAULT_CHUNK,
                 microbatch: a.microbatch,
+                tp: a.chip.tp,
             },
         )?;
         let mut tick = |n: u64| pb.inc(n);
@@ -291,7 +292,7 @@ pub(super) fn run(a: BenchArgs) -> Result<()> {
                     "settings": {
                         "prompt_tokens": prompt.len(), "gen": a.gen, "repeat": a.repeat, "batch": r.batch,
                         "ctx": ctx, "microbatch": a.microbatch, "chip": spec.as_ref().map(|s| s.name.clone()),
-                        "slice_bytes": spec.as_ref().map(|s| s.slice_bytes), "max_chips": a.chip.chips,
+                        "slice_bytes": spec.as_ref().map(|s| s.slice_bytes), "max_chips": a.chip.chips, "tp": a.chip.tp,
                         "feature_level": gpu.level,
                     },
                     "result": r,

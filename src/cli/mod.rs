@@ -121,12 +121,17 @@ struct ChipArgs {
     /// SRAM slice = one workgroup's shared-memory budget, in bytes [default: the spec's, 16384]
     #[arg(long)]
     slice: Option<usize>,
+    /// Tensor-parallel degree: each pipeline stage is a group of this many
+    /// chips, attention split by heads, the MLP by features, lm_head by
+    /// vocabulary, partial results all-gathered over counted links
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
 }
 
 impl ChipArgs {
     /// Whether any chip option was given.
     fn given(&self) -> bool {
-        self.chip.is_some() || self.chips.is_some() || self.slice.is_some()
+        self.chip.is_some() || self.chips.is_some() || self.slice.is_some() || self.tp != 1
     }
     fn spec(&self) -> Result<ChipSpec> {
         let mut spec = ChipSpec::resolve(self.chip.as_deref().unwrap_or("groq-v1"))?;
@@ -135,6 +140,9 @@ impl ChipArgs {
         }
         if self.chips == Some(0) {
             bail!("--chips must be at least 1");
+        }
+        if self.tp == 0 {
+            bail!("--tp must be at least 1");
         }
         Ok(spec)
     }

@@ -4,7 +4,7 @@ use super::session::plan_for;
 use super::{load_model, ChipArgs, Format};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sramlm::chip::{place, plan_json, plan_table, PlaceOptions, TensorInfo};
+use sramlm::chip::{plan_json, plan_table, PlaceOptions, TensorInfo};
 use sramlm::model;
 use std::path::PathBuf;
 
@@ -102,12 +102,20 @@ pub(super) fn run(a: PlanArgs) -> Result<()> {
             opts.context_len = plan_ctx(a.ctx, &cfg)?;
             opts.batch = a.batch;
             opts.microbatch_tokens = a.microbatch.min(opts.context_len);
-            place(&cfg, &tensors, &spec, &opts)?
+            sramlm::chip::place_tp(&cfg, &tensors, &spec, &opts, a.chip.tp)?
         }
         None => {
             let m = load_model(a.model.as_ref())?;
             let ctx = plan_ctx(a.ctx, &m.config)?;
-            plan_for(&m, &spec, a.chip.chips, ctx, a.batch, a.microbatch)?
+            plan_for(
+                &m,
+                &spec,
+                a.chip.chips,
+                ctx,
+                a.batch,
+                a.microbatch,
+                a.chip.tp,
+            )?
         }
     };
     match a.format {

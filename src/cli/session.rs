@@ -5,7 +5,7 @@
 use super::{human_bytes, load_model, spinner, Mode, RunArgs};
 use anyhow::{bail, Result};
 use sramlm::chat::{self, ChatError, Message};
-use sramlm::chip::{place, ChipSpec, PlaceOptions, Plan, TensorInfo};
+use sramlm::chip::{place_tp, ChipSpec, PlaceOptions, Plan, TensorInfo};
 use sramlm::exec::sram::{SramExecutor, SramOptions};
 use sramlm::exec::vram::{VramExecutor, VramOptions};
 use sramlm::exec::Executor;
@@ -90,7 +90,7 @@ impl RunArgs {
             bail!("--stop needs a non-empty text");
         }
         if self.mode == Some(Mode::Vram) && self.chip.given() {
-            bail!("--chip, --chips and --slice describe SRAM mode: drop them or use --mode sram");
+            bail!("--chip, --chips, --slice and --tp describe SRAM mode: drop them or use --mode sram");
         }
         sampling.validate().map_err(anyhow::Error::msg)?;
         Ok(sampling)
@@ -160,6 +160,7 @@ impl RunArgs {
                 batch,
                 chunk: self.chunk,
                 microbatch: self.microbatch,
+                tp: self.chip.tp,
             },
         )?;
         pb.finish_and_clear();
@@ -297,6 +298,7 @@ pub(super) fn plan_for(
     ctx: usize,
     batch: usize,
     microbatch: usize,
+    tp: usize,
 ) -> Result<Plan> {
     let mut opts = PlaceOptions::for_config(&m.config);
     opts.max_chips = max_chips;
@@ -304,11 +306,12 @@ pub(super) fn plan_for(
     opts.batch = batch;
     // (the executor runs at most `ctx` tokens per micro-batch)
     opts.microbatch_tokens = microbatch.min(ctx);
-    place(
+    place_tp(
         &m.config,
         &TensorInfo::from_weights(&m.weights),
         spec,
         &opts,
+        tp,
     )
     .map_err(|e| {
         let msg = e.to_string();
@@ -337,6 +340,8 @@ pub(super) struct ExecSettings<'a> {
     pub(super) chunk: usize,
     /// Prompt tokens per pipeline micro-batch (SRAM mode).
     pub(super) microbatch: usize,
+    /// Tensor-parallel degree (`--tp`, SRAM mode).
+    pub(super) tp: usize,
 }
 
 /// Builds the executor of the mode `s` describes for a loaded model: VRAM
@@ -363,7 +368,7 @@ pub(super) fn build_executor(
         }
         Some(spec) => {
             spec.check_slice_against_limit(gpu.limits.max_compute_workgroup_storage_size)?;
-            let plan = plan_for(m, spec, s.max_chips, s.ctx, s.batch, s.microbatch)?;
+            let plan = plan_for(m, spec, s.max_chips, s.ctx, s.batch, s.microbatch, s.tp)?;
             let e = SramExecutor::new(
                 gpu.clone(),
                 &m.config,

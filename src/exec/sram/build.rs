@@ -12,7 +12,7 @@ use crate::gpu::Gpu;
 use crate::graph::Act;
 use crate::kernels::sram_step::{self, hdr, Op};
 use crate::kernels::{rope, topk};
-use crate::model::{DType, LlamaConfig, ModelWeights, WeightName};
+use crate::model::{DType, LayerTensor, LlamaConfig, ModelWeights, WeightName};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ fn check(
     if let Some(e) = &plan.program_error {
         return Err(SramBuildError::Unrunnable(e.to_string()).into());
     }
-    let program = Program::from_chips(cfg, &plan.chips).map_err(SramBuildError::Program)?;
+    let program = Program::for_tp(cfg, &plan.chips, plan.tp).map_err(SramBuildError::Program)?;
     if program.stage_plans() != plan.stages {
         return Err(SramBuildError::Program(crate::chip::ProgramError::Stale(
             "stages differ".into(),
@@ -282,19 +282,37 @@ pub(super) fn build(
                             let mut p = vec![q, att, st];
                             p.extend(blk);
                             p.extend([u(kr), u(vr), u32::from(init), u32::from(fin)]);
-                            Code::shared(Op::Attn, &p, u(cfg.num_heads))
+                            // Tensor parallelism: only this chip's query heads
+                            // (the rows of wq it holds; parameter 11: the first).
+                            let (h0, h1) =
+                                tp_rows(&program, k, WeightName::Layer(l, LayerTensor::Q))
+                                    .map_or((0, cfg.num_heads), |r| (r.0 / hd, r.1 / hd));
+                            p.push(u(h0));
+                            Code::shared(Op::Attn, &p, u(h1 - h0))
                         }
                         _ => unreachable!(),
                     }
                 }
-                Work::Silu(_) => {
+                Work::Silu(l) => {
                     let g = ar.act(k, Act::G, cfg, mb);
                     let uu = ar.act(k, Act::U, cfg, mb);
                     let h = ar.act(k, Act::H, cfg, mb);
-                    Code::one(Op::Silu, &[g, uu, h, u(cfg.intermediate_size)])
+                    // Tensor parallelism: only the features of this chip's
+                    // w_gate rows (parameters 4, 5; 0, 0: all).
+                    let (f0, f1) = tp_rows(&program, k, WeightName::Layer(l, LayerTensor::Gate))
+                        .unwrap_or((0, 0));
+                    Code::one(
+                        Op::Silu,
+                        &[g, uu, h, u(cfg.intermediate_size), u(f0), u(f1)],
+                    )
                 }
             };
             stage_codes.push(code);
+        }
+        if stage_codes.is_empty() {
+            // A stage with no work (tensor parallelism: the read-out's chip
+            // after the logits' gather) is one no-op task.
+            stage_codes.push(Code::shared(Op::Nop, &[], 0));
         }
         codes.push(stage_codes);
     }
@@ -304,21 +322,24 @@ pub(super) fn build(
     let mut link_codes = Vec::new();
     let mut link_counts = Vec::new();
     for l in &program.links {
-        let (k, n) = (l.from_stage, l.from_stage + 1);
         let mut params = Vec::new();
         let mut counts = Vec::new();
-        for &(a, cols) in &l.carry {
-            let src = ar.act(k, a, cfg, mb);
-            let dst = ar.act(n, a, cfg, mb);
+        for c in &l.copies {
+            let a = c.act;
+            let src = ar.act(c.from_stage, a, cfg, mb) + u(c.cols.0);
+            let dst = ar.act(c.to_stage, a, cfg, mb) + u(c.cols.0);
             let aw = u(a.width(cfg));
             let out_rows = a == Act::Logits;
             let mut p = [0u32; sram_step::PARAMS];
-            p[..6].copy_from_slice(&[src, aw, dst, aw, u(cols), u32::from(out_rows)]);
+            p[..6].copy_from_slice(&[src, aw, dst, aw, u(c.values()), u32::from(out_rows)]);
             params.push(p);
-            counts.push(LinkCount {
-                values: cols,
-                out_rows,
-            });
+            // A copy between two stages of one chip is no link traffic.
+            if !c.is_local() {
+                counts.push(LinkCount {
+                    values: c.values(),
+                    out_rows,
+                });
+            }
         }
         link_codes.push(Code {
             op: Op::Link,
@@ -417,19 +438,28 @@ pub(super) fn build(
     header[hdr::TASK_ORDER] = u32::from(order == TaskOrder::Ticket);
 
     let mut chip_stats: BTreeMap<usize, ChipStats> = BTreeMap::new();
-    for (k, st) in program.stages.iter().enumerate() {
-        let e = chip_stats.entry(st.chip).or_insert(ChipStats {
+    for st in &program.stages {
+        chip_stats.entry(st.chip).or_insert(ChipStats {
             chip: st.chip,
             link_bytes_in_per_token: 0,
             link_bytes_out_per_token: 0,
             dispatches_compute: 0,
         });
-        e.dispatches_compute += st.items.len();
-        if let Some(l) = program.links.get(k) {
-            e.link_bytes_out_per_token += 4 * l.values();
+    }
+    for st in &program.stages {
+        if let Some(e) = chip_stats.get_mut(&st.chip) {
+            e.dispatches_compute += st.items.len();
         }
-        if let Some(l) = k.checked_sub(1).and_then(|p| program.links.get(p)) {
-            e.link_bytes_in_per_token += 4 * l.values();
+    }
+    for c in program.links.iter().flat_map(|l| &l.copies) {
+        if c.is_local() {
+            continue;
+        }
+        if let Some(e) = chip_stats.get_mut(&c.from_chip) {
+            e.link_bytes_out_per_token += 4 * c.values();
+        }
+        if let Some(e) = chip_stats.get_mut(&c.to_chip) {
+            e.link_bytes_in_per_token += 4 * c.values();
         }
     }
     let t = &plan.totals;
@@ -440,12 +470,19 @@ pub(super) fn build(
         sram_used_max_bytes: t.sram_used_max,
         sram_used_mean_bytes: t.sram_used_mean,
         microbatch_tokens: mb,
-        pipeline_stages: program.stages.len(),
+        pipeline_stages: program.groups.len(),
         link_bytes_per_token: program.link_bytes_per_token(),
-        link_transfers_per_token: program.links.iter().map(|l| l.carry.len()).sum(),
+        link_transfers_per_token: program
+            .links
+            .iter()
+            .flat_map(|l| &l.copies)
+            .filter(|c| !c.is_local())
+            .count(),
         link_hops_per_token: program
             .links
             .iter()
+            .flat_map(|l| &l.copies)
+            .filter(|c| !c.is_local())
             .map(|l| (l.to_chip + t.chips_used - l.from_chip) % t.chips_used.max(1))
             .sum(),
         link_bytes_counted: 0,
@@ -502,4 +539,17 @@ fn slice_error(what: &str, need: usize, tile: usize, slice: usize) -> ExecError 
         slice,
     }
     .into()
+}
+
+/// Tensor parallelism: the rows of `w` the chip of stage `k` holds, when
+/// the stage's group has several chips (at tp 1: `None`, all rows).
+fn tp_rows(program: &Program, k: usize, w: WeightName) -> Option<(usize, usize)> {
+    if program.groups[program.group_of(k)].len() < 2 {
+        return None;
+    }
+    let chip = program.stages[k].chip;
+    program.items.iter().find_map(|i| match i.work {
+        Work::Mat { w: x, rows, .. } if x == w && i.chip == chip => Some(rows),
+        _ => None,
+    })
 }

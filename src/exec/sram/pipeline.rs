@@ -60,8 +60,9 @@ impl SramExecutor {
             self.tables.clear();
         }
         let tails: Vec<Option<Code>> = (0..key.m).map(|j| self.tail(&key, j)).collect();
-        let t = schedule::build(
+        let t = schedule::build_groups(
             &self.codes,
+            &self.program.groups,
             &self.link_codes,
             &tails,
             &self.program.pipeline(key.m),
@@ -130,7 +131,7 @@ impl SramExecutor {
         self.counters.steps += 1;
         let n = ids.len();
         let m = mbs.len();
-        let last = self.program.stages.len() - 1;
+        let last = self.program.groups.len() - 1;
         let kind = match rb {
             Readback::Argmax => ReadoutKind::Argmax,
             Readback::TopK(k) => ReadoutKind::TopK(k.clamp(1, topk::MAX_K.min(vocab))),
@@ -174,7 +175,8 @@ impl SramExecutor {
             .map(|s| {
                 let mut c: Vec<usize> = s
                     .iter()
-                    .map(|&(k, _)| self.program.stages[k].chip)
+                    .flat_map(|&(k, _)| self.program.groups[k].clone())
+                    .map(|st| self.program.stages[st].chip)
                     .collect();
                 c.sort_unstable();
                 c.dedup();

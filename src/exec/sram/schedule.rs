@@ -19,6 +19,7 @@
 //! of the same step).
 
 use crate::kernels::sram_step::{Op, FIRST_NODE, HDR, PARAMS, REC};
+use std::ops::Range;
 
 /// One node's code: its op, the parameters (one set shared by all its tasks,
 /// which get their index as `sub`, or one set per task) and its task count.
@@ -57,6 +58,13 @@ pub(super) enum NodeKind {
         k: usize,
         j: usize,
     },
+    /// Tensor parallelism: item `i` of the stage of chip `lane` of group `k`.
+    LaneItem {
+        k: usize,
+        lane: usize,
+        i: usize,
+        j: usize,
+    },
 }
 
 #[cfg_attr(not(test), allow(dead_code))]
@@ -76,6 +84,7 @@ pub(super) struct Table {
 /// read-out of micro-batch j) at the end of the last stage, by `schedule`
 /// (`Program::pipeline(m)`). `header` fills the header words after the task
 /// count.
+#[cfg(test)]
 pub(super) fn build(
     stages: &[Vec<Code>],
     links: &[Code],
@@ -83,14 +92,32 @@ pub(super) fn build(
     schedule: &[Vec<(usize, usize)>],
     header: &[u32; HDR],
 ) -> Table {
-    let n = stages.len();
+    let groups: Vec<Range<usize>> = (0..stages.len()).map(|k| k..k + 1).collect();
+    build_groups(stages, &groups, links, tails, schedule, header)
+}
+
+/// As [`build`], with pipeline stage k = the stages `groups[k]` (tensor
+/// parallelism: one per chip of the group). A group's stages are chains of
+/// their own, independent of each other and interleaved task by task; the
+/// link after the group (its collective) waits for all of them, and the
+/// read-out follows the group's first stage on the last group.
+pub(super) fn build_groups(
+    stages: &[Vec<Code>],
+    groups: &[Range<usize>],
+    links: &[Code],
+    tails: &[Option<Code>],
+    schedule: &[Vec<(usize, usize)>],
+    header: &[u32; HDR],
+) -> Table {
+    let n = groups.len();
     let m = tails.len();
     let last = n - 1;
+    let tail_stage = groups[last].start;
     let chain_len =
-        |k: usize, j: usize| stages[k].len() + usize::from(k == last && tails[j].is_some());
-    let code = |k: usize, i: usize, j: usize| -> &Code {
-        if i < stages[k].len() {
-            &stages[k][i]
+        |s: usize, j: usize| stages[s].len() + usize::from(s == tail_stage && tails[j].is_some());
+    let code = |s: usize, i: usize, j: usize| -> &Code {
+        if i < stages[s].len() {
+            &stages[s][i]
         } else {
             tails[j].as_ref().expect("tail")
         }
@@ -99,14 +126,14 @@ pub(super) fn build(
     let mut node_deps: Vec<Vec<usize>> = Vec::new();
     let mut node_tasks: Vec<(usize, usize)> = Vec::new();
     let mut recs: Vec<u32> = Vec::new();
-    let mut last_item = vec![vec![usize::MAX; m]; n];
+    let mut last_item = vec![vec![usize::MAX; m]; stages.len()];
     let mut link_node = vec![vec![usize::MAX; m]; n];
-    let mut prev_in_chain = vec![vec![usize::MAX; m]; n];
+    let mut prev_in_chain = vec![vec![usize::MAX; m]; stages.len()];
     let release = |k: usize, j: usize, last_item: &Vec<Vec<usize>>, link_node: &Vec<Vec<usize>>| {
         if k < last {
-            link_node[k][j]
+            vec![link_node[k][j]]
         } else {
-            last_item[k][j]
+            groups[k].clone().map(|s| last_item[s][j]).collect()
         }
     };
     let mut emit = |kind: NodeKind, c: &Code, j: usize, deps: Vec<usize>, recs: &mut Vec<u32>| {
@@ -133,36 +160,43 @@ pub(super) fn build(
     for active in schedule {
         let longest = active
             .iter()
-            .map(|&(k, j)| chain_len(k, j))
+            .flat_map(|&(k, j)| groups[k].clone().map(move |s| (s, j)))
+            .map(|(s, j)| chain_len(s, j))
             .max()
             .unwrap_or(0);
         for i in 0..longest {
             for &(k, j) in active {
-                if i >= chain_len(k, j) {
-                    continue;
-                }
-                let deps = if i == 0 {
-                    let mut d = Vec::new();
-                    if k > 0 {
-                        d.push(link_node[k - 1][j]);
+                for s in groups[k].clone() {
+                    if i >= chain_len(s, j) {
+                        continue;
                     }
-                    if j > 0 {
-                        d.push(release(k, j - 1, &last_item, &link_node));
+                    let deps = if i == 0 {
+                        let mut d = Vec::new();
+                        if k > 0 {
+                            d.push(link_node[k - 1][j]);
+                        }
+                        if j > 0 {
+                            d.extend(release(k, j - 1, &last_item, &link_node));
+                        }
+                        d
+                    } else {
+                        vec![prev_in_chain[s][j]]
+                    };
+                    let kind = if groups[k].len() == 1 {
+                        NodeKind::Item { k, i, j }
+                    } else {
+                        NodeKind::LaneItem {
+                            k,
+                            lane: s - groups[k].start,
+                            i,
+                            j,
+                        }
+                    };
+                    let id = emit(kind, code(s, i, j), j, deps, &mut recs);
+                    prev_in_chain[s][j] = id;
+                    if i + 1 == chain_len(s, j) {
+                        last_item[s][j] = id;
                     }
-                    d
-                } else {
-                    vec![prev_in_chain[k][j]]
-                };
-                let id = emit(
-                    NodeKind::Item { k, i, j },
-                    code(k, i, j),
-                    j,
-                    deps,
-                    &mut recs,
-                );
-                prev_in_chain[k][j] = id;
-                if i + 1 == chain_len(k, j) {
-                    last_item[k][j] = id;
                 }
             }
         }
@@ -170,9 +204,9 @@ pub(super) fn build(
             active.iter().copied().filter(|&(k, _)| k < last).collect();
         outgoing.sort_by_key(|&(k, _)| std::cmp::Reverse(k));
         for (k, j) in outgoing {
-            let mut d = vec![last_item[k][j]];
+            let mut d: Vec<usize> = groups[k].clone().map(|s| last_item[s][j]).collect();
             if j > 0 {
-                d.push(release(k + 1, j - 1, &last_item, &link_node));
+                d.extend(release(k + 1, j - 1, &last_item, &link_node));
             }
             link_node[k][j] = emit(NodeKind::Link { k, j }, &links[k], j, d, &mut recs);
         }
@@ -329,5 +363,59 @@ mod tests {
         };
         assert_eq!(pos(1, 0, 1), pos(0, 0, 2) + 1);
         assert_eq!(pos(2, 0, 0), pos(1, 0, 1) + 1);
+    }
+
+    #[test]
+    fn a_groups_chains_are_independent_and_its_collective_waits_for_all() {
+        // Group 1 is three chips (tensor parallelism) between two single ones.
+        let lens = [2usize, 3, 1, 2, 1];
+        let stages: Vec<Vec<Code>> = lens
+            .iter()
+            .map(|&c| (0..c).map(|_| Code::shared(Op::Mat, &[], 2)).collect())
+            .collect();
+        let groups = vec![0..1, 1..4, 4..5];
+        let links: Vec<Code> = (0..2).map(|_| Code::shared(Op::Link, &[], 4)).collect();
+        let tails = vec![None, Some(Code::one(Op::Argmax, &[]))];
+        let t = build_groups(&stages, &groups, &links, &tails, &pipeline(3, 2), &[0; HDR]);
+        let pos = |k: NodeKind| t.nodes.iter().position(|x| *x == k).unwrap();
+        for (id, deps) in t.node_deps.iter().enumerate() {
+            for &d in deps {
+                assert!(t.node_tasks[d].0 + t.node_tasks[d].1 <= t.node_tasks[id].0);
+            }
+        }
+        for j in 0..2 {
+            let link = pos(NodeKind::Link { k: 1, j });
+            let into = pos(NodeKind::Link { k: 0, j });
+            for lane in 0..3 {
+                let n = lens[1 + lane];
+                let item = |i| pos(NodeKind::LaneItem { k: 1, lane, i, j });
+                // The collective waits for every chip's last item.
+                assert!(t.node_deps[link].contains(&item(n - 1)));
+                // A chip's chain waits only on itself (and the link in).
+                assert!(t.node_deps[item(0)].contains(&into));
+                for i in 1..n {
+                    assert_eq!(t.node_deps[item(i)], vec![item(i - 1)]);
+                }
+            }
+        }
+        // The chips of the group run side by side: their first items are
+        // consecutive nodes.
+        let a = pos(NodeKind::LaneItem {
+            k: 1,
+            lane: 0,
+            i: 0,
+            j: 0,
+        });
+        assert_eq!(
+            pos(NodeKind::LaneItem {
+                k: 1,
+                lane: 2,
+                i: 0,
+                j: 0
+            }),
+            a + 2
+        );
+        // The read-out follows the last group's chain.
+        assert!(t.nodes.contains(&NodeKind::Item { k: 2, i: 1, j: 1 }));
     }
 }
