@@ -68,6 +68,7 @@ const OP_LINK: u32 = 8u;
 const OP_ARGMAX: u32 = 9u;
 const OP_TOPK: u32 = 10u;
 const OP_COPY_OUT: u32 = 11u;
+const OP_BIAS: u32 = 20u;
 
 // The task's record and its micro-batch.
 struct Task {
@@ -600,6 +601,22 @@ fn op_attn(t: Task, lid: u32) {
     }
 }
 
+// A projection's bias (bias_add.wgsl): out[t, c] += b[c] for the columns of
+// chunk t.sub, the bias staged from the chip's image into the slice.
+// p: b byte, n (out width), out_off, values per chunk
+fn op_bias(t: Task, lid: u32) {
+    let n = prm(t, 1u);
+    let y_off = prm(t, 2u);
+    let chunk = prm(t, 3u);
+    let c0 = t.sub * chunk;
+    let len = min(chunk, n - c0);
+    stage(prm(t, 0u) + c0 * 4u, len * 4u, lid);
+    for (var i = lid; i < t.n_tok * len; i += WG) {
+        let o = y_off + (i / len) * n + c0 + i % len;
+        A[o] = A[o] + bitcast<f32>(W[i % len]);
+    }
+}
+
 // SwiGLU gate (silu_mul.wgsl). p: g_off, u_off, h_off, dim
 fn op_silu(t: Task, lid: u32) {
     let g_off = prm(t, 0u);
@@ -826,6 +843,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         case OP_ARGMAX: { op_argmax(t, lid); }
         case OP_TOPK: { op_topk(t, lid); }
         case OP_COPY_OUT: { op_copy_out(t, lid); }
+        case OP_BIAS: { op_bias(t, lid); }
         default: {}
     }
     // Publish this task's writes (a control barrier), then count it done.

@@ -183,24 +183,102 @@ fn vram_chunk(cfg: &LlamaConfig, w: &ModelWeights, ctx: usize, chunk: usize) -> 
     .unwrap()
 }
 
+/// What SRAM mode does with a case: runs it (checked by [`check_sram`]) or
+/// refuses it with this one line.
+#[derive(Clone, Copy)]
+enum Sram<'a> {
+    Runs,
+    Refuses(&'a str),
+}
+
 /// The CPU reference, VRAM mode (whole prompt, and prompt in passes of 3
-/// tokens) against transformers; SRAM mode's one-line refusal `sram_msg`;
-/// and the same model with its feature removed by `strip` failing the check.
+/// tokens) against transformers; SRAM mode against the same reference (or
+/// its one-line refusal); and the same model with its feature removed by
+/// `strip` failing the check.
 fn check_runs(
     c: &Case,
     m: &Model,
     what: &str,
-    sram_msg: &str,
+    sram_mode: Sram,
     strip: impl Fn(&mut LlamaConfig, &mut ModelWeights),
 ) {
     if !check_exact(c, m, what) {
         return;
     }
-    let e = sram(m, c.r.context_needed)
-        .err()
-        .expect("SRAM mode must refuse this model");
-    assert_eq!(e, sram_msg, "{what} sram");
+    match sram_mode {
+        Sram::Runs => check_sram(c, m, what),
+        Sram::Refuses(sram_msg) => {
+            let e = sram(m, c.r.context_needed)
+                .err()
+                .expect("SRAM mode must refuse this model");
+            assert_eq!(e, sram_msg, "{what} sram");
+        }
+    }
     check_fails_without(c, m, what, strip);
+}
+
+/// SRAM mode against transformers, as VRAM mode is checked: on one chip
+/// (groq-v1) and spread over several (mini-64k), prompt in pipeline
+/// micro-batches of 4 tokens and in one of 8, then every decode step (the
+/// sequence passes 40 positions); first-step logits within `TOL`; the link
+/// bytes counted while it runs equal the plan's (prefill: every link for
+/// every prompt token, the logits for the output row only; decode: the
+/// plan's bytes per token each step).
+fn check_sram(c: &Case, m: &Model, what: &str) {
+    let ctx = c.r.context_needed;
+    let mut multi = false;
+    for (preset, mb) in [("groq-v1", 8), ("mini-64k", 4), ("mini-64k", 8)] {
+        let spec = ChipSpec::preset(preset).unwrap();
+        let mut opts = PlaceOptions::for_config(&m.config);
+        opts.context_len = ctx;
+        opts.microbatch_tokens = mb;
+        let plan = place(
+            &m.config,
+            &TensorInfo::from_weights(&m.weights),
+            &spec,
+            &opts,
+        )
+        .unwrap_or_else(|e| panic!("{what} sram {preset}: {e}"));
+        assert_eq!(plan.program_error, None, "{what} sram {preset}");
+        multi |= plan.totals.chips_used > 1;
+        let mut e = SramExecutor::new(
+            gpu().unwrap(),
+            &m.config,
+            &m.weights,
+            &plan,
+            &SramOptions {
+                image_split_bytes: None,
+                batch: 1,
+                context: Some(ctx),
+                microbatch: mb,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{what} sram {preset}: {e}"));
+        let what_s = format!(
+            "{what} sram ({preset}, {} chips, micro-batch {mb})",
+            plan.totals.chips_used
+        );
+        let err = run(&mut e, c, &what_s).unwrap();
+        eprintln!("{what_s}: first-step max logit error {err:.2e}");
+        assert!(err <= TOL, "{what_s}: max |logit error| {err} > {TOL}");
+        let per_token = plan.totals.link_bytes_per_token;
+        let logits: usize = plan
+            .stages
+            .iter()
+            .flat_map(|s| &s.carry)
+            .filter(|c| c.name == "logits")
+            .map(|c| 4 * c.values)
+            .sum();
+        let want = c.r.prompt_ids.len() * (per_token - logits)
+            + logits
+            + (c.r.new_ids.len() - 1) * per_token;
+        assert_eq!(
+            e.sram_stats().link_bytes_counted as usize,
+            want,
+            "{what_s}: counted link bytes vs planned"
+        );
+    }
+    assert!(multi, "{what}: no SRAM run spanned several chips");
 }
 
 /// The same weights with a feature removed by `strip` must fail the check
@@ -296,7 +374,7 @@ fn sram(m: &Model, ctx: usize) -> Result<SramExecutor, String> {
 /// One bias architecture: config flags and bias tensors from both formats,
 /// the CPU reference and VRAM mode against transformers, SRAM mode's
 /// refusal, and the same weights without biases failing the check.
-fn check_bias_case(name: &str, want: [bool; 3], sram_msg: &str) {
+fn check_bias_case(name: &str, want: [bool; 3]) {
     let c = case(name);
     for (src, m) in sources(&c) {
         let what = format!("{name} {src}");
@@ -319,7 +397,7 @@ fn check_bias_case(name: &str, want: [bool; 3], sram_msg: &str) {
         };
         assert_eq!(m.config.rope_layout, layout, "{what}");
 
-        check_runs(&c, &m, &what, sram_msg, |cfg, w| {
+        check_runs(&c, &m, &what, Sram::Runs, |cfg, w| {
             cfg.arch.qkv_bias = false;
             cfg.arch.o_bias = false;
             cfg.arch.mlp_bias = false;
@@ -330,20 +408,12 @@ fn check_bias_case(name: &str, want: [bool; 3], sram_msg: &str) {
 
 #[test]
 fn llama_attention_and_mlp_bias() {
-    check_bias_case(
-        "llama-bias",
-        [true, true, true],
-        "SRAM mode does not run attention and MLP biases yet (LlamaForCausalLM); use --mode vram",
-    );
+    check_bias_case("llama-bias", [true, true, true]);
 }
 
 #[test]
 fn qwen2_qkv_bias() {
-    check_bias_case(
-        "qwen2",
-        [true, false, false],
-        "SRAM mode does not run attention biases yet (Qwen2ForCausalLM); use --mode vram",
-    );
+    check_bias_case("qwen2", [true, false, false]);
 }
 
 /// Qwen3: per-head q/k RMSNorm before RoPE, head_dim 24 given explicitly
@@ -377,7 +447,9 @@ fn qwen3_qk_norm() {
             &c,
             &m,
             &what,
-            "SRAM mode does not run per-head q/k RMSNorm yet (Qwen3ForCausalLM); use --mode vram",
+            Sram::Refuses(
+                "SRAM mode does not run per-head q/k RMSNorm yet (Qwen3ForCausalLM); use --mode vram",
+            ),
             |cfg, w| {
                 cfg.arch.qk_norm = false;
                 w.layers.iter_mut().for_each(|l| l.head_norms.clear());
@@ -404,7 +476,9 @@ fn mistral_sliding_window() {
         &c,
         &folder,
         "mistral folder",
-        "SRAM mode does not run sliding-window attention yet (MistralForCausalLM); use --mode vram",
+        Sram::Refuses(
+            "SRAM mode does not run sliding-window attention yet (MistralForCausalLM); use --mode vram",
+        ),
         |cfg, _| cfg.arch.sliding_window = None,
     );
 
@@ -594,7 +668,7 @@ fn gemma3_folder_and_gguf() {
         };
         let sram_msg =
             format!("SRAM mode does not run {features} yet (Gemma3ForCausalLM); use --mode vram");
-        check_runs(&c2, &m, &what, &sram_msg, |cfg, w| {
+        check_runs(&c2, &m, &what, Sram::Refuses(&sram_msg), |cfg, w| {
             cfg.arch.post_norms = false;
             w.layers.iter_mut().for_each(|l| l.post_norms.clear());
         });

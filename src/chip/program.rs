@@ -64,6 +64,8 @@ pub enum Work {
         fin: bool,
     },
     Silu(usize),
+    /// `out += b` over the whole width (the bias vector `w`).
+    Bias { w: WeightName, out: Act },
 }
 
 /// A work item on a chip; `node` indexes [`graph::forward`].
@@ -102,6 +104,7 @@ impl Access for Item {
                 }
             }
             Work::Silu(_) => vec![Act::G, Act::U],
+            Work::Bias { out, .. } => vec![out],
         }
     }
     fn kills(&self) -> Vec<Act> {
@@ -129,6 +132,7 @@ impl Access for Item {
             },
             Work::Silu(_) => vec![Act::H],
             Work::RopeQ(_) | Work::KvWrite(..) => vec![],
+            Work::Bias { .. } => vec![],
         }
     }
 }
@@ -161,6 +165,7 @@ impl Item {
                 }
             }
             Work::Silu(_) => vec![(Act::H, c.intermediate_size)],
+            Work::Bias { out, .. } => vec![(out, out.width(c))],
         }
     }
 
@@ -171,7 +176,7 @@ impl Item {
             Work::Embed { rows, .. } | Work::Mat { rows, .. } => {
                 format!("{n}[{}..{})", rows.0, rows.1)
             }
-            Work::Norm(_) | Work::Silu(_) => n.clone(),
+            Work::Norm(_) | Work::Silu(_) | Work::Bias { .. } => n.clone(),
             Work::RopeQ(l) => format!("layers.{l}.rope_q"),
             Work::KvWrite(l, b) => format!(
                 "layers.{l}.kv_write(h{}..{},p{}..{})",
@@ -445,6 +450,11 @@ impl Program {
                     }
                 }
                 NodeKind::SiluMul(l) => push(cur, Work::Silu(l)),
+                NodeKind::Bias { w, out } => {
+                    let chip = a.blocks(w, 1)?[0].0;
+                    forward(n.label.clone(), chip, &mut cur)?;
+                    push(chip, Work::Bias { w, out });
+                }
             }
         }
 

@@ -57,6 +57,8 @@ pub enum Op {
     Argmax = 9,
     Topk = 10,
     CopyOut = 11,
+    /// `out += b` for one slice-sized chunk of a bias vector.
+    Bias = 20,
 }
 
 /// Bytes of `var<workgroup>` the interpreter uses besides the weight tile

@@ -287,6 +287,22 @@ pub(super) fn build(
                         _ => unreachable!(),
                     }
                 }
+                Work::Bias { w: wn, out } => {
+                    // The bias in f32 in this chip's image; one task per
+                    // slice-sized chunk of it.
+                    let v = tensor(wn)?.to_f32();
+                    let off = img.block((c, wn, 0, 1), bytemuck::cast_slice(&v));
+                    let chunk = tile / 4;
+                    if chunk == 0 {
+                        return Err(slice_error(&name, 4, tile, slice));
+                    }
+                    let y = ar.act(k, out, cfg, mb);
+                    Code::shared(
+                        Op::Bias,
+                        &[u(off), u(v.len()), y, u(chunk)],
+                        u(v.len().div_ceil(chunk)),
+                    )
+                }
                 Work::Silu(_) => {
                     let g = ar.act(k, Act::G, cfg, mb);
                     let uu = ar.act(k, Act::U, cfg, mb);

@@ -209,14 +209,12 @@ pub struct SramExecutor {
 pub fn unsupported_in_sram(cfg: &LlamaConfig) -> Option<String> {
     let a = &cfg.arch;
     let gemma = a.gemma_like().join(", ");
-    let what = match (a.qkv_bias || a.o_bias, a.mlp_bias) {
+    // Biases run (graph::NodeKind::Bias).
+    let what = match () {
         _ if !gemma.is_empty() => gemma.as_str(),
         _ if a.qk_norm => "per-head q/k RMSNorm",
         _ if a.sliding_window.is_some() => "sliding-window attention",
-        (false, false) => return None,
-        (true, false) => "attention biases",
-        (false, true) => "MLP biases",
-        (true, true) => "attention and MLP biases",
+        _ => return None,
     };
     Some(format!(
         "SRAM mode does not run {what} yet ({}); use --mode vram",
