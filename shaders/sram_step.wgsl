@@ -69,6 +69,7 @@ const OP_ARGMAX: u32 = 9u;
 const OP_TOPK: u32 = 10u;
 const OP_COPY_OUT: u32 = 11u;
 const OP_BIAS: u32 = 20u;
+const OP_HEAD_NORM: u32 = 21u;
 
 // The task's record and its micro-batch.
 struct Task {
@@ -617,6 +618,29 @@ fn op_bias(t: Task, lid: u32) {
     }
 }
 
+// Per-head RMSNorm in place (head_norm.wgsl) of head t.sub of q or k, for
+// every token of the step; the [HD] weight staged into the slice.
+// p: w byte, act_off, heads of the activation
+fn op_head_norm(t: Task, lid: u32) {
+    let x_off = prm(t, 1u);
+    let nh = prm(t, 2u);
+    let eps = bitcast<f32>(T[6]);
+    stage(prm(t, 0u), HD * 4u, lid);
+    for (var tt = 0u; tt < t.n_tok; tt++) {
+        let base = x_off + (tt * nh + t.sub) * HD;
+        var ss = 0.0;
+        for (var i = lid; i < HD; i += WG) {
+            let v = A[base + i];
+            ss = fma(v, v, ss);
+        }
+        let inv = inverseSqrt(reduce_sum(ss, lid) / f32(HD) + eps);
+        for (var i = lid; i < HD; i += WG) {
+            A[base + i] = bitcast<f32>(W[i]) * (A[base + i] * inv);
+        }
+        workgroupBarrier();
+    }
+}
+
 // SwiGLU gate (silu_mul.wgsl). p: g_off, u_off, h_off, dim
 fn op_silu(t: Task, lid: u32) {
     let g_off = prm(t, 0u);
@@ -844,6 +868,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         case OP_TOPK: { op_topk(t, lid); }
         case OP_COPY_OUT: { op_copy_out(t, lid); }
         case OP_BIAS: { op_bias(t, lid); }
+        case OP_HEAD_NORM: { op_head_norm(t, lid); }
         default: {}
     }
     // Publish this task's writes (a control barrier), then count it done.

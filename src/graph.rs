@@ -103,6 +103,9 @@ pub enum NodeKind {
     /// wrote `out` just before (Qwen2 q/k/v, Llama `attention_bias` /
     /// `mlp_bias`).
     Bias { w: WeightName, out: Act },
+    /// RMSNorm of each head of `act` (q or k) by `w`
+    /// (`WeightName::HeadNorm`, `[head_dim]`), before RoPE (Qwen3, Gemma 3).
+    HeadNorm { w: WeightName, act: Act },
 }
 
 /// One operation of the forward pass.
@@ -120,7 +123,7 @@ impl Node {
         match self.kind {
             NodeKind::Embed => Some(WeightName::Embed),
             NodeKind::Norm(w) | NodeKind::MatMul { w, .. } => Some(w),
-            NodeKind::Bias { w, .. } => Some(w),
+            NodeKind::Bias { w, .. } | NodeKind::HeadNorm { w, .. } => Some(w),
             NodeKind::Attention(_) | NodeKind::SiluMul(_) => None,
         }
     }
@@ -134,6 +137,7 @@ impl Node {
             NodeKind::Attention(_) => vec![Act::AttState, Act::Att],
             NodeKind::SiluMul(_) => vec![Act::H],
             NodeKind::Bias { out, .. } => vec![out],
+            NodeKind::HeadNorm { act, .. } => vec![act],
         }
     }
 }
@@ -161,12 +165,13 @@ impl Access for Node {
             NodeKind::Attention(_) => vec![Act::Q, Act::K, Act::V],
             NodeKind::SiluMul(_) => vec![Act::G, Act::U],
             NodeKind::Bias { out, .. } => vec![out],
+            NodeKind::HeadNorm { act, .. } => vec![act],
         }
     }
     fn kills(&self) -> Vec<Act> {
         match self.kind {
             NodeKind::MatMul { acc: true, .. } => vec![],
-            NodeKind::Bias { .. } => vec![],
+            NodeKind::Bias { .. } | NodeKind::HeadNorm { .. } => vec![],
             _ => self.writes(),
         }
     }
@@ -206,7 +211,15 @@ pub fn forward(cfg: &LlamaConfig) -> Vec<Node> {
         };
         push(NodeKind::Norm(lw(T::AttnNorm)), "attn_norm");
         proj(&mut push, T::Q, Act::Xn, Act::Q, false, "wq");
+        let head_norm = |push: &mut dyn FnMut(NodeKind, &str), t: T, act, what: &str| {
+            if cfg.arch.qk_norm {
+                let w = WeightName::HeadNorm(l, t);
+                push(NodeKind::HeadNorm { w, act }, what);
+            }
+        };
+        head_norm(&mut push, T::Q, Act::Q, "q_norm");
         proj(&mut push, T::K, Act::Xn, Act::K, false, "wk");
+        head_norm(&mut push, T::K, Act::K, "k_norm");
         proj(&mut push, T::V, Act::Xn, Act::V, false, "wv");
         push(NodeKind::Attention(l), "attention");
         proj(&mut push, T::O, Act::Att, Act::X, true, "wo");

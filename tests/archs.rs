@@ -447,9 +447,7 @@ fn qwen3_qk_norm() {
             &c,
             &m,
             &what,
-            Sram::Refuses(
-                "SRAM mode does not run per-head q/k RMSNorm yet (Qwen3ForCausalLM); use --mode vram",
-            ),
+            Sram::Runs,
             |cfg, w| {
                 cfg.arch.qk_norm = false;
                 w.layers.iter_mut().for_each(|l| l.head_norms.clear());

@@ -66,6 +66,8 @@ pub enum Work {
     Silu(usize),
     /// `out += b` over the whole width (the bias vector `w`).
     Bias { w: WeightName, out: Act },
+    /// RMSNorm of each head of `act` (q or k) by the vector `w`.
+    HeadNorm { w: WeightName, act: Act },
 }
 
 /// A work item on a chip; `node` indexes [`graph::forward`].
@@ -105,6 +107,7 @@ impl Access for Item {
             }
             Work::Silu(_) => vec![Act::G, Act::U],
             Work::Bias { out, .. } => vec![out],
+            Work::HeadNorm { act, .. } => vec![act],
         }
     }
     fn kills(&self) -> Vec<Act> {
@@ -132,7 +135,7 @@ impl Access for Item {
             },
             Work::Silu(_) => vec![Act::H],
             Work::RopeQ(_) | Work::KvWrite(..) => vec![],
-            Work::Bias { .. } => vec![],
+            Work::Bias { .. } | Work::HeadNorm { .. } => vec![],
         }
     }
 }
@@ -166,6 +169,7 @@ impl Item {
             }
             Work::Silu(_) => vec![(Act::H, c.intermediate_size)],
             Work::Bias { out, .. } => vec![(out, out.width(c))],
+            Work::HeadNorm { act, .. } => vec![(act, act.width(c))],
         }
     }
 
@@ -176,7 +180,9 @@ impl Item {
             Work::Embed { rows, .. } | Work::Mat { rows, .. } => {
                 format!("{n}[{}..{})", rows.0, rows.1)
             }
-            Work::Norm(_) | Work::Silu(_) | Work::Bias { .. } => n.clone(),
+            Work::Norm(_) | Work::Silu(_) | Work::Bias { .. } | Work::HeadNorm { .. } => {
+                n.clone()
+            }
             Work::RopeQ(l) => format!("layers.{l}.rope_q"),
             Work::KvWrite(l, b) => format!(
                 "layers.{l}.kv_write(h{}..{},p{}..{})",
@@ -454,6 +460,11 @@ impl Program {
                     let chip = a.blocks(w, 1)?[0].0;
                     forward(n.label.clone(), chip, &mut cur)?;
                     push(chip, Work::Bias { w, out });
+                }
+                NodeKind::HeadNorm { w, act } => {
+                    let chip = a.blocks(w, 1)?[0].0;
+                    forward(n.label.clone(), chip, &mut cur)?;
+                    push(chip, Work::HeadNorm { w, act });
                 }
             }
         }

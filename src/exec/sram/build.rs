@@ -303,6 +303,19 @@ pub(super) fn build(
                         u(v.len().div_ceil(chunk)),
                     )
                 }
+                Work::HeadNorm { w: wn, act } => {
+                    // [head_dim] in f32 (Gemma's 1 + w added here, as VRAM
+                    // mode does at upload); one task per head.
+                    let off_w = cfg.arch.norm_weight_offset;
+                    let v: Vec<f32> = tensor(wn)?.to_f32().iter().map(|x| off_w + x).collect();
+                    let off = img.block((c, wn, 0, 1), bytemuck::cast_slice(&v));
+                    if v.len() * 4 > tile {
+                        return Err(slice_error(&name, v.len() * 4, tile, slice));
+                    }
+                    let heads = act.width(cfg) / hd;
+                    let x = ar.act(k, act, cfg, mb);
+                    Code::shared(Op::HeadNorm, &[u(off), x, u(heads)], u(heads))
+                }
                 Work::Silu(_) => {
                     let g = ar.act(k, Act::G, cfg, mb);
                     let uu = ar.act(k, Act::U, cfg, mb);

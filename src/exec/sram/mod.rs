@@ -209,10 +209,9 @@ pub struct SramExecutor {
 pub fn unsupported_in_sram(cfg: &LlamaConfig) -> Option<String> {
     let a = &cfg.arch;
     let gemma = a.gemma_like().join(", ");
-    // Biases run (graph::NodeKind::Bias).
+    // Biases and q/k norms run (graph::NodeKind::Bias, HeadNorm).
     let what = match () {
         _ if !gemma.is_empty() => gemma.as_str(),
-        _ if a.qk_norm => "per-head q/k RMSNorm",
         _ if a.sliding_window.is_some() => "sliding-window attention",
         _ => return None,
     };
