@@ -479,7 +479,8 @@ fn reduce_sum(v: f32, lid: u32) -> f32 {
 // Query head t.sub folded over this chip's KV block into the running softmax
 // state (attention.wgsl PARTIAL, same arithmetic), or normalised into Att by
 // the last block. p: q_off, att_off, st_off, h0, h1, p0, p1, k region,
-// v region, init, finalize
+// v region, init, finalize, window (0: full causal; else only the keys
+// pos - window + 1 ..= pos, as attention.wgsl)
 fn op_attn(t: Task, lid: u32) {
     let q_off = prm(t, 0u);
     let att_off = prm(t, 1u);
@@ -504,7 +505,11 @@ fn op_attn(t: Task, lid: u32) {
             qs[i] = a4(qb, i);
         }
         workgroupBarrier();
-        let s_begin = p0;
+        var s_begin = p0;
+        let win = prm(t, 11u);
+        if (win > 0u && pos + 1u > win) {
+            s_begin = max(p0, pos + 1u - win);
+        }
         var s_end = min(p1, pos + 1u);
         if (kvh < h0 || kvh >= h1 || s_end < s_begin) {
             s_end = s_begin;

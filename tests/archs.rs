@@ -218,7 +218,9 @@ fn check_runs(
 }
 
 /// SRAM mode against transformers, as VRAM mode is checked: on one chip
-/// (groq-v1) and spread over several (mini-64k), prompt in pipeline
+/// (groq-v1), spread over several (mini-64k), and over chips of 32 KiB with
+/// 4 KiB slices (a layer's KV cache cut by positions over two chips, so a
+/// sliding window crosses KV blocks), prompt in pipeline
 /// micro-batches of 4 tokens and in one of 8, then every decode step (the
 /// sequence passes 40 positions); first-step logits within `TOL`; the link
 /// bytes counted while it runs equal the plan's (prefill: every link for
@@ -227,8 +229,21 @@ fn check_runs(
 fn check_sram(c: &Case, m: &Model, what: &str) {
     let ctx = c.r.context_needed;
     let mut multi = false;
-    for (preset, mb) in [("groq-v1", 8), ("mini-64k", 4), ("mini-64k", 8)] {
-        let spec = ChipSpec::preset(preset).unwrap();
+    let mut small = ChipSpec::preset("mini-64k")
+        .unwrap()
+        .with_slice_bytes(4096)
+        .unwrap();
+    small.sram_bytes = 32 * 1024;
+    small.name = "mini-32k-4k".into();
+    let mut kv_split = false;
+    let specs = [
+        (ChipSpec::preset("groq-v1").unwrap(), 8),
+        (ChipSpec::preset("mini-64k").unwrap(), 4),
+        (ChipSpec::preset("mini-64k").unwrap(), 8),
+        (small, 4),
+    ];
+    for (spec, mb) in specs {
+        let preset = spec.name.clone();
         let mut opts = PlaceOptions::for_config(&m.config);
         opts.context_len = ctx;
         opts.microbatch_tokens = mb;
@@ -241,6 +256,13 @@ fn check_sram(c: &Case, m: &Model, what: &str) {
         .unwrap_or_else(|e| panic!("{what} sram {preset}: {e}"));
         assert_eq!(plan.program_error, None, "{what} sram {preset}");
         multi |= plan.totals.chips_used > 1;
+        let blocks = plan
+            .stages
+            .iter()
+            .flat_map(|s| &s.work)
+            .filter(|w| w.starts_with("layers.0.attention("))
+            .count();
+        kv_split |= blocks > 1;
         let mut e = SramExecutor::new(
             gpu().unwrap(),
             &m.config,
@@ -279,6 +301,7 @@ fn check_sram(c: &Case, m: &Model, what: &str) {
         );
     }
     assert!(multi, "{what}: no SRAM run spanned several chips");
+    assert!(kv_split, "{what}: no SRAM run cut a KV cache into blocks");
 }
 
 /// The same weights with a feature removed by `strip` must fail the check
@@ -474,9 +497,7 @@ fn mistral_sliding_window() {
         &c,
         &folder,
         "mistral folder",
-        Sram::Refuses(
-            "SRAM mode does not run sliding-window attention yet (MistralForCausalLM); use --mode vram",
-        ),
+        Sram::Runs,
         |cfg, _| cfg.arch.sliding_window = None,
     );
 

@@ -282,6 +282,8 @@ pub(super) fn build(
                             let mut p = vec![q, att, st];
                             p.extend(blk);
                             p.extend([u(kr), u(vr), u32::from(init), u32::from(fin)]);
+                            // The layer's sliding window (0: full causal).
+                            p.push(u(cfg.layer_window(l)));
                             Code::shared(Op::Attn, &p, u(cfg.num_heads))
                         }
                         _ => unreachable!(),

@@ -209,10 +209,10 @@ pub struct SramExecutor {
 pub fn unsupported_in_sram(cfg: &LlamaConfig) -> Option<String> {
     let a = &cfg.arch;
     let gemma = a.gemma_like().join(", ");
-    // Biases and q/k norms run (graph::NodeKind::Bias, HeadNorm).
+    // Biases, q/k norms (graph::NodeKind::Bias, HeadNorm) and sliding
+    // windows (the attention blocks' key range) run.
     let what = match () {
         _ if !gemma.is_empty() => gemma.as_str(),
-        _ if a.sliding_window.is_some() => "sliding-window attention",
         _ => return None,
     };
     Some(format!(
