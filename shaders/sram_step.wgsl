@@ -250,7 +250,8 @@ fn stage(byte0: u32, len: u32, lid: u32) {
 
 // Embedding rows [r0, r1) of one chip: a token whose id is
 // there gets its row, staged into the slice and decoded from there.
-// p: enc, block byte, row_bytes, r0, r1, first, x_off, dim
+// p: enc, block byte, row_bytes, r0, r1, first, x_off, dim, scale (f32 bits;
+// Gemma: sqrt(hidden), else 1)
 fn op_embed(t: Task, lid: u32) {
     let enc = prm(t, 0u);
     let blk = prm(t, 1u);
@@ -260,6 +261,7 @@ fn op_embed(t: Task, lid: u32) {
     let first = prm(t, 5u);
     let x_off = prm(t, 6u);
     let dim = prm(t, 7u);
+    let scale = bitcast<f32>(prm(t, 8u));
     let ids_base = T[2];
     for (var tt = 0u; tt < t.n_tok; tt++) {
         let id = Run[ids_base + t.ids0 + tt];
@@ -272,7 +274,7 @@ fn op_embed(t: Task, lid: u32) {
                 let v = chunk_any(enc, shift, c4, dim);
                 let n = min(4u, dim - c4 * 4u);
                 for (var j = 0u; j < n; j++) {
-                    A[xb + c4 * 4u + j] = v[j];
+                    A[xb + c4 * 4u + j] = v[j] * scale;
                 }
             }
             workgroupBarrier(); // the slice is restaged for the next token
@@ -285,7 +287,8 @@ fn op_embed(t: Task, lid: u32) {
 }
 
 // RMSNorm (rmsnorm.wgsl, STAGE_WEIGHT): the norm vector staged into the slice.
-// p: w byte, dim, x_off, y_off
+// p: w byte, dim, x_off, y_off, accumulate (1: y += the norm; Gemma's
+// post-norms, rmsnorm.wgsl ACCUMULATE)
 fn op_norm(t: Task, lid: u32) {
     let dim = prm(t, 1u);
     let x_off = prm(t, 2u);
@@ -308,8 +311,14 @@ fn op_norm(t: Task, lid: u32) {
             workgroupBarrier();
         }
         let inv = inverseSqrt(red[0] / f32(dim) + eps);
+        let accumulate = prm(t, 4u) == 1u;
         for (var i = lid; i < dim; i += WG) {
-            A[y_off + base + i] = bitcast<f32>(W[i]) * (A[x_off + base + i] * inv);
+            let v = bitcast<f32>(W[i]) * (A[x_off + base + i] * inv);
+            if (accumulate) {
+                A[y_off + base + i] = A[y_off + base + i] + v;
+            } else {
+                A[y_off + base + i] = v;
+            }
         }
         workgroupBarrier(); // red is rewritten for the next token
     }
@@ -356,9 +365,10 @@ fn op_mat(t: Task, lid: u32) {
     }
 }
 
-// RoPE's (cos, sin) for position pos, pair i.
-fn cos_sin(pos: u32, i: u32) -> vec2<f32> {
-    let w = T[3] + 2u * (pos * (HD / 2u) + i);
+// RoPE's (cos, sin) for position pos, pair i, from the table `tab` words
+// past the first (the layer's: Gemma 3's sliding layers have their own).
+fn cos_sin(tab: u32, pos: u32, i: u32) -> vec2<f32> {
+    let w = T[3] + tab + 2u * (pos * (HD / 2u) + i);
     return vec2<f32>(bitcast<f32>(img(w)), bitcast<f32>(img(w + 1u)));
 }
 
@@ -370,9 +380,10 @@ fn pair(i: u32) -> vec2<u32> {
     return vec2<u32>(2u * i, 2u * i + 1u);
 }
 
-// RoPE on q in place (rope.wgsl, do_q). p: q_off
+// RoPE on q in place (rope.wgsl, do_q). p: q_off, table
 fn op_rope_q(t: Task, lid: u32) {
     let q_off = prm(t, 0u);
+    let tab = prm(t, 1u);
     let nh = T[4];
     let half = HD / 2u;
     for (var tt = 0u; tt < t.n_tok; tt++) {
@@ -381,7 +392,7 @@ fn op_rope_q(t: Task, lid: u32) {
             let head = p / half;
             let i = p % half;
             let pr = pair(i);
-            let cs = cos_sin(pos, i);
+            let cs = cos_sin(tab, pos, i);
             let b = q_off + tt * nh * HD + head * HD;
             let x0 = A[b + pr.x];
             let x1 = A[b + pr.y];
@@ -398,7 +409,8 @@ fn kv_cell(region: u32, seq: u32, pos: u32, h: u32, p0: u32, p1: u32, h0: u32, h
 }
 
 // RoPE on k and the KV write of the step's positions in this chip's block
-// (rope.wgsl, do_kv). p: k_off, v_off, h0, h1, p0, p1, k region, v region
+// (rope.wgsl, do_kv). p: k_off, v_off, h0, h1, p0, p1, k region, v region,
+// table
 fn op_kv_write(t: Task, lid: u32) {
     let k_off = prm(t, 0u);
     let v_off = prm(t, 1u);
@@ -408,6 +420,7 @@ fn op_kv_write(t: Task, lid: u32) {
     let p1 = prm(t, 5u);
     let kr = prm(t, 6u);
     let vr = prm(t, 7u);
+    let tab = prm(t, 8u);
     let kv_dim = T[5] * HD;
     let half = HD / 2u;
     let nh = h1 - h0;
@@ -425,7 +438,7 @@ fn op_kv_write(t: Task, lid: u32) {
             let h = h0 + p / half;
             let i = p % half;
             let pr = pair(i);
-            let cs = cos_sin(pos, i);
+            let cs = cos_sin(tab, pos, i);
             let b = k_off + tt * kv_dim + h * HD;
             let x0 = A[b + pr.x];
             let x1 = A[b + pr.y];
@@ -646,15 +659,23 @@ fn op_head_norm(t: Task, lid: u32) {
     }
 }
 
-// SwiGLU gate (silu_mul.wgsl). p: g_off, u_off, h_off, dim
+// SwiGLU gate (silu_mul.wgsl), or GeGLU (gelu == 1: Gemma's
+// gelu_pytorch_tanh, silu_mul.wgsl GELU_TANH). p: g_off, u_off, h_off, dim,
+// gelu
 fn op_silu(t: Task, lid: u32) {
     let g_off = prm(t, 0u);
     let u_off = prm(t, 1u);
     let h_off = prm(t, 2u);
     let dim = prm(t, 3u);
+    let gelu = prm(t, 4u) == 1u;
     for (var i = lid; i < t.n_tok * dim; i += WG) {
         let g = A[g_off + i];
-        A[h_off + i] = g / (1.0 + exp(-g)) * A[u_off + i];
+        if (gelu) {
+            let inner = 0.7978845608028654 * (g + 0.044715 * (g * g * g));
+            A[h_off + i] = 0.5 * g * (1.0 + tanh(clamp(inner, -10.0, 10.0))) * A[u_off + i];
+        } else {
+            A[h_off + i] = g / (1.0 + exp(-g)) * A[u_off + i];
+        }
     }
 }
 

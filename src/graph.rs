@@ -106,6 +106,10 @@ pub enum NodeKind {
     /// RMSNorm of each head of `act` (q or k) by `w`
     /// (`WeightName::HeadNorm`, `[head_dim]`), before RoPE (Qwen3, Gemma 3).
     HeadNorm { w: WeightName, act: Act },
+    /// `x += rmsnorm(xn) · w`: the post-norm `w` (`WeightName::PostNorm`)
+    /// of the attention or MLP output, which the product wrote into `xn`
+    /// (Gemma 3).
+    PostNorm(WeightName),
 }
 
 /// One operation of the forward pass.
@@ -124,6 +128,7 @@ impl Node {
             NodeKind::Embed => Some(WeightName::Embed),
             NodeKind::Norm(w) | NodeKind::MatMul { w, .. } => Some(w),
             NodeKind::Bias { w, .. } | NodeKind::HeadNorm { w, .. } => Some(w),
+            NodeKind::PostNorm(w) => Some(w),
             NodeKind::Attention(_) | NodeKind::SiluMul(_) => None,
         }
     }
@@ -138,6 +143,7 @@ impl Node {
             NodeKind::SiluMul(_) => vec![Act::H],
             NodeKind::Bias { out, .. } => vec![out],
             NodeKind::HeadNorm { act, .. } => vec![act],
+            NodeKind::PostNorm(_) => vec![Act::X],
         }
     }
 }
@@ -166,12 +172,14 @@ impl Access for Node {
             NodeKind::SiluMul(_) => vec![Act::G, Act::U],
             NodeKind::Bias { out, .. } => vec![out],
             NodeKind::HeadNorm { act, .. } => vec![act],
+            NodeKind::PostNorm(_) => vec![Act::Xn, Act::X],
         }
     }
     fn kills(&self) -> Vec<Act> {
         match self.kind {
             NodeKind::MatMul { acc: true, .. } => vec![],
             NodeKind::Bias { .. } | NodeKind::HeadNorm { .. } => vec![],
+            NodeKind::PostNorm(_) => vec![],
             _ => self.writes(),
         }
     }
@@ -222,12 +230,23 @@ pub fn forward(cfg: &LlamaConfig) -> Vec<Node> {
         head_norm(&mut push, T::K, Act::K, "k_norm");
         proj(&mut push, T::V, Act::Xn, Act::V, false, "wv");
         push(NodeKind::Attention(l), "attention");
-        proj(&mut push, T::O, Act::Att, Act::X, true, "wo");
+        // With post-norms (Gemma 3) the products of o and down write xn
+        // (dead there), and the post-norm adds its norm into x.
+        let post = cfg.arch.post_norms;
+        let (res, acc) = if post { (Act::Xn, false) } else { (Act::X, true) };
+        let post_norm = |push: &mut dyn FnMut(NodeKind, &str), t: T, what: &str| {
+            if post {
+                push(NodeKind::PostNorm(WeightName::PostNorm(l, t)), what);
+            }
+        };
+        proj(&mut push, T::O, Act::Att, res, acc, "wo");
+        post_norm(&mut push, T::O, "post_attention_norm");
         push(NodeKind::Norm(lw(T::FfnNorm)), "ffn_norm");
         proj(&mut push, T::Gate, Act::Xn, Act::G, false, "w_gate");
         proj(&mut push, T::Up, Act::Xn, Act::U, false, "w_up");
         push(NodeKind::SiluMul(l), "silu_mul");
-        proj(&mut push, T::Down, Act::H, Act::X, true, "w_down");
+        proj(&mut push, T::Down, Act::H, res, acc, "w_down");
+        post_norm(&mut push, T::Down, "post_feedforward_norm");
     }
     v.push(Node {
         kind: NodeKind::Norm(WeightName::FinalNorm),

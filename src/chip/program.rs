@@ -68,6 +68,8 @@ pub enum Work {
     Bias { w: WeightName, out: Act },
     /// RMSNorm of each head of `act` (q or k) by the vector `w`.
     HeadNorm { w: WeightName, act: Act },
+    /// `x += rmsnorm(xn) · w` (a post-norm).
+    PostNorm(WeightName),
 }
 
 /// A work item on a chip; `node` indexes [`graph::forward`].
@@ -108,6 +110,7 @@ impl Access for Item {
             Work::Silu(_) => vec![Act::G, Act::U],
             Work::Bias { out, .. } => vec![out],
             Work::HeadNorm { act, .. } => vec![act],
+            Work::PostNorm(_) => vec![Act::Xn, Act::X],
         }
     }
     fn kills(&self) -> Vec<Act> {
@@ -135,7 +138,7 @@ impl Access for Item {
             },
             Work::Silu(_) => vec![Act::H],
             Work::RopeQ(_) | Work::KvWrite(..) => vec![],
-            Work::Bias { .. } | Work::HeadNorm { .. } => vec![],
+            Work::Bias { .. } | Work::HeadNorm { .. } | Work::PostNorm(_) => vec![],
         }
     }
 }
@@ -170,6 +173,7 @@ impl Item {
             Work::Silu(_) => vec![(Act::H, c.intermediate_size)],
             Work::Bias { out, .. } => vec![(out, out.width(c))],
             Work::HeadNorm { act, .. } => vec![(act, act.width(c))],
+            Work::PostNorm(_) => vec![(Act::X, c.hidden_size)],
         }
     }
 
@@ -183,6 +187,7 @@ impl Item {
             Work::Norm(_) | Work::Silu(_) | Work::Bias { .. } | Work::HeadNorm { .. } => {
                 n.clone()
             }
+            Work::PostNorm(_) => n.clone(),
             Work::RopeQ(l) => format!("layers.{l}.rope_q"),
             Work::KvWrite(l, b) => format!(
                 "layers.{l}.kv_write(h{}..{},p{}..{})",
@@ -465,6 +470,11 @@ impl Program {
                     let chip = a.blocks(w, 1)?[0].0;
                     forward(n.label.clone(), chip, &mut cur)?;
                     push(chip, Work::HeadNorm { w, act });
+                }
+                NodeKind::PostNorm(w) => {
+                    let chip = a.blocks(w, 1)?[0].0;
+                    forward(n.label.clone(), chip, &mut cur)?;
+                    push(chip, Work::PostNorm(w));
                 }
             }
         }
