@@ -233,7 +233,11 @@ pub fn forward(cfg: &LlamaConfig) -> Vec<Node> {
         // With post-norms (Gemma 3) the products of o and down write xn
         // (dead there), and the post-norm adds its norm into x.
         let post = cfg.arch.post_norms;
-        let (res, acc) = if post { (Act::Xn, false) } else { (Act::X, true) };
+        let (res, acc) = if post {
+            (Act::Xn, false)
+        } else {
+            (Act::X, true)
+        };
         let post_norm = |push: &mut dyn FnMut(NodeKind, &str), t: T, what: &str| {
             if post {
                 push(NodeKind::PostNorm(WeightName::PostNorm(l, t)), what);

@@ -423,15 +423,10 @@ fn qwen3_qk_norm() {
                 );
             }
         }
-        check_runs(
-            &c,
-            &m,
-            &what,
-            |cfg, w| {
-                cfg.arch.qk_norm = false;
-                w.layers.iter_mut().for_each(|l| l.head_norms.clear());
-            },
-        );
+        check_runs(&c, &m, &what, |cfg, w| {
+            cfg.arch.qk_norm = false;
+            w.layers.iter_mut().for_each(|l| l.head_norms.clear());
+        });
     }
 }
 
@@ -449,12 +444,9 @@ fn mistral_sliding_window() {
         folder.config.arch.describe(),
         "MistralForCausalLM (sliding-window attention (4 positions))"
     );
-    check_runs(
-        &c,
-        &folder,
-        "mistral folder",
-        |cfg, _| cfg.arch.sliding_window = None,
-    );
+    check_runs(&c, &folder, "mistral folder", |cfg, _| {
+        cfg.arch.sliding_window = None
+    });
 
     // convert_hf_to_gguf.py writes Mistral as GGUF `llama` with no
     // sliding-window key (llama.cpp's llama graph has no window either):

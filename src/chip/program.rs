@@ -65,9 +65,15 @@ pub enum Work {
     },
     Silu(usize),
     /// `out += b` over the whole width (the bias vector `w`).
-    Bias { w: WeightName, out: Act },
+    Bias {
+        w: WeightName,
+        out: Act,
+    },
     /// RMSNorm of each head of `act` (q or k) by the vector `w`.
-    HeadNorm { w: WeightName, act: Act },
+    HeadNorm {
+        w: WeightName,
+        act: Act,
+    },
     /// `x += rmsnorm(xn) · w` (a post-norm).
     PostNorm(WeightName),
 }
@@ -184,9 +190,7 @@ impl Item {
             Work::Embed { rows, .. } | Work::Mat { rows, .. } => {
                 format!("{n}[{}..{})", rows.0, rows.1)
             }
-            Work::Norm(_) | Work::Silu(_) | Work::Bias { .. } | Work::HeadNorm { .. } => {
-                n.clone()
-            }
+            Work::Norm(_) | Work::Silu(_) | Work::Bias { .. } | Work::HeadNorm { .. } => n.clone(),
             Work::PostNorm(_) => n.clone(),
             Work::RopeQ(l) => format!("layers.{l}.rope_q"),
             Work::KvWrite(l, b) => format!(
