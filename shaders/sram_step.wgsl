@@ -69,6 +69,8 @@ const OP_LINK: u32 = 8u;
 const OP_ARGMAX: u32 = 9u;
 const OP_TOPK: u32 = 10u;
 const OP_COPY_OUT: u32 = 11u;
+const OP_BIAS: u32 = 20u;
+const OP_HEAD_NORM: u32 = 21u;
 
 // The task's record and its micro-batch.
 struct Task {
@@ -249,7 +251,8 @@ fn stage(byte0: u32, len: u32, lid: u32) {
 
 // Embedding rows [r0, r1) of one chip: a token whose id is
 // there gets its row, staged into the slice and decoded from there.
-// p: enc, block byte, row_bytes, r0, r1, first, x_off, dim
+// p: enc, block byte, row_bytes, r0, r1, first, x_off, dim, scale (f32 bits;
+// Gemma: sqrt(hidden), else 1)
 fn op_embed(t: Task, lid: u32) {
     let enc = prm(t, 0u);
     let blk = prm(t, 1u);
@@ -259,6 +262,7 @@ fn op_embed(t: Task, lid: u32) {
     let first = prm(t, 5u);
     let x_off = prm(t, 6u);
     let dim = prm(t, 7u);
+    let scale = bitcast<f32>(prm(t, 8u));
     let ids_base = T[2];
     for (var tt = 0u; tt < t.n_tok; tt++) {
         let id = Run[ids_base + t.ids0 + tt];
@@ -271,7 +275,7 @@ fn op_embed(t: Task, lid: u32) {
                 let v = chunk_any(enc, shift, c4, dim);
                 let n = min(4u, dim - c4 * 4u);
                 for (var j = 0u; j < n; j++) {
-                    A[xb + c4 * 4u + j] = v[j];
+                    A[xb + c4 * 4u + j] = v[j] * scale;
                 }
             }
             workgroupBarrier(); // the slice is restaged for the next token
@@ -284,7 +288,8 @@ fn op_embed(t: Task, lid: u32) {
 }
 
 // RMSNorm (rmsnorm.wgsl, STAGE_WEIGHT): the norm vector staged into the slice.
-// p: w byte, dim, x_off, y_off
+// p: w byte, dim, x_off, y_off, accumulate (1: y += the norm; Gemma's
+// post-norms, rmsnorm.wgsl ACCUMULATE)
 fn op_norm(t: Task, lid: u32) {
     let dim = prm(t, 1u);
     let x_off = prm(t, 2u);
@@ -307,8 +312,14 @@ fn op_norm(t: Task, lid: u32) {
             workgroupBarrier();
         }
         let inv = inverseSqrt(red[0] / f32(dim) + eps);
+        let accumulate = prm(t, 4u) == 1u;
         for (var i = lid; i < dim; i += WG) {
-            A[y_off + base + i] = bitcast<f32>(W[i]) * (A[x_off + base + i] * inv);
+            let v = bitcast<f32>(W[i]) * (A[x_off + base + i] * inv);
+            if (accumulate) {
+                A[y_off + base + i] = A[y_off + base + i] + v;
+            } else {
+                A[y_off + base + i] = v;
+            }
         }
         workgroupBarrier(); // red is rewritten for the next token
     }
@@ -355,9 +366,10 @@ fn op_mat(t: Task, lid: u32) {
     }
 }
 
-// RoPE's (cos, sin) for position pos, pair i.
-fn cos_sin(pos: u32, i: u32) -> vec2<f32> {
-    let w = T[3] + 2u * (pos * (HD / 2u) + i);
+// RoPE's (cos, sin) for position pos, pair i, from the table `tab` words
+// past the first (the layer's: Gemma 3's sliding layers have their own).
+fn cos_sin(tab: u32, pos: u32, i: u32) -> vec2<f32> {
+    let w = T[3] + tab + 2u * (pos * (HD / 2u) + i);
     return vec2<f32>(bitcast<f32>(img(w)), bitcast<f32>(img(w + 1u)));
 }
 
@@ -369,9 +381,10 @@ fn pair(i: u32) -> vec2<u32> {
     return vec2<u32>(2u * i, 2u * i + 1u);
 }
 
-// RoPE on q in place (rope.wgsl, do_q). p: q_off
+// RoPE on q in place (rope.wgsl, do_q). p: q_off, table
 fn op_rope_q(t: Task, lid: u32) {
     let q_off = prm(t, 0u);
+    let tab = prm(t, 1u);
     let nh = T[4];
     let half = HD / 2u;
     for (var tt = 0u; tt < t.n_tok; tt++) {
@@ -380,7 +393,7 @@ fn op_rope_q(t: Task, lid: u32) {
             let head = p / half;
             let i = p % half;
             let pr = pair(i);
-            let cs = cos_sin(pos, i);
+            let cs = cos_sin(tab, pos, i);
             let b = q_off + tt * nh * HD + head * HD;
             let x0 = A[b + pr.x];
             let x1 = A[b + pr.y];
@@ -397,7 +410,8 @@ fn kv_cell(region: u32, seq: u32, pos: u32, h: u32, p0: u32, p1: u32, h0: u32, h
 }
 
 // RoPE on k and the KV write of the step's positions in this chip's block
-// (rope.wgsl, do_kv). p: k_off, v_off, h0, h1, p0, p1, k region, v region
+// (rope.wgsl, do_kv). p: k_off, v_off, h0, h1, p0, p1, k region, v region,
+// table
 fn op_kv_write(t: Task, lid: u32) {
     let k_off = prm(t, 0u);
     let v_off = prm(t, 1u);
@@ -407,6 +421,7 @@ fn op_kv_write(t: Task, lid: u32) {
     let p1 = prm(t, 5u);
     let kr = prm(t, 6u);
     let vr = prm(t, 7u);
+    let tab = prm(t, 8u);
     let kv_dim = T[5] * HD;
     let half = HD / 2u;
     let nh = h1 - h0;
@@ -424,7 +439,7 @@ fn op_kv_write(t: Task, lid: u32) {
             let h = h0 + p / half;
             let i = p % half;
             let pr = pair(i);
-            let cs = cos_sin(pos, i);
+            let cs = cos_sin(tab, pos, i);
             let b = k_off + tt * kv_dim + h * HD;
             let x0 = A[b + pr.x];
             let x1 = A[b + pr.y];
@@ -475,10 +490,12 @@ fn reduce_sum(v: f32, lid: u32) -> f32 {
     return r;
 }
 
-// Query head t.sub folded over this chip's KV block into the running softmax
-// state (attention.wgsl PARTIAL, same arithmetic), or normalised into Att by
-// the last block. p: q_off, att_off, st_off, h0, h1, p0, p1, k region,
-// v region, init, finalize
+// Query head t.sub + p12 folded over this chip's KV block into the running
+// softmax state (attention.wgsl PARTIAL, same arithmetic), or normalised into
+// Att by the last block. p: q_off, att_off, st_off, h0, h1, p0, p1, k region,
+// v region, init, finalize, window (0: full causal; else only the keys
+// pos - window + 1 ..= pos, as attention.wgsl), first query head (tensor
+// parallelism)
 fn op_attn(t: Task, lid: u32) {
     let q_off = prm(t, 0u);
     let att_off = prm(t, 1u);
@@ -493,7 +510,7 @@ fn op_attn(t: Task, lid: u32) {
     let fin = prm(t, 10u);
     let n_heads = T[4];
     let scale = bitcast<f32>(T[7]);
-    let h = t.sub + prm(t, 11u); // p11: first query head (tensor parallelism)
+    let h = t.sub + prm(t, 12u); // p12: first query head (tensor parallelism)
     let kvh = h / (n_heads / T[5]);
     let pstride = (h1 - h0) * HD;
     for (var tt = 0u; tt < t.n_tok; tt++) {
@@ -503,7 +520,11 @@ fn op_attn(t: Task, lid: u32) {
             qs[i] = a4(qb, i);
         }
         workgroupBarrier();
-        let s_begin = p0;
+        var s_begin = p0;
+        let win = prm(t, 11u);
+        if (win > 0u && pos + 1u > win) {
+            s_begin = max(p0, pos + 1u - win);
+        }
         var s_end = min(p1, pos + 1u);
         if (kvh < h0 || kvh >= h1 || s_end < s_begin) {
             s_end = s_begin;
@@ -601,15 +622,57 @@ fn op_attn(t: Task, lid: u32) {
     }
 }
 
-// SwiGLU gate (silu_mul.wgsl). p: g_off, u_off, h_off, dim, and the
-// features [c0, c1) of each row (tensor parallelism; c1 = 0: all)
+// A projection's bias (bias_add.wgsl): out[t, c] += b[c] for the columns of
+// chunk t.sub, the bias staged from the chip's image into the slice.
+// p: b byte, n (out width), out_off, values per chunk
+fn op_bias(t: Task, lid: u32) {
+    let n = prm(t, 1u);
+    let y_off = prm(t, 2u);
+    let chunk = prm(t, 3u);
+    let c0 = t.sub * chunk;
+    let len = min(chunk, n - c0);
+    stage(prm(t, 0u) + c0 * 4u, len * 4u, lid);
+    for (var i = lid; i < t.n_tok * len; i += WG) {
+        let o = y_off + (i / len) * n + c0 + i % len;
+        A[o] = A[o] + bitcast<f32>(W[i % len]);
+    }
+}
+
+// Per-head RMSNorm in place (head_norm.wgsl) of head t.sub of q or k, for
+// every token of the step; the [HD] weight staged into the slice.
+// p: w byte, act_off, heads of the activation
+fn op_head_norm(t: Task, lid: u32) {
+    let x_off = prm(t, 1u);
+    let nh = prm(t, 2u);
+    let eps = bitcast<f32>(T[6]);
+    stage(prm(t, 0u), HD * 4u, lid);
+    for (var tt = 0u; tt < t.n_tok; tt++) {
+        let base = x_off + (tt * nh + t.sub) * HD;
+        var ss = 0.0;
+        for (var i = lid; i < HD; i += WG) {
+            let v = A[base + i];
+            ss = fma(v, v, ss);
+        }
+        let inv = inverseSqrt(reduce_sum(ss, lid) / f32(HD) + eps);
+        for (var i = lid; i < HD; i += WG) {
+            A[base + i] = bitcast<f32>(W[i]) * (A[base + i] * inv);
+        }
+        workgroupBarrier();
+    }
+}
+
+// SwiGLU gate (silu_mul.wgsl), or GeGLU (gelu == 1: Gemma's
+// gelu_pytorch_tanh, silu_mul.wgsl GELU_TANH). p: g_off, u_off, h_off, dim,
+// gelu, and the features [c0, c1) of each row (tensor parallelism; c1 = 0:
+// all)
 fn op_silu(t: Task, lid: u32) {
     let g_off = prm(t, 0u);
     let u_off = prm(t, 1u);
     let h_off = prm(t, 2u);
     let dim = prm(t, 3u);
-    var c0 = prm(t, 4u);
-    var c1 = prm(t, 5u);
+    let gelu = prm(t, 4u) == 1u;
+    var c0 = prm(t, 5u);
+    var c1 = prm(t, 6u);
     if (c1 == 0u) {
         c0 = 0u;
         c1 = dim;
@@ -618,7 +681,12 @@ fn op_silu(t: Task, lid: u32) {
     for (var e = lid; e < t.n_tok * w; e += WG) {
         let i = (e / w) * dim + c0 + e % w;
         let g = A[g_off + i];
-        A[h_off + i] = g / (1.0 + exp(-g)) * A[u_off + i];
+        if (gelu) {
+            let inner = 0.7978845608028654 * (g + 0.044715 * (g * g * g));
+            A[h_off + i] = 0.5 * g * (1.0 + tanh(clamp(inner, -10.0, 10.0))) * A[u_off + i];
+        } else {
+            A[h_off + i] = g / (1.0 + exp(-g)) * A[u_off + i];
+        }
     }
 }
 
@@ -856,6 +924,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         case OP_ARGMAX: { op_argmax(t, lid); }
         case OP_TOPK: { op_topk(t, lid); }
         case OP_COPY_OUT: { op_copy_out(t, lid); }
+        case OP_BIAS: { op_bias(t, lid); }
+        case OP_HEAD_NORM: { op_head_norm(t, lid); }
         default: {}
     }
     // Publish this task's writes (a control barrier), then count it done.

@@ -99,6 +99,17 @@ pub enum NodeKind {
     Attention(usize),
     /// `h = silu(g) · u`.
     SiluMul(usize),
+    /// `out += b`: the bias `w` (`WeightName::Bias`) of the product that
+    /// wrote `out` just before (Qwen2 q/k/v, Llama `attention_bias` /
+    /// `mlp_bias`).
+    Bias { w: WeightName, out: Act },
+    /// RMSNorm of each head of `act` (q or k) by `w`
+    /// (`WeightName::HeadNorm`, `[head_dim]`), before RoPE (Qwen3, Gemma 3).
+    HeadNorm { w: WeightName, act: Act },
+    /// `x += rmsnorm(xn) · w`: the post-norm `w` (`WeightName::PostNorm`)
+    /// of the attention or MLP output, which the product wrote into `xn`
+    /// (Gemma 3).
+    PostNorm(WeightName),
 }
 
 /// One operation of the forward pass.
@@ -116,6 +127,8 @@ impl Node {
         match self.kind {
             NodeKind::Embed => Some(WeightName::Embed),
             NodeKind::Norm(w) | NodeKind::MatMul { w, .. } => Some(w),
+            NodeKind::Bias { w, .. } | NodeKind::HeadNorm { w, .. } => Some(w),
+            NodeKind::PostNorm(w) => Some(w),
             NodeKind::Attention(_) | NodeKind::SiluMul(_) => None,
         }
     }
@@ -128,6 +141,9 @@ impl Node {
             NodeKind::MatMul { out, .. } => vec![out],
             NodeKind::Attention(_) => vec![Act::AttState, Act::Att],
             NodeKind::SiluMul(_) => vec![Act::H],
+            NodeKind::Bias { out, .. } => vec![out],
+            NodeKind::HeadNorm { act, .. } => vec![act],
+            NodeKind::PostNorm(_) => vec![Act::X],
         }
     }
 }
@@ -154,11 +170,16 @@ impl Access for Node {
             }
             NodeKind::Attention(_) => vec![Act::Q, Act::K, Act::V],
             NodeKind::SiluMul(_) => vec![Act::G, Act::U],
+            NodeKind::Bias { out, .. } => vec![out],
+            NodeKind::HeadNorm { act, .. } => vec![act],
+            NodeKind::PostNorm(_) => vec![Act::Xn, Act::X],
         }
     }
     fn kills(&self) -> Vec<Act> {
         match self.kind {
             NodeKind::MatMul { acc: true, .. } => vec![],
+            NodeKind::Bias { .. } | NodeKind::HeadNorm { .. } => vec![],
+            NodeKind::PostNorm(_) => vec![],
             _ => self.writes(),
         }
     }
@@ -188,17 +209,48 @@ pub fn forward(cfg: &LlamaConfig) -> Vec<Node> {
             })
         };
         use LayerTensor as T;
+        // A projection, then its bias where the architecture has one.
+        let proj = |push: &mut dyn FnMut(NodeKind, &str), t: T, inp, out, acc, what: &str| {
+            push(mat(lw(t), inp, out, acc), what);
+            if t.has_bias(cfg) {
+                let w = WeightName::Bias(l, t);
+                push(NodeKind::Bias { w, out }, &format!("{what}.bias"));
+            }
+        };
         push(NodeKind::Norm(lw(T::AttnNorm)), "attn_norm");
-        push(mat(lw(T::Q), Act::Xn, Act::Q, false), "wq");
-        push(mat(lw(T::K), Act::Xn, Act::K, false), "wk");
-        push(mat(lw(T::V), Act::Xn, Act::V, false), "wv");
+        proj(&mut push, T::Q, Act::Xn, Act::Q, false, "wq");
+        let head_norm = |push: &mut dyn FnMut(NodeKind, &str), t: T, act, what: &str| {
+            if cfg.arch.qk_norm {
+                let w = WeightName::HeadNorm(l, t);
+                push(NodeKind::HeadNorm { w, act }, what);
+            }
+        };
+        head_norm(&mut push, T::Q, Act::Q, "q_norm");
+        proj(&mut push, T::K, Act::Xn, Act::K, false, "wk");
+        head_norm(&mut push, T::K, Act::K, "k_norm");
+        proj(&mut push, T::V, Act::Xn, Act::V, false, "wv");
         push(NodeKind::Attention(l), "attention");
-        push(mat(lw(T::O), Act::Att, Act::X, true), "wo");
+        // With post-norms (Gemma 3) the products of o and down write xn
+        // (dead there), and the post-norm adds its norm into x.
+        let post = cfg.arch.post_norms;
+        let (res, acc) = if post {
+            (Act::Xn, false)
+        } else {
+            (Act::X, true)
+        };
+        let post_norm = |push: &mut dyn FnMut(NodeKind, &str), t: T, what: &str| {
+            if post {
+                push(NodeKind::PostNorm(WeightName::PostNorm(l, t)), what);
+            }
+        };
+        proj(&mut push, T::O, Act::Att, res, acc, "wo");
+        post_norm(&mut push, T::O, "post_attention_norm");
         push(NodeKind::Norm(lw(T::FfnNorm)), "ffn_norm");
-        push(mat(lw(T::Gate), Act::Xn, Act::G, false), "w_gate");
-        push(mat(lw(T::Up), Act::Xn, Act::U, false), "w_up");
+        proj(&mut push, T::Gate, Act::Xn, Act::G, false, "w_gate");
+        proj(&mut push, T::Up, Act::Xn, Act::U, false, "w_up");
         push(NodeKind::SiluMul(l), "silu_mul");
-        push(mat(lw(T::Down), Act::H, Act::X, true), "w_down");
+        proj(&mut push, T::Down, Act::H, res, acc, "w_down");
+        post_norm(&mut push, T::Down, "post_feedforward_norm");
     }
     v.push(Node {
         kind: NodeKind::Norm(WeightName::FinalNorm),
@@ -295,6 +347,32 @@ mod tests {
         let g = forward(&cfg(true));
         assert!(!is_last_use(&g, 0));
         assert!(is_last_use(&g, g.len() - 1));
+    }
+
+    #[test]
+    fn biases_follow_their_products_and_are_placed_once() {
+        let mut c = cfg(false);
+        c.arch.qkv_bias = true;
+        c.arch.o_bias = true;
+        c.arch.mlp_bias = true;
+        let g = forward(&c);
+        let mut placed: Vec<String> = (0..g.len())
+            .filter(|&i| is_last_use(&g, i))
+            .filter_map(|i| g[i].weight().map(|w| w.to_string()))
+            .collect();
+        placed.sort();
+        let mut want: Vec<String> = WeightName::all(&c).iter().map(|w| w.to_string()).collect();
+        want.sort();
+        assert_eq!(placed, want);
+        for (i, n) in g.iter().enumerate() {
+            if let NodeKind::Bias { out, .. } = n.kind {
+                // Right after the product that wrote `out`, which it reads.
+                assert!(matches!(g[i - 1].kind, NodeKind::MatMul { out: o, .. } if o == out));
+                assert_eq!(n.reads(), vec![out]);
+                assert!(n.kills().is_empty());
+            }
+        }
+        assert_eq!(g.iter().filter(|n| n.label.ends_with(".bias")).count(), 14);
     }
 
     #[test]

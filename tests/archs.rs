@@ -4,7 +4,8 @@
 //! (sliding-window attention, window 4 < the 48 positions run), Gemma 3
 //! (scaled embeddings, (1 + w) norms, post-norms, GELU-tanh, per-layer
 //! windows and RoPE bases, query_pre_attn_scalar) in VRAM mode and the CPU
-//! reference; SRAM mode refuses each with one line.
+//! reference, and in SRAM mode on one and several chips (counted link bytes
+//! equal to the plan's).
 //!
 //! `tests/fixtures/archs/<case>/` holds a tiny random-weight model that
 //! scripts/make-fixtures.py built with transformers 5 (float16 weights,
@@ -16,7 +17,7 @@
 //! at every step whose margin is at least 1e-3 (steps are fed the
 //! reference's ids), first-step logits within `TOL`.
 
-use sramlm::chip::{place, ChipSpec, PlaceOptions, TensorInfo, PRESET_NAMES};
+use sramlm::chip::{place, ChipSpec, PlaceOptions, TensorInfo};
 use sramlm::exec::sram::{SramExecutor, SramOptions};
 use sramlm::exec::vram::{VramExecutor, VramOptions};
 use sramlm::exec::{argmax_of, Executor, Readback, StepOutput};
@@ -184,23 +185,119 @@ fn vram_chunk(cfg: &LlamaConfig, w: &ModelWeights, ctx: usize, chunk: usize) -> 
 }
 
 /// The CPU reference, VRAM mode (whole prompt, and prompt in passes of 3
-/// tokens) against transformers; SRAM mode's one-line refusal `sram_msg`;
-/// and the same model with its feature removed by `strip` failing the check.
+/// tokens) and SRAM mode ([`check_sram`]) against transformers; and the
+/// same model with its feature removed by `strip` failing the check.
 fn check_runs(
     c: &Case,
     m: &Model,
     what: &str,
-    sram_msg: &str,
     strip: impl Fn(&mut LlamaConfig, &mut ModelWeights),
 ) {
     if !check_exact(c, m, what) {
         return;
     }
-    let e = sram(m, c.r.context_needed)
-        .err()
-        .expect("SRAM mode must refuse this model");
-    assert_eq!(e, sram_msg, "{what} sram");
+    check_sram(c, m, what);
     check_fails_without(c, m, what, strip);
+}
+
+/// SRAM mode against transformers, as VRAM mode is checked: on one chip
+/// (groq-v1), spread over several (mini-64k), and over chips of 32 KiB with
+/// 4 KiB slices (a layer's KV cache cut by positions over two chips, so a
+/// sliding window crosses KV blocks), prompt in pipeline
+/// micro-batches of 4 tokens and in one of 8, then every decode step (the
+/// sequence passes 40 positions); first-step logits within `TOL`; the link
+/// bytes counted while it runs equal the plan's (prefill: every link for
+/// every prompt token, the logits for the output row only; decode: the
+/// plan's bytes per token each step).
+fn check_sram(c: &Case, m: &Model, what: &str) {
+    let mut small = ChipSpec::preset("mini-64k")
+        .unwrap()
+        .with_slice_bytes(4096)
+        .unwrap();
+    small.sram_bytes = 32 * 1024;
+    small.name = "mini-32k-4k".into();
+    let specs = [
+        (ChipSpec::preset("groq-v1").unwrap(), 8),
+        (ChipSpec::preset("mini-64k").unwrap(), 4),
+        (ChipSpec::preset("mini-64k").unwrap(), 8),
+        (small, 4),
+    ];
+    let (multi, kv_split) = check_sram_on(c, m, what, specs);
+    assert!(multi, "{what}: no SRAM run spanned several chips");
+    assert!(kv_split, "{what}: no SRAM run cut a KV cache into blocks");
+}
+
+/// [`check_sram`] on `specs` (with their micro-batch sizes); whether a
+/// placement spanned several chips, and whether one cut layer 0's KV cache
+/// into blocks.
+fn check_sram_on(
+    c: &Case,
+    m: &Model,
+    what: &str,
+    specs: impl IntoIterator<Item = (ChipSpec, usize)>,
+) -> (bool, bool) {
+    let ctx = c.r.context_needed;
+    let (mut multi, mut kv_split) = (false, false);
+    for (spec, mb) in specs {
+        let preset = spec.name.clone();
+        let mut opts = PlaceOptions::for_config(&m.config);
+        opts.context_len = ctx;
+        opts.microbatch_tokens = mb;
+        let plan = place(
+            &m.config,
+            &TensorInfo::from_weights(&m.weights),
+            &spec,
+            &opts,
+        )
+        .unwrap_or_else(|e| panic!("{what} sram {preset}: {e}"));
+        assert_eq!(plan.program_error, None, "{what} sram {preset}");
+        multi |= plan.totals.chips_used > 1;
+        let blocks = plan
+            .stages
+            .iter()
+            .flat_map(|s| &s.work)
+            .filter(|w| w.starts_with("layers.0.attention("))
+            .count();
+        kv_split |= blocks > 1;
+        let mut e = SramExecutor::new(
+            gpu().unwrap(),
+            &m.config,
+            &m.weights,
+            &plan,
+            &SramOptions {
+                image_split_bytes: None,
+                task_order: None,
+                batch: 1,
+                context: Some(ctx),
+                microbatch: mb,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{what} sram {preset}: {e}"));
+        let what_s = format!(
+            "{what} sram ({preset}, {} chips, micro-batch {mb})",
+            plan.totals.chips_used
+        );
+        let err = run(&mut e, c, &what_s).unwrap();
+        eprintln!("{what_s}: first-step max logit error {err:.2e}");
+        assert!(err <= TOL, "{what_s}: max |logit error| {err} > {TOL}");
+        let per_token = plan.totals.link_bytes_per_token;
+        let logits: usize = plan
+            .stages
+            .iter()
+            .flat_map(|s| &s.carry)
+            .filter(|c| c.name == "logits")
+            .map(|c| 4 * c.values)
+            .sum();
+        let want = c.r.prompt_ids.len() * (per_token - logits)
+            + logits
+            + (c.r.new_ids.len() - 1) * per_token;
+        assert_eq!(
+            e.sram_stats().link_bytes_counted as usize,
+            want,
+            "{what_s}: counted link bytes vs planned"
+        );
+    }
+    (multi, kv_split)
 }
 
 /// The same weights with a feature removed by `strip` must fail the check
@@ -255,49 +352,10 @@ fn check_exact(c: &Case, m: &Model, what: &str) -> bool {
     true
 }
 
-/// SRAM mode's answer on the first preset the model fits (placement's
-/// error if none does).
-fn sram(m: &Model, ctx: usize) -> Result<SramExecutor, String> {
-    let mut last = String::new();
-    for preset in PRESET_NAMES {
-        let spec = ChipSpec::preset(preset).unwrap();
-        let mut opts = PlaceOptions::for_config(&m.config);
-        opts.context_len = ctx;
-        opts.microbatch_tokens = 4;
-        let plan = match place(
-            &m.config,
-            &TensorInfo::from_weights(&m.weights),
-            &spec,
-            &opts,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                last = e.to_string();
-                continue;
-            }
-        };
-        return SramExecutor::new(
-            gpu().unwrap(),
-            &m.config,
-            &m.weights,
-            &plan,
-            &SramOptions {
-                image_split_bytes: None,
-                task_order: None,
-                batch: 1,
-                context: Some(ctx),
-                microbatch: 4,
-            },
-        )
-        .map_err(|e| e.to_string());
-    }
-    Err(last)
-}
-
 /// One bias architecture: config flags and bias tensors from both formats,
 /// the CPU reference and VRAM mode against transformers, SRAM mode's
-/// refusal, and the same weights without biases failing the check.
-fn check_bias_case(name: &str, want: [bool; 3], sram_msg: &str) {
+/// runs, and the same weights without biases failing the check.
+fn check_bias_case(name: &str, want: [bool; 3]) {
     let c = case(name);
     for (src, m) in sources(&c) {
         let what = format!("{name} {src}");
@@ -320,7 +378,7 @@ fn check_bias_case(name: &str, want: [bool; 3], sram_msg: &str) {
         };
         assert_eq!(m.config.rope_layout, layout, "{what}");
 
-        check_runs(&c, &m, &what, sram_msg, |cfg, w| {
+        check_runs(&c, &m, &what, |cfg, w| {
             cfg.arch.qkv_bias = false;
             cfg.arch.o_bias = false;
             cfg.arch.mlp_bias = false;
@@ -331,20 +389,12 @@ fn check_bias_case(name: &str, want: [bool; 3], sram_msg: &str) {
 
 #[test]
 fn llama_attention_and_mlp_bias() {
-    check_bias_case(
-        "llama-bias",
-        [true, true, true],
-        "SRAM mode does not run attention and MLP biases yet (LlamaForCausalLM); use --mode vram",
-    );
+    check_bias_case("llama-bias", [true, true, true]);
 }
 
 #[test]
 fn qwen2_qkv_bias() {
-    check_bias_case(
-        "qwen2",
-        [true, false, false],
-        "SRAM mode does not run attention biases yet (Qwen2ForCausalLM); use --mode vram",
-    );
+    check_bias_case("qwen2", [true, false, false]);
 }
 
 /// Qwen3: per-head q/k RMSNorm before RoPE, head_dim 24 given explicitly
@@ -374,16 +424,10 @@ fn qwen3_qk_norm() {
                 );
             }
         }
-        check_runs(
-            &c,
-            &m,
-            &what,
-            "SRAM mode does not run per-head q/k RMSNorm yet (Qwen3ForCausalLM); use --mode vram",
-            |cfg, w| {
-                cfg.arch.qk_norm = false;
-                w.layers.iter_mut().for_each(|l| l.head_norms.clear());
-            },
-        );
+        check_runs(&c, &m, &what, |cfg, w| {
+            cfg.arch.qk_norm = false;
+            w.layers.iter_mut().for_each(|l| l.head_norms.clear());
+        });
     }
 }
 
@@ -401,13 +445,9 @@ fn mistral_sliding_window() {
         folder.config.arch.describe(),
         "MistralForCausalLM (sliding-window attention (4 positions))"
     );
-    check_runs(
-        &c,
-        &folder,
-        "mistral folder",
-        "SRAM mode does not run sliding-window attention yet (MistralForCausalLM); use --mode vram",
-        |cfg, _| cfg.arch.sliding_window = None,
-    );
+    check_runs(&c, &folder, "mistral folder", |cfg, _| {
+        cfg.arch.sliding_window = None
+    });
 
     // convert_hf_to_gguf.py writes Mistral as GGUF `llama` with no
     // sliding-window key (llama.cpp's llama graph has no window either):
@@ -588,14 +628,7 @@ fn gemma3_folder_and_gguf() {
             assert_eq!(a, b, "{what}: tied lm_head");
             assert!(max_err(&a, &c.r.first_step_logits, &what) > 100.0 * TOL);
         }
-        let features = if src == "folder" {
-            "scaled embeddings, (1 + w) RMSNorm weights, post-attention/post-MLP norms, GELU-tanh MLP, a custom attention scale, per-layer sliding windows and RoPE"
-        } else {
-            "scaled embeddings, post-attention/post-MLP norms, GELU-tanh MLP, a custom attention scale, per-layer sliding windows and RoPE"
-        };
-        let sram_msg =
-            format!("SRAM mode does not run {features} yet (Gemma3ForCausalLM); use --mode vram");
-        check_runs(&c2, &m, &what, &sram_msg, |cfg, w| {
+        check_runs(&c2, &m, &what, |cfg, w| {
             cfg.arch.post_norms = false;
             w.layers.iter_mut().for_each(|l| l.post_norms.clear());
         });
@@ -654,7 +687,11 @@ fn gemma3_config_classes() {
             RopeType::Default,
             "{what}"
         );
-        check_exact(&var.case(&c), &m, &what);
+        let vc = var.case(&c);
+        if check_exact(&vc, &m, &what) {
+            let spec = ChipSpec::preset("mini-64k").unwrap();
+            assert!(check_sram_on(&vc, &m, &what, [(spec, 4)]).0, "{what}");
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The SRAM-mode kernel (the `sram_step` interpreter, which runs the matmul
 //! tiles, norms, attention blocks, RoPE / KV writes, SiLU, embedding gather,
 //! link transfers, arg-max and top-k) fits the slice of every chip spec for
-//! both bundled models (naga measures the WGSL), and a chip whose slice is
+//! both bundled models and the other architectures' fixtures (naga
+//! measures the WGSL), and a chip whose slice is
 //! too small for it is refused with both numbers.
 
 use sramlm::chip::{place, ChipSpec, PlaceOptions, TensorInfo};
@@ -22,6 +23,12 @@ fn configs() -> Vec<(String, LlamaConfig)> {
         v.push(("SmolLM2".into(), model::load(&p).unwrap().config));
     } else {
         assert!(std::env::var_os("CI").is_none(), "CI must have SmolLM2");
+    }
+    // The other architectures (biases, q/k norms, windows, Gemma 3: the
+    // same interpreter, head_dim 16 and 24).
+    let archs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/archs");
+    for name in ["llama-bias", "qwen2", "qwen3", "mistral", "gemma3"] {
+        v.push((name.into(), model::load(&archs.join(name)).unwrap().config));
     }
     v
 }

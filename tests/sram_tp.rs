@@ -67,6 +67,7 @@ fn stories260k_tp2_and_tp4_match_the_reference() {
                 &plan,
                 &SramOptions {
                     image_split_bytes: None,
+                    task_order: None,
                     batch: 1,
                     context: Some(ctx),
                     microbatch: mb,
@@ -98,6 +99,7 @@ fn stories260k_tp2_decodes_two_sequences_together() {
         &plan,
         &SramOptions {
             image_split_bytes: None,
+            task_order: None,
             context: Some(ctx),
             microbatch: 8,
             batch,

@@ -231,6 +231,10 @@ impl TensorInfo {
         let mut names = vec![WeightName::Embed];
         for i in 0..w.layers.len() {
             names.extend(LayerTensor::ALL.iter().map(|&t| WeightName::Layer(i, t)));
+            // Biases, q/k norms and post-norms where the weights have them.
+            names.extend(LayerTensor::PROJECTIONS.map(|t| WeightName::Bias(i, t)));
+            names.extend(LayerTensor::HEAD_NORMED.map(|t| WeightName::HeadNorm(i, t)));
+            names.extend(LayerTensor::POST_NORMED.map(|t| WeightName::PostNorm(i, t)));
         }
         names.push(WeightName::FinalNorm);
         if w.lm_head.is_some() {

@@ -64,6 +64,18 @@ pub enum Work {
         fin: bool,
     },
     Silu(usize),
+    /// `out += b` over the whole width (the bias vector `w`).
+    Bias {
+        w: WeightName,
+        out: Act,
+    },
+    /// RMSNorm of each head of `act` (q or k) by the vector `w`.
+    HeadNorm {
+        w: WeightName,
+        act: Act,
+    },
+    /// `x += rmsnorm(xn) · w` (a post-norm).
+    PostNorm(WeightName),
 }
 
 /// A work item on a chip; `node` indexes [`graph::forward`].
@@ -102,6 +114,9 @@ impl Access for Item {
                 }
             }
             Work::Silu(_) => vec![Act::G, Act::U],
+            Work::Bias { out, .. } => vec![out],
+            Work::HeadNorm { act, .. } => vec![act],
+            Work::PostNorm(_) => vec![Act::Xn, Act::X],
         }
     }
     fn kills(&self) -> Vec<Act> {
@@ -129,6 +144,7 @@ impl Access for Item {
             },
             Work::Silu(_) => vec![Act::H],
             Work::RopeQ(_) | Work::KvWrite(..) => vec![],
+            Work::Bias { .. } | Work::HeadNorm { .. } | Work::PostNorm(_) => vec![],
         }
     }
 }
@@ -161,6 +177,9 @@ impl Item {
                 }
             }
             Work::Silu(_) => vec![(Act::H, c.intermediate_size)],
+            Work::Bias { out, .. } => vec![(out, out.width(c))],
+            Work::HeadNorm { act, .. } => vec![(act, act.width(c))],
+            Work::PostNorm(_) => vec![(Act::X, c.hidden_size)],
         }
     }
 
@@ -171,7 +190,8 @@ impl Item {
             Work::Embed { rows, .. } | Work::Mat { rows, .. } => {
                 format!("{n}[{}..{})", rows.0, rows.1)
             }
-            Work::Norm(_) | Work::Silu(_) => n.clone(),
+            Work::Norm(_) | Work::Silu(_) | Work::Bias { .. } | Work::HeadNorm { .. } => n.clone(),
+            Work::PostNorm(_) => n.clone(),
             Work::RopeQ(l) => format!("layers.{l}.rope_q"),
             Work::KvWrite(l, b) => format!(
                 "layers.{l}.kv_write(h{}..{},p{}..{})",
@@ -498,6 +518,21 @@ impl Program {
                     }
                 }
                 NodeKind::SiluMul(l) => push(cur, Work::Silu(l)),
+                NodeKind::Bias { w, out } => {
+                    let chip = a.blocks(w, 1)?[0].0;
+                    forward(n.label.clone(), chip, &mut cur)?;
+                    push(chip, Work::Bias { w, out });
+                }
+                NodeKind::HeadNorm { w, act } => {
+                    let chip = a.blocks(w, 1)?[0].0;
+                    forward(n.label.clone(), chip, &mut cur)?;
+                    push(chip, Work::HeadNorm { w, act });
+                }
+                NodeKind::PostNorm(w) => {
+                    let chip = a.blocks(w, 1)?[0].0;
+                    forward(n.label.clone(), chip, &mut cur)?;
+                    push(chip, Work::PostNorm(w));
+                }
             }
         }
 

@@ -60,6 +60,10 @@ pub enum Op {
     Argmax = 9,
     Topk = 10,
     CopyOut = 11,
+    /// `out += b` for one slice-sized chunk of a bias vector.
+    Bias = 20,
+    /// RMSNorm of one head of q or k (all the step's tokens).
+    HeadNorm = 21,
 }
 
 /// Bytes of `var<workgroup>` the interpreter uses besides the weight tile

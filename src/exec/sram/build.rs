@@ -166,6 +166,23 @@ pub(super) fn build(
     let mut encodings: Vec<DType> = Vec::new();
     let mut staged = 0u64;
     let hd = cfg.head_dim;
+    // The RoPE tables (one per distinct base and scaling the layers use,
+    // `LlamaConfig::rope_tables`; Gemma 3: two), and each layer's table as a
+    // word offset from the first (the header's ROPE_OFF).
+    let (rope_tables, rope_idx) = cfg.rope_tables();
+    let rope_data: Vec<Vec<f32>> = rope_tables
+        .iter()
+        .map(|(theta, scaling)| rope::rope_table(ctx, hd, *theta, scaling))
+        .collect();
+    let rope_rel: Vec<usize> = rope_data
+        .iter()
+        .scan(0, |a, t| {
+            let o = *a;
+            *a += t.len();
+            Some(o)
+        })
+        .collect();
+    let rope_table_of: Vec<usize> = rope_idx.iter().map(|&i| rope_rel[i]).collect();
     let mut codes: Vec<Vec<Code>> = Vec::new();
     for (k, s) in program.stages.iter().enumerate() {
         let c = s.chip;
@@ -201,18 +218,27 @@ pub(super) fn build(
                             u32::from(first),
                             x,
                             u(dim),
+                            // Gemma: the row × sqrt(hidden).
+                            cfg.arch.embed_scale.unwrap_or(1.0).to_bits(),
                         ],
                     )
                 }
-                Work::Norm(wn) => {
-                    let v = tensor(wn)?.to_f32();
+                Work::Norm(wn) | Work::PostNorm(wn) => {
+                    // Gemma's (1 + w) added in f32, as VRAM mode at upload.
+                    let off_w = cfg.arch.norm_weight_offset;
+                    let v: Vec<f32> = tensor(wn)?.to_f32().iter().map(|x| off_w + x).collect();
                     let off = img.block((c, wn, 0, 1), bytemuck::cast_slice(&v));
                     if v.len() * 4 > tile {
                         return Err(slice_error(&name, v.len() * 4, tile, slice));
                     }
                     let x = ar.act(k, Act::X, cfg, mb);
                     let xn = ar.act(k, Act::Xn, cfg, mb);
-                    Code::one(Op::Norm, &[u(off), u(v.len()), x, xn])
+                    if matches!(it.work, Work::PostNorm(_)) {
+                        // x += rmsnorm(xn) · w
+                        Code::one(Op::Norm, &[u(off), u(v.len()), xn, x, 1])
+                    } else {
+                        Code::one(Op::Norm, &[u(off), u(v.len()), x, xn])
+                    }
                 }
                 Work::Mat {
                     w: wn,
@@ -249,7 +275,10 @@ pub(super) fn build(
                         u((rows.1 - rows.0).div_ceil(rpt)),
                     )
                 }
-                Work::RopeQ(_) => Code::one(Op::RopeQ, &[ar.act(k, Act::Q, cfg, mb)]),
+                Work::RopeQ(l) => Code::one(
+                    Op::RopeQ,
+                    &[ar.act(k, Act::Q, cfg, mb), u(rope_table_of[l])],
+                ),
                 Work::KvWrite(l, b)
                 | Work::AttnBlock {
                     layer: l, block: b, ..
@@ -272,7 +301,7 @@ pub(super) fn build(
                             let vx = ar.act(k, Act::V, cfg, mb);
                             let mut p = vec![kx, vx];
                             p.extend(blk);
-                            p.extend([u(kr), u(vr)]);
+                            p.extend([u(kr), u(vr), u(rope_table_of[l])]);
                             Code::one(Op::KvWrite, &p)
                         }
                         Work::AttnBlock { init, fin, .. } => {
@@ -282,8 +311,10 @@ pub(super) fn build(
                             let mut p = vec![q, att, st];
                             p.extend(blk);
                             p.extend([u(kr), u(vr), u32::from(init), u32::from(fin)]);
+                            // The layer's sliding window (0: full causal).
+                            p.push(u(cfg.layer_window(l)));
                             // Tensor parallelism: only this chip's query heads
-                            // (the rows of wq it holds; parameter 11: the first).
+                            // (the rows of wq it holds; parameter 12: the first).
                             let (h0, h1) =
                                 tp_rows(&program, k, WeightName::Layer(l, LayerTensor::Q))
                                     .map_or((0, cfg.num_heads), |r| (r.0 / hd, r.1 / hd));
@@ -293,17 +324,55 @@ pub(super) fn build(
                         _ => unreachable!(),
                     }
                 }
+                Work::Bias { w: wn, out } => {
+                    // The bias in f32 in this chip's image; one task per
+                    // slice-sized chunk of it.
+                    let v = tensor(wn)?.to_f32();
+                    let off = img.block((c, wn, 0, 1), bytemuck::cast_slice(&v));
+                    let chunk = tile / 4;
+                    if chunk == 0 {
+                        return Err(slice_error(&name, 4, tile, slice));
+                    }
+                    let y = ar.act(k, out, cfg, mb);
+                    Code::shared(
+                        Op::Bias,
+                        &[u(off), u(v.len()), y, u(chunk)],
+                        u(v.len().div_ceil(chunk)),
+                    )
+                }
+                Work::HeadNorm { w: wn, act } => {
+                    // [head_dim] in f32 (Gemma's 1 + w added here, as VRAM
+                    // mode does at upload); one task per head.
+                    let off_w = cfg.arch.norm_weight_offset;
+                    let v: Vec<f32> = tensor(wn)?.to_f32().iter().map(|x| off_w + x).collect();
+                    let off = img.block((c, wn, 0, 1), bytemuck::cast_slice(&v));
+                    if v.len() * 4 > tile {
+                        return Err(slice_error(&name, v.len() * 4, tile, slice));
+                    }
+                    let heads = act.width(cfg) / hd;
+                    let x = ar.act(k, act, cfg, mb);
+                    Code::shared(Op::HeadNorm, &[u(off), x, u(heads)], u(heads))
+                }
                 Work::Silu(l) => {
                     let g = ar.act(k, Act::G, cfg, mb);
                     let uu = ar.act(k, Act::U, cfg, mb);
                     let h = ar.act(k, Act::H, cfg, mb);
+                    let gelu = cfg.arch.activation != crate::model::Activation::Silu;
                     // Tensor parallelism: only the features of this chip's
-                    // w_gate rows (parameters 4, 5; 0, 0: all).
+                    // w_gate rows (parameters 5, 6; 0, 0: all).
                     let (f0, f1) = tp_rows(&program, k, WeightName::Layer(l, LayerTensor::Gate))
                         .unwrap_or((0, 0));
                     Code::one(
                         Op::Silu,
-                        &[g, uu, h, u(cfg.intermediate_size), u(f0), u(f1)],
+                        &[
+                            g,
+                            uu,
+                            h,
+                            u(cfg.intermediate_size),
+                            u32::from(gelu),
+                            u(f0),
+                            u(f1),
+                        ],
                     )
                 }
             };
@@ -359,11 +428,13 @@ pub(super) fn build(
         .ok_or(SramBuildError::EmptyProgram)?;
     let logits_off = ar.act(last, Act::Logits, cfg, mb) as usize;
 
-    // The RoPE table after the images (not a weight: every chip computes it).
+    // The RoPE tables after the images (not weights: every chip computes
+    // them), one after the other (`rope_rel`).
     img.align();
     let rope_off = img.bytes.len() / 4;
-    let table = rope::rope_table(ctx, cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
-    img.bytes.extend_from_slice(bytemuck::cast_slice(&table));
+    for table in &rope_data {
+        img.bytes.extend_from_slice(bytemuck::cast_slice(table));
+    }
     let limit = gpu
         .limits
         .max_storage_buffer_binding_size
@@ -428,7 +499,11 @@ pub(super) fn build(
     header[hdr::N_HEADS] = u(cfg.num_heads);
     header[hdr::N_KV_HEADS] = u(cfg.num_kv_heads);
     header[hdr::EPS] = cfg.rms_norm_eps.to_bits();
-    header[hdr::SCALE] = crate::kernels::attention::default_scale(hd).to_bits();
+    header[hdr::SCALE] = cfg
+        .arch
+        .attn_scale
+        .unwrap_or_else(|| crate::kernels::attention::default_scale(hd))
+        .to_bits();
     header[hdr::PAIR_LAYOUT] = cfg.rope_layout.as_u32();
     header[hdr::IMG_SPLIT] = u(first / 4);
     let order = match opts.task_order {
