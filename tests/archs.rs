@@ -820,3 +820,62 @@ fn gemma3_batched_decode_equals_solo() {
         assert_eq!(&logits(got), want, "row {row}");
     }
 }
+
+/// Tensor-parallel SRAM mode (`--tp`, `chip::tp`) on the architecture
+/// fixtures: Mistral's sliding window runs exactly at tp 2 and 4 (the
+/// window crosses the prompt); the features a group does not split yet
+/// (biases, q/k norms, Gemma 3's) are refused at placement, naming them —
+/// never a wrong token.
+#[test]
+fn tensor_parallel_sram_on_the_arch_fixtures() {
+    for name in ["mistral", "qwen2", "qwen3", "llama-bias", "gemma3"] {
+        let c = case(name);
+        let m = model::load(&c.dir).unwrap();
+        let ctx = c.r.context_needed;
+        for tp in [2, 4] {
+            let mut opts = PlaceOptions::for_config(&m.config);
+            opts.context_len = ctx;
+            opts.microbatch_tokens = 4;
+            let placed = sramlm::chip::place_tp(
+                &m.config,
+                &TensorInfo::from_weights(&m.weights),
+                &ChipSpec::preset("groq-v1").unwrap(),
+                &opts,
+                tp,
+            );
+            let what = format!("{name} sram tp {tp}");
+            if name != "mistral" {
+                let e = placed
+                    .err()
+                    .unwrap_or_else(|| panic!("{what}: not refused"));
+                let e = e.to_string();
+                assert!(
+                    e.contains(&format!("--tp {tp}")) && e.contains("does not split"),
+                    "{what}: {e}"
+                );
+                continue;
+            }
+            let plan = placed.unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(plan.program_error, None, "{what}");
+            assert!(plan.totals.chips_used >= tp, "{what}");
+            let Some(g) = gpu() else { return };
+            let mut e = SramExecutor::new(
+                g,
+                &m.config,
+                &m.weights,
+                &plan,
+                &SramOptions {
+                    image_split_bytes: None,
+                    task_order: None,
+                    batch: 1,
+                    context: Some(ctx),
+                    microbatch: 4,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let err = run(&mut e, &c, &what).unwrap();
+            eprintln!("{what}: first-step max logit error {err:.2e}");
+            assert!(err <= TOL, "{what}: max |logit error| {err} > {TOL}");
+        }
+    }
+}

@@ -70,6 +70,28 @@ pub fn check_tp(cfg: &LlamaConfig, tp: usize) -> Result<(), PlacementError> {
             cfg.num_heads
         )));
     }
+    // The group's pieces are weight rows, norms and KV cells: the extra
+    // vectors of these architectures (biases, per-head norms, post-norms)
+    // are not split or replicated over a group yet.
+    let a = &cfg.arch;
+    let mut missing: Vec<&str> = Vec::new();
+    if a.qkv_bias || a.o_bias {
+        missing.push("attention biases");
+    }
+    if a.mlp_bias {
+        missing.push("MLP biases");
+    }
+    if a.qk_norm {
+        missing.push("per-head q/k RMSNorm");
+    }
+    missing.extend(a.gemma_like());
+    if tp > 1 && !missing.is_empty() {
+        return Err(PlacementError::InvalidOptions(format!(
+            "--tp {tp}: SRAM mode's tensor parallelism does not split {} yet ({}); use --tp 1",
+            missing.join(", "),
+            a.name
+        )));
+    }
     if cfg.num_kv_heads == 0 || !cfg.num_heads.is_multiple_of(cfg.num_kv_heads) {
         return Err(PlacementError::InvalidOptions(format!(
             "--tp {tp}: {} attention heads do not share {} KV heads evenly",
