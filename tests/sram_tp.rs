@@ -205,3 +205,40 @@ fn smollm2_tp2_and_tp4_match_vram_mode() {
         );
     }
 }
+
+/// An untied embedding (stories260K with lm_head a copy of its embedding:
+/// the same logits): the gather runs on the first group's chips, the
+/// lm_head by vocabulary on the last group's.
+#[test]
+fn stories260k_untied_tp2_matches_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut m = model::load(&model::default_model_path()).unwrap();
+    m.config.tie_word_embeddings = false;
+    m.weights.lm_head = Some(m.weights.embed.clone());
+    let r = Reference::load(&fixture_dir("stories260K"), "stories260K").unwrap();
+    let ctx = m.config.max_position_embeddings;
+    let plan = tp_plan(&m, &small_spec(), 2, ctx, 1, 8);
+    assert_eq!(plan.totals.loopback_bytes_per_token, 0);
+    let embed: Vec<usize> = plan
+        .chips
+        .iter()
+        .filter(|c| c.tensors.iter().any(|t| t.weight == "embed"))
+        .map(|c| c.index)
+        .collect();
+    assert_eq!(embed, vec![0, 1]);
+    let mut exec = SramExecutor::new(
+        gpu,
+        &m.config,
+        &m.weights,
+        &plan,
+        &SramOptions {
+            image_split_bytes: None,
+            batch: 1,
+            context: Some(ctx),
+            microbatch: 8,
+        },
+    )
+    .unwrap();
+    let e = check_reference_parity(&mut exec, &m, &r, TOL, "untied tp 2");
+    eprintln!("untied tp 2: max logit error {e:.2e}");
+}
