@@ -233,6 +233,7 @@ fn stories260k_untied_tp2_matches_the_reference() {
         &plan,
         &SramOptions {
             image_split_bytes: None,
+            task_order: None,
             batch: 1,
             context: Some(ctx),
             microbatch: 8,
