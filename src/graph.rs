@@ -376,6 +376,50 @@ mod tests {
     }
 
     #[test]
+    fn gemma_post_norms_take_the_products_output_from_xn() {
+        let mut c = cfg(false);
+        let h = c.hidden_size;
+        c.arch = crate::model::ArchFeatures::gemma3(h);
+        let g = forward(&c);
+        let mut placed: Vec<String> = (0..g.len())
+            .filter(|&i| is_last_use(&g, i))
+            .filter_map(|i| g[i].weight().map(|w| w.to_string()))
+            .collect();
+        placed.sort();
+        let mut want: Vec<String> = WeightName::all(&c).iter().map(|w| w.to_string()).collect();
+        want.sort();
+        assert_eq!(placed, want);
+        let at = |label: &str| g.iter().position(|n| n.label == label).unwrap();
+        // q_norm right after wq, k_norm after wk, both before attention.
+        assert_eq!(at("layers.0.q_norm"), at("layers.0.wq") + 1);
+        assert_eq!(at("layers.0.k_norm"), at("layers.0.wk") + 1);
+        assert!(at("layers.0.k_norm") < at("layers.0.attention"));
+        for (mat, post) in [
+            ("layers.1.wo", "layers.1.post_attention_norm"),
+            ("layers.1.w_down", "layers.1.post_feedforward_norm"),
+        ] {
+            let i = at(mat);
+            // The product writes xn afresh; the post-norm adds into x.
+            assert!(matches!(
+                g[i].kind,
+                NodeKind::MatMul {
+                    out: Act::Xn,
+                    acc: false,
+                    ..
+                }
+            ));
+            assert_eq!(at(post), i + 1);
+            assert_eq!(g[i + 1].reads(), vec![Act::Xn, Act::X]);
+            assert!(g[i + 1].kills().is_empty());
+        }
+        // x stays live across the product (the post-norm accumulates into it).
+        let live = live_out(&g);
+        assert!(live[at("layers.1.wo")].contains(&Act::X));
+        assert!(live[at("layers.1.wo")].contains(&Act::Xn));
+        assert!(!live[at("layers.1.post_attention_norm")].contains(&Act::Xn));
+    }
+
+    #[test]
     fn liveness_follows_the_layer() {
         let g = forward(&cfg(true));
         let live = live_out(&g);

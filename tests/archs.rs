@@ -879,3 +879,53 @@ fn tensor_parallel_sram_on_the_arch_fixtures() {
         }
     }
 }
+
+/// SRAM mode's decode round (two resident sequences as the pipeline's
+/// micro-batches, one on each side of the window, over 12 chips) gives each
+/// sequence the id it gets decoded alone, and sequence 0 transformers' id.
+#[test]
+fn gemma3_sram_decode_round_equals_solo() {
+    let Some(g) = gpu() else { return };
+    let c = case("gemma3");
+    let m = model::load(&c.dir).unwrap();
+    let ctx = c.r.context_needed;
+    let p = &c.r.prompt_ids;
+    let spec = ChipSpec::preset("mini-64k").unwrap();
+    let exec = |batch: usize| {
+        let mut o = PlaceOptions::for_config(&m.config);
+        o.context_len = ctx;
+        o.microbatch_tokens = 4;
+        o.batch = batch;
+        let plan = place(&m.config, &TensorInfo::from_weights(&m.weights), &spec, &o).unwrap();
+        assert!(plan.totals.chips_used > 1);
+        SramExecutor::new(
+            g.clone(),
+            &m.config,
+            &m.weights,
+            &plan,
+            &SramOptions {
+                context: Some(ctx),
+                microbatch: 4,
+                batch,
+                image_split_bytes: None,
+                task_order: None,
+            },
+        )
+        .unwrap()
+    };
+    let id = |out: StepOutput| argmax_of(&out);
+    let solo = |pre: &[u32], next: u32| {
+        let mut e = exec(1);
+        e.step(pre, Readback::Argmax).unwrap();
+        id(e.step(&[next], Readback::Argmax).unwrap())
+    };
+    let want = [solo(p, c.r.new_ids[0]), solo(&p[..3], p[3])];
+    assert_eq!(want[0], c.r.new_ids[1]);
+    let mut e = exec(2);
+    e.select(0).unwrap();
+    e.step(p, Readback::Argmax).unwrap();
+    e.select(1).unwrap();
+    e.step(&p[..3], Readback::Argmax).unwrap();
+    let got = e.decode_all(&[c.r.new_ids[0], p[3]]).unwrap();
+    assert_eq!(got, want);
+}
