@@ -400,6 +400,7 @@ pub(super) fn build(
         variant = variant.define("COHERENT");
     }
     let pipeline = sram_step::pipeline(&gpu, &variant)?;
+    let resident_variant = variant.clone();
     let mut header = [0u32; sram_step::HDR];
     header[hdr::SPIN_LIMIT] = sram_step::SPIN_LIMIT;
     header[hdr::IDS_BASE] = u(max_mbs * sram_step::MB_WORDS);
@@ -466,6 +467,7 @@ pub(super) fn build(
         link_codes,
         link_counts,
         pipeline,
+        resident_variant,
         header,
         logits_off,
         image,

@@ -43,6 +43,7 @@
 
 mod build;
 mod pipeline;
+pub mod resident;
 mod schedule;
 
 use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
@@ -180,6 +181,8 @@ pub struct SramExecutor {
     link_counts: Vec<Vec<LinkCount>>,
     /// The interpreter and the header every table starts with.
     pipeline: Arc<wgpu::ComputePipeline>,
+    /// The stepped interpreter's variant (resident mode adds `RESIDENT`).
+    resident_variant: crate::gpu::ShaderVariant,
     header: [u32; crate::kernels::sram_step::HDR],
     /// Word offset of the last stage's logits region in the activations.
     logits_off: usize,
