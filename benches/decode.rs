@@ -143,6 +143,7 @@ fn sram(
         &plan,
         &SramOptions {
             image_split_bytes: None,
+            task_order: None,
             batch: 1,
             context: Some(ctx),
             microbatch: MICROBATCH,

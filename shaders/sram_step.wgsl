@@ -4,8 +4,9 @@
 // over one KV block, a link transfer of one carried activation, the arg-max).
 // The task table T (built on the CPU, kernels::sram_step and
 // exec::sram::schedule) lists the tasks so that everything a task depends on
-// has a LOWER workgroup index; a task waits for those with completion
-// counters C (thread 0 spins, bounded), runs, and signals its node's counter.
+// has a LOWER index (workgroups take tasks in table order, see `main`); a
+// task waits for those with completion counters C (thread 0 spins,
+// bounded), runs, and signals its node's counter.
 // So the chips active in a pipeline step run side by side with no barrier
 // between them, and a whole token is one dispatch.
 //
@@ -36,7 +37,7 @@
 @group(0) @binding(3) var<storage, read_write> A: array<f32>;   // activations
 @group(0) @binding(4) var<storage, read_write> KV: array<f32>;  // KV cache, per chip block
 #endif
-@group(0) @binding(5) var<storage, read_write> C: array<atomic<u32>>; // [0] stall flag, [1] progress, nodes
+@group(0) @binding(5) var<storage, read_write> C: array<atomic<u32>>; // [0] stall flag, [1] progress, [2] ticket, nodes
 @group(0) @binding(6) var<storage, read_write> R: array<u32>;   // token ids / logits out
 
 var<workgroup> W: array<u32, {{W_WORDS}}>;
@@ -780,7 +781,7 @@ fn op_copy_out(t: Task, lid: u32) {
 }
 
 // Thread 0 waits until every counter this task depends on has reached its
-// target (all lower workgroups). No task may wait forever: when no task of
+// target (all earlier tasks). No task may wait forever: when no task of
 // the dispatch has finished (C[1], the progress count) for T[1] polls, or
 // another task has stalled, it raises the flag C[0] and goes on. (Progress
 // and the flag are looked at every 256 polls.)
@@ -818,9 +819,29 @@ fn wait_deps(dep_off: u32, dep_n: u32, lid: u32) {
     storageBarrier();
 }
 
+// Which task a workgroup runs (T[15], kernels::sram_step::hdr::TASK_ORDER):
+// * by TICKET (C[2]): tasks are claimed in table order by whichever
+//   workgroups are running, so every task a claimed task waits for was
+//   claimed earlier by a running workgroup and the earliest unfinished
+//   claimed task can always finish, whatever order the GPU starts
+//   workgroups in; and on a CPU adapter that hands each thread a contiguous
+//   range of workgroup ids (lavapipe), the threads still take consecutive
+//   tasks, so independent tasks (a matmul's row tiles, the chips of one
+//   pipeline step) run side by side. Costs a hand-over between threads at
+//   almost every dependency, which an oversubscribed CPU makes slow.
+// * by workgroup id: relies on workgroups starting in index order.
+var<workgroup> ticket: u32;
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let ti = wid.y * nwg.x + wid.x;
+    if (lid == 0u) {
+        if (T[15] == 1u) {
+            ticket = atomicAdd(&C[2], 1u);
+        } else {
+            ticket = wid.y * nwg.x + wid.x;
+        }
+    }
+    let ti = workgroupUniformLoad(&ticket);
     if (ti >= T[0]) {
         return;
     }
@@ -880,8 +901,7 @@ fn run_task(ti: u32, lid: u32) {
 // is what the litmus measured). So some pair always progresses.
 //
 // T[RES_LISTS]: per workgroup (offset, length, keeps weights), then the
-// lists of task indices. T[RES_TAIL], T[RES_TAIL + 1]: the arg-max's
-// counter and task count.
+// lists of task indices. T[RES_TAIL]: the arg-max's counter (one task).
 const RES_LISTS: u32 = 12u;
 const RES_TOKENS: u32 = 13u;
 const RES_TAIL: u32 = 14u;
@@ -918,7 +938,7 @@ fn resident(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
 fn wait_tail(tok: u32, lid: u32) {
     if (lid == 0u) {
         let c = T[RES_TAIL];
-        let want = T[RES_TAIL + 1u] * tok;
+        let want = tok;
         var polls = 0u;
         var seen = atomicOr(&C[1], 0u);
         loop {

@@ -283,6 +283,7 @@ fn sram(m: &Model, ctx: usize) -> Result<SramExecutor, String> {
             &plan,
             &SramOptions {
                 image_split_bytes: None,
+                task_order: None,
                 batch: 1,
                 context: Some(ctx),
                 microbatch: 4,

@@ -55,6 +55,7 @@ fn parity_on(backend: BackendChoice, downlevel: bool) {
         &plan,
         &SramOptions {
             image_split_bytes: None,
+            task_order: None,
             batch: 1,
             context: Some(ctx),
             microbatch: 8,

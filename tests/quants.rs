@@ -646,6 +646,7 @@ fn tiny_kquant_model_sram_matches_reference() {
             &plan,
             &SramOptions {
                 image_split_bytes: None,
+                task_order: None,
                 batch: 1,
                 context: Some(64),
                 microbatch: 4,

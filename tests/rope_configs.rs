@@ -161,6 +161,7 @@ fn sram(m: &Model, ctx: usize) -> (SramExecutor, &'static str) {
             &plan,
             &SramOptions {
                 image_split_bytes: None,
+                task_order: None,
                 batch: 1,
                 context: Some(ctx),
                 microbatch: 4,

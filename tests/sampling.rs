@@ -246,6 +246,7 @@ fn sram_mode_penalties_on_the_cpu_give_the_same_ids() {
         &plan,
         &SramOptions {
             image_split_bytes: None,
+            task_order: None,
             batch: 1,
             context: Some(256),
             microbatch: 16,

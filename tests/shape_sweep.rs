@@ -534,6 +534,7 @@ fn run_case(i: usize, c: &Case) -> usize {
         &plan,
         &SramOptions {
             image_split_bytes: None,
+            task_order: None,
             batch: 1,
             context: Some(ctx),
             microbatch: 3,

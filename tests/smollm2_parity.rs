@@ -162,6 +162,7 @@ fn both_modes(gpu: std::sync::Arc<sramlm::gpu::Gpu>) {
         &plan,
         &SramOptions {
             image_split_bytes: None,
+            task_order: None,
             batch: 1,
             context: Some(CTX),
             microbatch: 16,

@@ -4,7 +4,7 @@
 //! own reference continuation.
 
 use sramlm::chip::{place, ChipSpec, PlaceOptions, TensorInfo};
-use sramlm::exec::sram::{SramExecutor, SramOptions};
+use sramlm::exec::sram::{SramExecutor, SramOptions, TaskOrder};
 use sramlm::exec::{Executor, Readback, StepOutput};
 
 use sramlm::model;
@@ -34,45 +34,53 @@ fn three_sequences_decoded_together_match_their_references() {
     .unwrap();
     let chips = plan.totals.chips_used;
     assert!(chips > 10);
-    let mut exec = SramExecutor::new(
-        gpu,
-        &m.config,
-        &m.weights,
-        &plan,
-        &SramOptions {
-            image_split_bytes: None,
-            context: Some(ctx),
-            microbatch: 8,
-            batch,
-        },
-    )
-    .unwrap();
-    assert_eq!(exec.batch(), batch);
-    // Prefill each sequence into its own KV cache.
-    let mut last = Vec::new();
-    for (s, p) in prompts.iter().enumerate() {
-        exec.select_sequence(s).unwrap();
-        let StepOutput::Token { id, .. } = exec.step(&p.input_ids, Readback::Argmax).unwrap()
-        else {
-            panic!()
-        };
-        last.push(id);
-    }
-    let mut got: Vec<Vec<u32>> = last.iter().map(|&t| vec![t]).collect();
-    for _ in 1..32 {
-        last = exec.decode_all(&last).unwrap();
-        for (s, &t) in last.iter().enumerate() {
-            got[s].push(t);
+    // Both ways of picking tasks (by workgroup id, by ticket).
+    for order in [TaskOrder::Index, TaskOrder::Ticket] {
+        let mut exec = SramExecutor::new(
+            gpu.clone(),
+            &m.config,
+            &m.weights,
+            &plan,
+            &SramOptions {
+                image_split_bytes: None,
+                task_order: Some(order),
+                context: Some(ctx),
+                microbatch: 8,
+                batch,
+            },
+        )
+        .unwrap();
+        assert_eq!(exec.batch(), batch);
+        // Prefill each sequence into its own KV cache.
+        let mut last = Vec::new();
+        for (s, p) in prompts.iter().enumerate() {
+            exec.select_sequence(s).unwrap();
+            let StepOutput::Token { id, .. } = exec.step(&p.input_ids, Readback::Argmax).unwrap()
+            else {
+                panic!()
+            };
+            last.push(id);
         }
+        let mut got: Vec<Vec<u32>> = last.iter().map(|&t| vec![t]).collect();
+        for _ in 1..32 {
+            last = exec.decode_all(&last).unwrap();
+            for (s, &t) in last.iter().enumerate() {
+                got[s].push(t);
+            }
+        }
+        for (s, p) in prompts.iter().enumerate() {
+            assert_eq!(
+                got[s], p.greedy.new_ids,
+                "{order:?}: sequence {s} ({})",
+                p.key
+            );
+        }
+        // B micro-batches through S stages: B + S - 1 pipeline steps per round.
+        let stats = exec.sram_stats();
+        assert_eq!(stats.pipeline_stages, plan.stages.len());
+        assert!(plan.stages.len() >= chips);
+        assert_eq!(stats.pipeline_steps_last, batch + plan.stages.len() - 1);
     }
-    for (s, p) in prompts.iter().enumerate() {
-        assert_eq!(got[s], p.greedy.new_ids, "sequence {s} ({})", p.key);
-    }
-    // B micro-batches through S stages: B + S - 1 pipeline steps per round.
-    let stats = exec.sram_stats();
-    assert_eq!(stats.pipeline_stages, plan.stages.len());
-    assert!(plan.stages.len() >= chips);
-    assert_eq!(stats.pipeline_steps_last, batch + plan.stages.len() - 1);
     // A plan for fewer sequences is refused.
     let mut small = PlaceOptions::for_config(&m.config);
     small.context_len = ctx;
@@ -90,6 +98,7 @@ fn three_sequences_decoded_together_match_their_references() {
         &plan1,
         &SramOptions {
             image_split_bytes: None,
+            task_order: None,
             context: Some(ctx),
             microbatch: 8,
             batch,

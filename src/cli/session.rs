@@ -371,6 +371,7 @@ pub(super) fn build_executor(
                 &plan,
                 &SramOptions {
                     image_split_bytes: None,
+                    task_order: None,
                     batch: s.batch,
                     context: Some(s.ctx),
                     microbatch: s.microbatch,

@@ -56,6 +56,8 @@ pub enum SramBuildError {
     KernelOverSlice(String),
     #[error("SRAM mode cannot run this plan: {0}")]
     Unrunnable(String),
+    #[error("SRAMLM_TASK_ORDER is `{0}`; expected `index` or `ticket`")]
+    TaskOrder(String),
     #[error(transparent)]
     Program(#[from] crate::chip::ProgramError),
     #[error("a KV cache of {asked} positions was asked for, but the plan places {placed}: place with the same --ctx")]

@@ -23,8 +23,9 @@ pub const WG: usize = 64;
 /// Polls a waiting task may spend while no task of the dispatch finishes
 /// before the step is declared stalled (a scheduling bug; never a hang).
 pub const SPIN_LIMIT: u32 = 1 << 30;
-/// Counter of the first node (0: the stall flag, 1: tasks finished).
-pub const FIRST_NODE: usize = 2;
+/// Counter of the first node (0: the stall flag, 1: tasks finished, 2: the
+/// ticket each workgroup takes its task index from).
+pub const FIRST_NODE: usize = 3;
 
 /// Header word indices.
 pub mod hdr {
@@ -40,10 +41,12 @@ pub mod hdr {
     /// Words of the images in the first image binding (the rest in the second).
     pub const IMG_SPLIT: usize = 9;
     /// Resident mode (`RES_*` in the WGSL): offset of the per-workgroup
-    /// task lists, tokens to decode, the arg-max's counter and task count.
+    /// task lists, tokens to decode, the arg-max's counter (one task).
     pub const RES_LISTS: usize = 12;
     pub const RES_TOKENS: usize = 13;
     pub const RES_TAIL: usize = 14;
+    /// 1: workgroups take tasks by ticket (`C[2]`); 0: by workgroup id.
+    pub const TASK_ORDER: usize = 15;
 }
 
 /// Task kinds (`OP_*` in the WGSL).
@@ -65,9 +68,11 @@ pub enum Op {
 }
 
 /// Bytes of `var<workgroup>` the interpreter uses besides the weight tile
-/// (scores, reductions, a head's q), for head dimension `head_dim`.
+/// (scores, reductions, a head's q, the task ticket; naga counts each
+/// variable from a 16-byte boundary), for head dimension
+/// `head_dim`.
 pub fn scratch_bytes(head_dim: usize) -> usize {
-    256 * 4 + 64 * 4 + 128 * 4 + 64 * 16 + head_dim.div_ceil(4) * 16
+    256 * 4 + 64 * 4 + 128 * 4 + 64 * 16 + head_dim.div_ceil(4) * 16 + 16
 }
 
 /// Bytes of weight tile the slice leaves after the scratch (0 if none).
@@ -165,9 +170,10 @@ mod tests {
     }
 
     /// Runs a table of `n` NOP tasks, task i counting node i, with `deps[i]`
-    /// = (node, target) pairs; returns the counters (C[0] = stall flag,
-    /// C[1] = tasks finished, then the nodes).
-    fn run_nops(deps: &[Vec<(u32, u32)>], limit: u32) -> Option<Vec<u32>> {
+    /// = (node, target) pairs, tasks taken by ticket or by workgroup id;
+    /// returns the counters (C[0] = stall flag, C[1] = tasks finished,
+    /// C[2] = tickets taken, then the nodes).
+    fn run_nops(deps: &[Vec<(u32, u32)>], limit: u32, ticket: bool) -> Option<Vec<u32>> {
         let gpu = gpu()?;
         let n = deps.len();
         let mut t = vec![0u32; HDR + n * REC];
@@ -175,6 +181,7 @@ mod tests {
         t[hdr::SPIN_LIMIT] = limit;
         t[hdr::N_HEADS] = 1;
         t[hdr::N_KV_HEADS] = 1;
+        t[hdr::TASK_ORDER] = u32::from(ticket);
         for (i, d) in deps.iter().enumerate() {
             let r = HDR + i * REC;
             t[r] = Op::Nop as u32;
@@ -193,7 +200,9 @@ mod tests {
         let img = gpu.upload("img", &[0u8; 64]).unwrap();
         let a = gpu.storage_buffer("a", 64).unwrap();
         let kv = gpu.storage_buffer("kv", 64).unwrap();
-        let c = gpu.storage_buffer("c", (4 * (n + 2)) as u64).unwrap();
+        let c = gpu
+            .storage_buffer("c", (4 * (n + FIRST_NODE)) as u64)
+            .unwrap();
         let r = gpu.storage_buffer("r", 64).unwrap();
         let op = crate::kernels::KernelOp::new(
             &gpu,
@@ -206,7 +215,7 @@ mod tests {
         let step = gpu.uniform("step", &crate::kernels::Step::default());
         run(&gpu, &step, crate::kernels::Step::default(), &[&op]);
         let bytes = gpu
-            .read_storage(&c, (4 * (n + 2)) as u64)
+            .read_storage(&c, (4 * (n + FIRST_NODE)) as u64)
             .expect("readback");
         Some(bytemuck::cast_slice(&bytes).to_vec())
     }
@@ -223,17 +232,21 @@ mod tests {
                 }
             })
             .collect();
-        let Some(c) = run_nops(&chain, SPIN_LIMIT) else {
-            return;
-        };
-        assert_eq!(c[0], 0, "no stall");
-        assert_eq!(c[1], 40);
-        assert!(c[2..].iter().all(|&x| x == 1), "{c:?}");
-        // A task waiting for a count its node never reaches: flagged, and
-        // the dispatch still ends (small spin limit).
-        let bad = vec![vec![], vec![(0, 2)], vec![(1, 1)]];
-        let c = run_nops(&bad, 1 << 12).unwrap();
-        assert_ne!(c[0], 0, "stall flagged: {c:?}");
-        assert_eq!(&c[1..], &[3, 1, 1, 1]);
+        for ticket in [false, true] {
+            let Some(c) = run_nops(&chain, SPIN_LIMIT, ticket) else {
+                return;
+            };
+            assert_eq!(c[0], 0, "no stall");
+            assert_eq!(c[1], 40);
+            assert_eq!(c[2], if ticket { 40 } else { 0 }, "tickets taken");
+            assert!(c[FIRST_NODE..].iter().all(|&x| x == 1), "{c:?}");
+            // A task waiting for a count its node never reaches: flagged,
+            // and the dispatch still ends (small spin limit).
+            let bad = vec![vec![], vec![(0, 2)], vec![(1, 1)]];
+            let c = run_nops(&bad, 1 << 12, ticket).unwrap();
+            assert_ne!(c[0], 0, "stall flagged: {c:?}");
+            assert_eq!(c[1], 3);
+            assert_eq!(&c[FIRST_NODE..], &[1, 1, 1]);
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! interpreter codes ([`schedule::Code`]) for the task tables.
 
 use super::schedule::Code;
-use super::{ChipStats, LinkCount, SramExecutor, SramOptions, SramStats};
+use super::{ChipStats, LinkCount, SramExecutor, SramOptions, SramStats, TaskOrder};
 use crate::chip::program::Work;
 use crate::chip::{Plan, Program};
 use crate::exec::{ExecCounters, ExecError, SramBuildError};
@@ -411,6 +411,11 @@ pub(super) fn build(
     header[hdr::SCALE] = crate::kernels::attention::default_scale(hd).to_bits();
     header[hdr::PAIR_LAYOUT] = cfg.rope_layout.as_u32();
     header[hdr::IMG_SPLIT] = u(first / 4);
+    let order = match opts.task_order {
+        Some(o) => o,
+        None => TaskOrder::default_for(&gpu)?,
+    };
+    header[hdr::TASK_ORDER] = u32::from(order == TaskOrder::Ticket);
 
     let mut chip_stats: BTreeMap<usize, ChipStats> = BTreeMap::new();
     for (k, st) in program.stages.iter().enumerate() {

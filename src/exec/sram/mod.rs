@@ -69,6 +69,42 @@ pub struct SramOptions {
     /// holds (default: as many as the adapter binds); smaller values make
     /// small models exercise the second binding.
     pub image_split_bytes: Option<usize>,
+    /// How workgroups pick their task; `None` = [`TaskOrder::default_for`].
+    pub task_order: Option<TaskOrder>,
+}
+
+/// How the interpreter's workgroups pick their task (see `main` in
+/// shaders/sram_step.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskOrder {
+    /// Task = workgroup id: relies on workgroups starting in index order.
+    Index,
+    /// Task = the next ticket of an atomic counter: tasks are claimed in
+    /// table order by running workgroups, whatever order they start in.
+    Ticket,
+}
+
+impl TaskOrder {
+    /// `SRAMLM_TASK_ORDER` (`index` or `ticket`) if set, else tickets on
+    /// GPUs (forward progress without relying on start order) and indices
+    /// on CPU adapters (lavapipe starts workgroups in order; tickets hand
+    /// each dependency between its threads, which is slow whenever the
+    /// machine has more busy threads than cores; BENCHMARKS.md).
+    pub fn default_for(gpu: &crate::gpu::Gpu) -> Result<TaskOrder, crate::exec::SramBuildError> {
+        match std::env::var("SRAMLM_TASK_ORDER") {
+            Ok(v) => TaskOrder::parse(&v).ok_or(crate::exec::SramBuildError::TaskOrder(v)),
+            Err(_) if gpu.info.device_type == wgpu::DeviceType::Cpu => Ok(TaskOrder::Index),
+            Err(_) => Ok(TaskOrder::Ticket),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskOrder> {
+        match s {
+            "index" => Some(TaskOrder::Index),
+            "ticket" => Some(TaskOrder::Ticket),
+            _ => None,
+        }
+    }
 }
 
 /// What one link moves per carried activation (for counting): values per

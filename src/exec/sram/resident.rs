@@ -129,7 +129,6 @@ impl SramExecutor {
         let mut words = t.words.clone();
         words[hdr::RES_TOKENS] = n as u32;
         words[hdr::RES_TAIL] = t.words[last + 2];
-        words[hdr::RES_TAIL + 1] = 1;
         let dir = words.len();
         words[hdr::RES_LISTS] = dir as u32;
         words.resize(dir + 3 * lists.len(), 0);
@@ -298,5 +297,33 @@ mod tests {
         let (_, _, s) = assign(&ops, 2);
         assert_eq!((s.workgroups, s.resident_slices), (2, 1));
         assert!((s.resident_fraction - 0.25).abs() < 1e-12);
+    }
+
+    /// The resident entry adds no workgroup memory: its footprint is the
+    /// stepped interpreter's, which check_sram_kernels holds to the slice.
+    #[test]
+    fn the_resident_kernel_compiles_and_fits_the_slice() {
+        use crate::gpu::shader::{validate, workgroup_bytes};
+        use crate::gpu::Shader;
+        use crate::model::DType;
+        for (slice, hd) in [(16384, 64), (65536, 8), (16384, 18)] {
+            let v = sram_step::variant(slice, hd, &DType::ALL).unwrap();
+            let mut r = v.clone().define("RESIDENT");
+            r.entry = "resident";
+            for c in [false, true] {
+                let r = if c {
+                    r.clone().define("COHERENT")
+                } else {
+                    r.clone()
+                };
+                let src = Shader::SramStep.source(&r);
+                assert!(src.contains("fn resident("));
+                validate(&src).unwrap();
+                let bytes = workgroup_bytes(&src, &r).unwrap();
+                let stepped = workgroup_bytes(&Shader::SramStep.source(&v), &v).unwrap();
+                assert_eq!(bytes, stepped);
+                assert!(bytes as usize <= slice, "{bytes} > {slice}");
+            }
+        }
     }
 }
