@@ -97,3 +97,75 @@ fn stories260k_resident_tokens_equal_stepped_sram_mode() {
         assert_eq!(next, *check.last().unwrap(), "{preset}: after resident");
     }
 }
+
+fn cli(args: &[&str], envs: &[(&str, &std::path::Path)]) -> (String, String) {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sramlm"));
+    c.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::null());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    );
+    assert!(o.status.success(), "{args:?}\n{out}\n{err}");
+    (out, err)
+}
+
+/// `generate --resident`: the same text as stepped SRAM mode, the resident
+/// layout in the stats where the litmus admits it (measured into a fresh
+/// cache), a one-line refusal and stepped mode where the capacity is under 2.
+#[test]
+fn generate_resident_prints_the_same_text_or_refuses_with_the_reason() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sramlm-resident-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let base = [
+        "generate",
+        "--mode",
+        "sram",
+        "--chip",
+        "mini-64k",
+        "-n",
+        "40",
+        "--temperature",
+        "0",
+        "Once upon a time",
+    ];
+    let (stepped, err) = cli(&base, &[("SRAMLM_CACHE_DIR", &dir)]);
+    assert!(!err.contains("resident"), "{err}");
+    let mut args = base.to_vec();
+    args.push("--resident");
+    let (out, err) = cli(&args, &[("SRAMLM_CACHE_DIR", &dir)]);
+    assert_eq!(out, stepped, "{err}");
+    let l = litmus::read_cache(&dir.join(litmus::CACHE_FILE)).unwrap();
+    assert_eq!(l.len(), 1, "the litmus ran once and was cached");
+    if l[0].admitted {
+        assert!(err.contains("[sram] resident: 1/"), "{err}");
+    } else {
+        assert!(err.contains("resident mode refused"), "{err}");
+    }
+    // Forced under 2: refused, named, stepped mode runs.
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sramlm"));
+    let o = c
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SRAMLM_CACHE_DIR", &dir)
+        .env("SRAMLM_RESIDENT_CAPACITY", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("resident mode refused (SRAMLM_RESIDENT_CAPACITY=1)"),
+        "{err}"
+    );
+    assert!(!err.contains("[sram] resident:"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), stepped);
+    let _ = std::fs::remove_dir_all(&dir);
+}

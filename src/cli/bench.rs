@@ -234,6 +234,7 @@ pub(super) fn run(a: BenchArgs) -> Result<()> {
                 batch,
                 chunk: sramlm::exec::vram::DEFAULT_CHUNK,
                 microbatch: a.microbatch,
+                resident: a.chip.resident,
             },
         )?;
         let mut tick = |n: u64| pb.inc(n);

@@ -121,6 +121,11 @@ struct ChipArgs {
     /// SRAM slice = one workgroup's shared-memory budget, in bytes [default: the spec's, 16384]
     #[arg(long)]
     slice: Option<usize>,
+    /// SRAM mode: decode greedy tokens in resident mode (one dispatch per run
+    /// of tokens, weight slices kept in workgroup memory) where the adapter's
+    /// litmus admits it (`sramlm info --litmus`); otherwise stepped, with a notice
+    #[arg(long)]
+    resident: bool,
 }
 
 impl ChipArgs {

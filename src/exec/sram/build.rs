@@ -457,6 +457,7 @@ pub(super) fn build(
         chips_active_mean_last: 0.0,
         dispatches_last: 0,
         tasks_last: 0,
+        resident: None,
     };
     let readback_size = (2 * topk::MAX_K * 4 + 4) as u64;
     Ok(SramExecutor {
@@ -473,6 +474,7 @@ pub(super) fn build(
         link_counts,
         pipeline,
         resident_variant,
+        resident_capacity: None,
         header,
         logits_off,
         image,

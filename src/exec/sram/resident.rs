@@ -69,7 +69,53 @@ pub fn assign(ops: &[u32], capacity: usize) -> (Vec<Vec<u32>>, Vec<bool>, Reside
     (lists, keeps, stats)
 }
 
+/// Tokens one resident dispatch decodes at most (an early end of sequence
+/// wastes at most this many).
+pub const CHUNK_TOKENS: usize = 32;
+
 impl SramExecutor {
+    /// Decode greedily in resident mode with `capacity` co-resident
+    /// workgroups (what the litmus admitted); `None` goes back to stepped.
+    pub fn set_resident(&mut self, capacity: Option<usize>) {
+        self.resident_capacity = capacity;
+        if capacity.is_none() {
+            self.stats.resident = None;
+        }
+    }
+
+    /// [`Executor::decode_greedy`](crate::exec::Executor::decode_greedy) in
+    /// resident dispatches of up to [`CHUNK_TOKENS`]; when `on_token` stops
+    /// early, the sequence keeps only the tokens stepped mode would have fed.
+    pub(super) fn decode_greedy_resident(
+        &mut self,
+        first: u32,
+        n: usize,
+        capacity: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>, ExecError> {
+        let mut out = Vec::with_capacity(n);
+        let mut last = first;
+        loop {
+            let pos0 = self.pos[self.seq];
+            let k = CHUNK_TOKENS.min(n - out.len()).min(self.ctx - pos0);
+            if k == 0 {
+                break;
+            }
+            let (toks, stats) = self.decode_resident(last, k, capacity)?;
+            self.stats.resident = Some(stats);
+            for (i, &t) in toks.iter().enumerate() {
+                out.push(t);
+                if !on_token(t) {
+                    // Stepped mode would have fed `last` and toks[..i].
+                    self.pos[self.seq] = pos0 + i + 1;
+                    return Ok(out);
+                }
+            }
+            last = *toks.last().unwrap_or(&last);
+        }
+        Ok(out)
+    }
+
     /// Decodes `n` greedy tokens after `token` (fed at the current position
     /// of the selected sequence) in one resident dispatch of at most
     /// `capacity` workgroups (what the litmus admitted; at least 2). Returns
@@ -238,6 +284,8 @@ impl SramExecutor {
             pass.dispatch_workgroups(lists.len() as u32, 1, 1);
         }
         self.counters.count(KernelClass::SramStep);
+        // One dispatch for the whole run of tokens.
+        self.counters.dispatches_last_decode = 1;
         self.stats.dispatches_last = 1;
         self.stats.tasks_last = t.n_tasks * n;
         e.copy_buffer_to_buffer(&self.results, 0, &self.readback, 0, read_len);
