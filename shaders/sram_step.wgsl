@@ -47,6 +47,12 @@ var<workgroup> redi: array<u32, 128>;
 var<workgroup> vpart: array<vec4<f32>, 64>;
 var<workgroup> qs: array<vec4<f32>, {{HD4}}>;
 
+// Resident mode (`resident` below): the token this workgroup is on, and
+// whether it keeps its slice's weights staged (resident) after token 0.
+// Both 0 in the stepped entry.
+var<private> TOK: u32;
+var<private> KEEP: bool;
+
 const WG: u32 = 64u;
 const HD: u32 = {{HD}}u;
 const HD4: u32 = {{HD4}}u;
@@ -242,7 +248,10 @@ fn img(i: u32) -> u32 {
 // (whole words; the first byte lands at byte0 & 3).
 fn stage(byte0: u32, len: u32, lid: u32) {
     let word0 = byte0 >> 2u;
-    let n_words = min(((byte0 + len + 3u) >> 2u) - word0, {{W_WORDS}}u);
+    var n_words = min(((byte0 + len + 3u) >> 2u) - word0, {{W_WORDS}}u);
+    if (KEEP) {
+        n_words = 0u; // a resident slice: staged at its first token
+    }
     for (var i = lid; i < n_words; i += WG) {
         W[i] = img(word0 + i);
     }
@@ -265,7 +274,10 @@ fn op_embed(t: Task, lid: u32) {
     let scale = bitcast<f32>(prm(t, 8u));
     let ids_base = T[2];
     for (var tt = 0u; tt < t.n_tok; tt++) {
-        let id = Run[ids_base + t.ids0 + tt];
+        var id = Run[ids_base + t.ids0 + tt];
+        if (TOK > 0u) {
+            id = R[2u * (TOK - 1u)]; // resident: the previous token's arg-max
+        }
         let xb = x_off + tt * dim;
         if (id >= r0 && id < r1) {
             let byte0 = blk + (id - r0) * row_bytes;
@@ -731,7 +743,7 @@ fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
 // first-index-of-the-maximum). p: logits_off, vocab, out word
 fn op_argmax(t: Task, lid: u32) {
     let vocab = prm(t, 1u);
-    let o = prm(t, 2u);
+    let o = prm(t, 2u) + 2u * TOK;
     let base = prm(t, 0u) + (t.n_out - 1u) * vocab;
     var bv = -3.4e38;
     var bi = 0xffffffffu;
@@ -853,18 +865,21 @@ fn op_copy_out(t: Task, lid: u32) {
 fn wait_deps(dep_off: u32, dep_n: u32, lid: u32) {
     if (lid == 0u) {
         var polls = 0u;
-        var seen = atomicLoad(&C[1]);
+        var seen = atomicOr(&C[1], 0u);
         let limit = T[1];
         for (var d = 0u; d < dep_n; d++) {
             let c = T[dep_off + 2u * d];
-            let want = T[dep_off + 2u * d + 1u];
+            let want = T[dep_off + 2u * d + 1u] * (TOK + 1u);
             loop {
-                if (atomicLoad(&C[c]) >= want) {
+                // A read-modify-write: lavapipe hoists a relaxed atomicLoad
+                // out of this loop (gpu::litmus), so a wait on a workgroup
+                // running at the same time would never see it finish.
+                if (atomicOr(&C[c], 0u) >= want) {
                     break;
                 }
                 polls++;
                 if ((polls & 255u) == 0u) {
-                    let now = atomicLoad(&C[1]);
+                    let now = atomicOr(&C[1], 0u);
                     if (now != seen) {
                         seen = now;
                         polls = 0u;
@@ -907,10 +922,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (ti >= T[0]) {
         return;
     }
+    run_task(ti, lid);
+}
+
+// Task ti: waits for what it depends on, runs, counts itself done. On token
+// TOK (resident mode) its position is TOK past the record's, and its
+// counters' targets are TOK + 1 times the table's (they are never reset).
+fn run_task(ti: u32, lid: u32) {
     let r = HDR + ti * REC;
     let mb = T[r + 1u];
     let m = 8u * mb;
-    let t = Task(T[r], mb, T[r + 2u], T[r + 5u], r + 6u, Run[m], Run[m + 1u], Run[m + 2u], Run[m + 3u], Run[m + 5u], Run[m + 6u]);
+    let t = Task(T[r], mb, T[r + 2u], T[r + 5u], r + 6u, Run[m], Run[m + 1u] + TOK, Run[m + 2u], Run[m + 3u], Run[m + 5u], Run[m + 6u]);
     wait_deps(T[r + 3u], T[r + 4u], lid);
     switch t.op {
         case OP_EMBED: { op_embed(t, lid); }
@@ -935,3 +957,87 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         atomicAdd(&C[1], 1u);
     }
 }
+
+#ifdef RESIDENT
+// Resident mode: ONE dispatch of K workgroups (K at most the workgroups the
+// litmus saw run at once, gpu::litmus) decodes T[RES_TOKENS] greedy tokens.
+// Each workgroup has a list of tasks of the decode table (exec::sram::
+// resident): a resident workgroup owns one slice (a matmul row tile or a
+// norm vector) whose weights it stages at token 0 and keeps in W; worker
+// workgroups run the rest, restaging as the stepped interpreter does. Every
+// workgroup walks tokens in order and, within a token, its tasks in table
+// order. A task's counter waits are the table's targets times (token + 1);
+// a task with no dependency (the embedding) also waits for the previous
+// token's arg-max, whose id it reads from R (the loopback to chip 0 happens
+// here, not on the host). Every wait is bounded (wait_deps: stall flag).
+//
+// Why this cannot deadlock: order all (token, task) pairs token-major, then
+// by table index. Every dependency of a pair comes earlier in that order
+// (lower index, or the previous token's arg-max). Take the earliest pair not
+// done: everything before it is done, so its dependencies are met, and its
+// owner has finished every earlier pair of its own list, so the owner is at
+// this pair (the owner is running: all K workgroups are co-resident, which
+// is what the litmus measured). So some pair always progresses.
+//
+// T[RES_LISTS]: per workgroup (offset, length, keeps weights), then the
+// lists of task indices. T[RES_TAIL]: the arg-max's counter (one task).
+const RES_LISTS: u32 = 12u;
+const RES_TOKENS: u32 = 13u;
+const RES_TAIL: u32 = 14u;
+
+@compute @workgroup_size(64)
+fn resident(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let l = T[RES_LISTS] + 3u * wid.x;
+    let off = T[l];
+    let len = T[l + 1u];
+    let keeps = T[l + 2u] == 1u;
+    let n_tok = T[RES_TOKENS];
+    for (var tok = 0u; tok < n_tok; tok++) {
+        TOK = tok;
+        for (var i = 0u; i < len; i++) {
+            let ti = T[off + i];
+            KEEP = keeps && tok > 0u;
+            if (tok > 0u && T[HDR + ti * REC + 4u] == 0u) {
+                wait_tail(tok, lid);
+            }
+            run_task(ti, lid);
+            // The stall flag, read by thread 0 and seen by all (redi is
+            // free between tasks).
+            if (lid == 0u) {
+                redi[0] = atomicOr(&C[0], 0u);
+            }
+            if (workgroupUniformLoad(&redi[0]) != 0u) {
+                return;
+            }
+        }
+    }
+}
+
+// Thread 0 waits until token tok - 1's arg-max is done (bounded as wait_deps).
+fn wait_tail(tok: u32, lid: u32) {
+    if (lid == 0u) {
+        let c = T[RES_TAIL];
+        let want = tok;
+        var polls = 0u;
+        var seen = atomicOr(&C[1], 0u);
+        loop {
+            if (atomicOr(&C[c], 0u) >= want) {
+                break;
+            }
+            polls++;
+            if ((polls & 255u) == 0u) {
+                let now = atomicOr(&C[1], 0u);
+                if (now != seen) {
+                    seen = now;
+                    polls = 0u;
+                }
+                if (polls >= T[1] || atomicLoad(&C[0]) != 0u) {
+                    atomicMax(&C[0], 1u);
+                    break;
+                }
+            }
+        }
+    }
+    storageBarrier();
+}
+#endif

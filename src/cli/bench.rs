@@ -235,6 +235,7 @@ pub(super) fn run(a: BenchArgs) -> Result<()> {
                 chunk: sramlm::exec::vram::DEFAULT_CHUNK,
                 microbatch: a.microbatch,
                 tp: a.chip.tp,
+                resident: a.chip.resident,
             },
         )?;
         let mut tick = |n: u64| pb.inc(n);

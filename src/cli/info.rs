@@ -15,6 +15,13 @@ pub(super) struct InfoArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub(super) format: Format,
+    /// Run the resident-mode litmus on the picked adapter (cached per
+    /// adapter, driver and footprint; cached results are always shown)
+    #[arg(long)]
+    pub(super) litmus: bool,
+    /// Workgroup footprint (bytes) the litmus probes: the SRAM slice
+    #[arg(long, default_value_t = sramlm::chip::DEFAULT_SLICE_BYTES as u32)]
+    pub(super) litmus_slice: u32,
     #[command(flatten)]
     pub(super) gpu: GpuArgs,
 }
@@ -33,6 +40,15 @@ pub(super) fn run(a: InfoArgs) -> Result<()> {
         Some(p) => Some(load_model(Some(p))?),
         None => None,
     };
+    let mut litmus_note = None;
+    if a.litmus {
+        let g = gpu::Gpu::new(&opts)?;
+        let (_, src) = gpu::litmus::cached_or_measure(&g, a.litmus_slice)?;
+        if let gpu::litmus::Source::Measured(Some(n)) = src {
+            litmus_note = Some(n);
+        }
+    }
+    let litmus = gpu::litmus::all_cached();
     if a.format == Format::Json {
         let list: Vec<_> = summaries
             .iter()
@@ -45,6 +61,13 @@ pub(super) fn run(a: InfoArgs) -> Result<()> {
         let mut obj = serde_json::json!({ "adapters": list });
         if let Some(m) = &model {
             obj["model"] = model_json(m);
+        }
+        obj["litmus"] = match &litmus {
+            Ok(l) => serde_json::to_value(l)?,
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        if let Some(n) = &litmus_note {
+            obj["litmus_note"] = serde_json::json!(n);
         }
         println!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
@@ -80,6 +103,21 @@ pub(super) fn run(a: InfoArgs) -> Result<()> {
             yes(s.timestamps),
             yes(s.coherent)
         );
+        for l in litmus.iter().flatten() {
+            if l.adapter == s.name && l.backend == s.backend && l.driver_info == s.driver_info {
+                println!("    {} ({})", l.summary(), l.reason);
+            }
+        }
+    }
+    match (&litmus, a.litmus) {
+        (Err(e), _) => println!("resident-mode litmus cache: {e}"),
+        (Ok(l), false) if l.is_empty() => {
+            println!("resident-mode litmus: not measured yet (sramlm info --litmus)")
+        }
+        _ => {}
+    }
+    if let Some(n) = &litmus_note {
+        println!("resident-mode litmus: {n}");
     }
     if picked.is_some() {
         println!("(* = the adapter sramlm picks with these options)");

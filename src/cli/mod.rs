@@ -126,6 +126,11 @@ struct ChipArgs {
     /// vocabulary, partial results all-gathered over counted links
     #[arg(long, default_value_t = 1)]
     tp: usize,
+    /// SRAM mode: decode greedy tokens in resident mode (one dispatch per run
+    /// of tokens, weight slices kept in workgroup memory) where the adapter's
+    /// litmus admits it (`sramlm info --litmus`); otherwise stepped, with a notice
+    #[arg(long)]
+    resident: bool,
 }
 
 impl ChipArgs {

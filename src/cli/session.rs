@@ -161,6 +161,7 @@ impl RunArgs {
                 chunk: self.chunk,
                 microbatch: self.microbatch,
                 tp: self.chip.tp,
+                resident: self.chip.resident,
             },
         )?;
         pb.finish_and_clear();
@@ -247,6 +248,18 @@ impl Session {
                 x.link_transfers_per_token,
                 human_bytes(x.emulation_staged_bytes_per_step),
             );
+            if let Some(r) = &x.resident {
+                eprintln!(
+                    "[sram] resident: {}/{} weight slices resident ({:.1}%), {} workgroups ({} workers) of {} co-resident, up to {} tokens per dispatch",
+                    r.resident_slices,
+                    r.weight_slices,
+                    100.0 * r.resident_fraction,
+                    r.workgroups,
+                    r.worker_workgroups,
+                    r.capacity,
+                    sramlm::exec::sram::resident::CHUNK_TOKENS
+                );
+            }
         }
     }
 
@@ -342,6 +355,8 @@ pub(super) struct ExecSettings<'a> {
     pub(super) microbatch: usize,
     /// Tensor-parallel degree (`--tp`, SRAM mode).
     pub(super) tp: usize,
+    /// Resident greedy decoding where the litmus admits it (SRAM mode).
+    pub(super) resident: bool,
 }
 
 /// Builds the executor of the mode `s` describes for a loaded model: VRAM
@@ -382,7 +397,36 @@ pub(super) fn build_executor(
                     microbatch: s.microbatch,
                 },
             )?;
+            let mut e = e;
+            if s.resident {
+                e.set_resident(resident_capacity(gpu, spec.slice_bytes)?);
+            }
             Ok((Box::new(e), Some(plan)))
         }
     }
+}
+
+/// The co-resident workgroups resident mode may use on this adapter: the
+/// litmus's (cached per adapter and driver), or `SRAMLM_RESIDENT_CAPACITY`
+/// (tests: forces the capacity). `None`, with a one-line notice naming the
+/// measured reason, where resident mode is refused (stepped mode runs).
+fn resident_capacity(gpu: &Gpu, slice_bytes: usize) -> Result<Option<usize>> {
+    let forced = match std::env::var("SRAMLM_RESIDENT_CAPACITY") {
+        Ok(v) if !v.is_empty() => Some(v.parse::<usize>().map_err(|_| {
+            anyhow::anyhow!("SRAMLM_RESIDENT_CAPACITY={v:?}: expected a workgroup count")
+        })?),
+        _ => None,
+    };
+    let (cap, why) = match forced {
+        Some(c) => (c, format!("SRAMLM_RESIDENT_CAPACITY={c}")),
+        None => {
+            let (l, _) = sramlm::gpu::litmus::cached_or_measure(gpu, slice_bytes as u32)?;
+            (l.capacity() as usize, l.reason.clone())
+        }
+    };
+    if cap < 2 {
+        eprintln!("resident mode refused ({why}); running stepped SRAM mode");
+        return Ok(None);
+    }
+    Ok(Some(cap))
 }

@@ -1,6 +1,7 @@
 //! GPU access: adapter choice, device with the adapter's own limits, shader
 //! sources with variants, and a pipeline cache.
 
+pub mod litmus;
 pub mod profiler;
 pub mod shader;
 

@@ -45,6 +45,7 @@ shaders! {
     SramStep => "sram_step",
     Copy => "copy",
     Penalty => "penalty",
+    Litmus => "litmus",
 }
 
 /// Entry point, defines (`NAME` or `NAME=VALUE`) and override constants.

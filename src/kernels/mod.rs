@@ -323,6 +323,7 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
     }
     v.extend(sram_variants(crate::chip::DEFAULT_SLICE_BYTES, 576));
     v.extend(copy::variants());
+    v.extend(crate::gpu::litmus::variants());
     v
 }
 

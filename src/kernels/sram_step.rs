@@ -40,6 +40,11 @@ pub mod hdr {
     pub const PAIR_LAYOUT: usize = 8;
     /// Words of the images in the first image binding (the rest in the second).
     pub const IMG_SPLIT: usize = 9;
+    /// Resident mode (`RES_*` in the WGSL): offset of the per-workgroup
+    /// task lists, tokens to decode, the arg-max's counter (one task).
+    pub const RES_LISTS: usize = 12;
+    pub const RES_TOKENS: usize = 13;
+    pub const RES_TAIL: usize = 14;
     /// 1: workgroups take tasks by ticket (`C[2]`); 0: by workgroup id.
     pub const TASK_ORDER: usize = 15;
 }

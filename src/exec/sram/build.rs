@@ -492,6 +492,7 @@ pub(super) fn build(
         variant = variant.define("COHERENT");
     }
     let pipeline = sram_step::pipeline(&gpu, &variant)?;
+    let resident_variant = variant.clone();
     let mut header = [0u32; sram_step::HDR];
     header[hdr::SPIN_LIMIT] = sram_step::SPIN_LIMIT;
     header[hdr::IDS_BASE] = u(max_mbs * sram_step::MB_WORDS);
@@ -568,6 +569,7 @@ pub(super) fn build(
         chips_active_mean_last: 0.0,
         dispatches_last: 0,
         tasks_last: 0,
+        resident: None,
     };
     let readback_size = (2 * topk::MAX_K * 4 + 4) as u64;
     Ok(SramExecutor {
@@ -583,6 +585,8 @@ pub(super) fn build(
         link_codes,
         link_counts,
         pipeline,
+        resident_variant,
+        resident_capacity: None,
         header,
         logits_off,
         image,

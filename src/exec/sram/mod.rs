@@ -43,6 +43,7 @@
 
 mod build;
 mod pipeline;
+pub mod resident;
 mod schedule;
 
 use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
@@ -170,6 +171,9 @@ pub struct SramStats {
     /// they ran.
     pub dispatches_last: usize,
     pub tasks_last: usize,
+    /// Resident mode: how the last resident run was laid out (`None`:
+    /// stepped mode).
+    pub resident: Option<resident::ResidentStats>,
 }
 
 /// What [`Executor::sram_report`] returns (and the JSON outputs carry):
@@ -216,6 +220,11 @@ pub struct SramExecutor {
     link_counts: Vec<Vec<LinkCount>>,
     /// The interpreter and the header every table starts with.
     pipeline: Arc<wgpu::ComputePipeline>,
+    /// The stepped interpreter's variant (resident mode adds `RESIDENT`).
+    resident_variant: crate::gpu::ShaderVariant,
+    /// Resident greedy decoding with this many co-resident workgroups
+    /// (`set_resident`; `None`: stepped).
+    resident_capacity: Option<usize>,
     header: [u32; crate::kernels::sram_step::HDR],
     /// Word offset of the last stage's logits region in the activations.
     logits_off: usize,
@@ -386,6 +395,19 @@ impl Executor for SramExecutor {
     }
     fn decode_batch(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
         self.decode_all(tokens)
+    }
+    /// Resident mode (`set_resident`): runs of up to
+    /// [`resident::CHUNK_TOKENS`] tokens, each one dispatch.
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        n: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>, ExecError> {
+        match self.resident_capacity {
+            Some(cap) => self.decode_greedy_resident(first, n, cap, on_token),
+            None => super::decode_greedy_blocking(self, first, n, on_token),
+        }
     }
     fn set_profiling(&mut self, on: bool) -> bool {
         self.profiler = if on {

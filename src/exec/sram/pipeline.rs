@@ -13,7 +13,13 @@ use crate::kernels::{topk, KernelClass};
 impl SramExecutor {
     /// Micro-batch `j`'s record (`sram_step::MB_WORDS` words): tokens,
     /// position, logit rows, KV-cache base and sequence, first token id.
-    fn mb_record(&self, mbs: &[Mb], j: usize, rb: Readback, per_mb: bool) -> [u32; MB_WORDS] {
+    pub(super) fn mb_record(
+        &self,
+        mbs: &[Mb],
+        j: usize,
+        rb: Readback,
+        per_mb: bool,
+    ) -> [u32; MB_WORDS] {
         let m = mbs.len();
         let len = mbs[j].len;
         let (out_row0, n_out_rows) = if rb == Readback::AllLogits {
@@ -36,7 +42,7 @@ impl SramExecutor {
     }
 
     /// The read-out at the end of the last stage for micro-batch `j`.
-    fn tail(&self, key: &TableKey, j: usize) -> Option<Code> {
+    pub(super) fn tail(&self, key: &TableKey, j: usize) -> Option<Code> {
         let vocab = self.cfg.vocab_size as u32;
         let l = self.logits_off as u32;
         let final_mb = j + 1 == key.m;
