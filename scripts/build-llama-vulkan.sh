@@ -43,6 +43,14 @@ if [ -z "$SRC" ]; then
   fi
 fi
 [ -f "$SRC/CMakeLists.txt" ] || { echo "build-llama-vulkan: no llama.cpp source at $SRC" >&2; exit 1; }
+# Debian 12's Vulkan headers (1.3.239) predate VK_EXT_layer_settings, which
+# ggml-vulkan uses only for the validation layer's options (GGML_VK_* debug
+# settings): guard that block so older headers build it without them. The
+# patch is idempotent and changes nothing when the headers have the extension.
+VKCPP="$SRC/ggml/src/ggml-vulkan/ggml-vulkan.cpp"
+if [ -f "$VKCPP" ] && ! grep -q 'sramlm: no VK_EXT_layer_settings' "$VKCPP"; then
+  perl -0pi -e 's{(\n)(    VkBool32 enable_best_practice = layer_settings;\n.*?    vk::InstanceCreateInfo instance_create_info\(([^;]*?), &layer_setting_info\);\n)}{$1#ifdef VK_EXT_layer_settings\n$2#else // sramlm: no VK_EXT_layer_settings in these headers\n    vk::InstanceCreateInfo instance_create_info($3);\n#endif\n}s' "$VKCPP"
+fi
 BUILD="$OUT_DIR/build"
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
