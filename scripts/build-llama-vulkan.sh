@@ -16,8 +16,8 @@
 # g++ glslc libvulkan-dev; spirv-headers if cmake asks). JOBS (default 2) sets
 # the build parallelism; run it under `nice` on a shared machine.
 # The product links only system libraries (libvulkan.so.1, libstdc++, libgomp,
-# libc, libm); the CPU code is built without -march=native (GGML_NATIVE=OFF)
-# so it runs on any x86-64.
+# libc, libm); the CPU code is built without -march=native (GGML_NATIVE=OFF):
+# ggml then assumes AVX2/FMA/F16C, which any server x86-64 since ~2013 has.
 set -euo pipefail
 OUT_DIR=${1:-$HOME/.cache/sramlm/llama-vulkan}
 SRC=${2:-}
