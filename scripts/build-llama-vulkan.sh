@@ -17,7 +17,7 @@
 # the build parallelism; run it under `nice` on a shared machine.
 # The product links only system libraries (libvulkan.so.1, libstdc++, libgomp,
 # libc, libm); the CPU code is built without -march=native (GGML_NATIVE=OFF):
-# ggml then assumes AVX2/FMA/F16C, which any server x86-64 since ~2013 has.
+# ggml then assumes AVX2/FMA/F16C/BMI2, which any server x86-64 since ~2013 has.
 set -euo pipefail
 OUT_DIR=${1:-$HOME/.cache/sramlm/llama-vulkan}
 SRC=${2:-}
