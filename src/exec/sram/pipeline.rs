@@ -83,9 +83,29 @@ impl SramExecutor {
         let buf = self
             .gpu
             .upload("sram.tasks", bytemuck::cast_slice(&t.words))?;
-        let layout = self.pipeline.get_bind_group_layout(0);
+        let bind_group = self.bind_table(&buf, &self.pipeline, "sram_step");
+        self.tables.insert(
+            key,
+            CachedTable {
+                bind_group,
+                _buf: buf,
+                n_tasks: t.n_tasks,
+                n_counters: t.n_counters,
+            },
+        );
+        Ok(())
+    }
+
+    /// The interpreter's bind group: the task table `table` and the
+    /// executor's arenas, in binding order.
+    pub(super) fn bind_table(
+        &self,
+        table: &wgpu::Buffer,
+        pipe: &wgpu::ComputePipeline,
+        label: &str,
+    ) -> wgpu::BindGroup {
         let bufs = [
-            &buf,
+            table,
             &self.run_buf,
             &self.image,
             &self.acts,
@@ -102,24 +122,13 @@ impl SramExecutor {
                 resource: b.as_entire_binding(),
             })
             .collect();
-        let bind_group = self
-            .gpu
+        self.gpu
             .device
             .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("sram_step"),
-                layout: &layout,
+                label: Some(label),
+                layout: &pipe.get_bind_group_layout(0),
                 entries: &entries,
-            });
-        self.tables.insert(
-            key,
-            CachedTable {
-                bind_group,
-                _buf: buf,
-                n_tasks: t.n_tasks,
-                n_counters: t.n_counters,
-            },
-        );
-        Ok(())
+            })
     }
 
     /// Runs micro-batches `mbs` (slices of `ids`, each with its own position

@@ -205,32 +205,7 @@ impl SramExecutor {
         let table = self
             .gpu
             .upload("sram.resident", bytemuck::cast_slice(&words))?;
-        let bufs = [
-            &table,
-            &self.run_buf,
-            &self.image,
-            &self.acts,
-            &self.kv,
-            &self.counters_buf,
-            &self.results,
-            &self.image2,
-        ];
-        let entries: Vec<wgpu::BindGroupEntry> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind_group = self
-            .gpu
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("sram_step resident"),
-                layout: &pipe.get_bind_group_layout(0),
-                entries: &entries,
-            });
+        let bind_group = self.bind_table(&table, &pipe, "sram_step resident");
         let mbs = [Mb {
             start: 0,
             len: 1,
