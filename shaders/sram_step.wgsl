@@ -857,39 +857,43 @@ fn op_copy_out(t: Task, lid: u32) {
     }
 }
 
+// Thread 0 spins until counter C[c] reaches want. No task may wait forever:
+// when no task of the dispatch has finished (C[1], the progress count) for
+// T[1] polls, or another task has stalled, it raises the flag C[0] and goes
+// on. (Progress and the flag are looked at every 256 polls.) st = (polls,
+// progress last seen), carried over the waits of one task.
+fn spin_until(c: u32, want: u32, st: ptr<function, vec2<u32>>) {
+    loop {
+        // A read-modify-write: lavapipe hoists a relaxed atomicLoad out of
+        // this loop (gpu::litmus), so a wait on a workgroup running at the
+        // same time would never see it finish.
+        if (atomicOr(&C[c], 0u) >= want) {
+            break;
+        }
+        (*st).x++;
+        if (((*st).x & 255u) == 0u) {
+            let now = atomicOr(&C[1], 0u);
+            if (now != (*st).y) {
+                (*st).y = now;
+                (*st).x = 0u;
+            }
+            if ((*st).x >= T[1] || atomicLoad(&C[0]) != 0u) {
+                atomicMax(&C[0], 1u);
+                break;
+            }
+        }
+    }
+}
+
 // Thread 0 waits until every counter this task depends on has reached its
-// target (all earlier tasks). No task may wait forever: when no task of
-// the dispatch has finished (C[1], the progress count) for T[1] polls, or
-// another task has stalled, it raises the flag C[0] and goes on. (Progress
-// and the flag are looked at every 256 polls.)
+// target (all earlier tasks), bounded as spin_until.
 fn wait_deps(dep_off: u32, dep_n: u32, lid: u32) {
     if (lid == 0u) {
-        var polls = 0u;
-        var seen = atomicOr(&C[1], 0u);
-        let limit = T[1];
+        var st = vec2<u32>(0u, atomicOr(&C[1], 0u));
         for (var d = 0u; d < dep_n; d++) {
             let c = T[dep_off + 2u * d];
             let want = T[dep_off + 2u * d + 1u] * (TOK + 1u);
-            loop {
-                // A read-modify-write: lavapipe hoists a relaxed atomicLoad
-                // out of this loop (gpu::litmus), so a wait on a workgroup
-                // running at the same time would never see it finish.
-                if (atomicOr(&C[c], 0u) >= want) {
-                    break;
-                }
-                polls++;
-                if ((polls & 255u) == 0u) {
-                    let now = atomicOr(&C[1], 0u);
-                    if (now != seen) {
-                        seen = now;
-                        polls = 0u;
-                    }
-                    if (polls >= limit || atomicLoad(&C[0]) != 0u) {
-                        atomicMax(&C[0], 1u);
-                        break;
-                    }
-                }
-            }
+            spin_until(c, want, &st);
         }
     }
     // A control barrier: every thread waits for thread 0 (and sees storage).
@@ -1016,27 +1020,8 @@ fn resident(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
 // Thread 0 waits until token tok - 1's arg-max is done (bounded as wait_deps).
 fn wait_tail(tok: u32, lid: u32) {
     if (lid == 0u) {
-        let c = T[RES_TAIL];
-        let want = tok;
-        var polls = 0u;
-        var seen = atomicOr(&C[1], 0u);
-        loop {
-            if (atomicOr(&C[c], 0u) >= want) {
-                break;
-            }
-            polls++;
-            if ((polls & 255u) == 0u) {
-                let now = atomicOr(&C[1], 0u);
-                if (now != seen) {
-                    seen = now;
-                    polls = 0u;
-                }
-                if (polls >= T[1] || atomicLoad(&C[0]) != 0u) {
-                    atomicMax(&C[0], 1u);
-                    break;
-                }
-            }
-        }
+        var st = vec2<u32>(0u, atomicOr(&C[1], 0u));
+        spin_until(T[RES_TAIL], tok, &st);
     }
     storageBarrier();
 }
