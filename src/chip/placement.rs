@@ -466,6 +466,18 @@ pub struct TensorSummary {
     pub bytes: usize,
 }
 
+impl TensorSummary {
+    pub fn of(t: &TensorInfo) -> TensorSummary {
+        TensorSummary {
+            weight: t.name.to_string(),
+            dtype: t.dtype.name().into(),
+            rows: t.rows(),
+            cols: t.cols(),
+            bytes: t.bytes,
+        }
+    }
+}
+
 /// The model side of a plan.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSummary {
@@ -1695,16 +1707,7 @@ pub fn place(
         kv_dtype_bytes: opts.kv_dtype_bytes,
         batch: opts.batch,
         microbatch_tokens: opts.microbatch_tokens,
-        tensors: tensors
-            .iter()
-            .map(|t| TensorSummary {
-                weight: t.name.to_string(),
-                dtype: t.dtype.name().into(),
-                rows: t.rows(),
-                cols: t.cols(),
-                bytes: t.bytes,
-            })
-            .collect(),
+        tensors: tensors.iter().map(TensorSummary::of).collect(),
     };
     Ok(Plan {
         spec: spec.clone(),

@@ -566,16 +566,7 @@ pub fn place_tp(
         kv_dtype_bytes: opts.kv_dtype_bytes,
         batch: opts.batch,
         microbatch_tokens: opts.microbatch_tokens,
-        tensors: ordered
-            .iter()
-            .map(|t| TensorSummary {
-                weight: t.name.to_string(),
-                dtype: t.dtype.name().into(),
-                rows: t.rows(),
-                cols: t.cols(),
-                bytes: t.bytes,
-            })
-            .collect(),
+        tensors: ordered.iter().map(TensorSummary::of).collect(),
     };
     Ok(Plan {
         spec: spec.clone(),
