@@ -591,6 +591,17 @@ impl VramExecutor {
         &self.gpu
     }
 
+    /// Name and class of every dispatch a step can record, in order: the
+    /// body (embedding → final norm), then the lm_head (argmax, top-k and
+    /// penalties left out).
+    pub fn ops(&self) -> Vec<(&str, crate::kernels::KernelClass)> {
+        self.body
+            .iter()
+            .chain(&self.head)
+            .map(|op| (op.name.as_str(), op.class))
+            .collect()
+    }
+
     /// Most rows (sequences) one batched decode step takes.
     pub fn max_rows(&self) -> usize {
         self.chunk.min(attention::MAX_ROWS)
