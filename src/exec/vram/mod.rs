@@ -5,11 +5,11 @@
 
 use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
 use crate::gpu::Gpu;
-use crate::kernels::{
-    argmax, attention, embed, matmul, rmsnorm, rope, topk, GpuWeight, KernelOp, Step,
-};
-use crate::model::{LayerTensor, LlamaConfig, ModelWeights, Tensor, WeightName};
+use crate::kernels::{argmax, attention, rope, topk, GpuWeight, KernelOp, Step};
+use crate::model::{LlamaConfig, ModelWeights};
 use std::sync::Arc;
+
+mod lower;
 
 /// Default prompt-chunk size: tokens per batched prefill pass.
 pub const DEFAULT_CHUNK: usize = 256;
@@ -28,20 +28,6 @@ impl Default for VramOptions {
             context: None,
             chunk: DEFAULT_CHUNK,
         }
-    }
-}
-
-/// Weights with the same encoding and row length stacked row-wise into one
-/// tensor (Q/K/V; gate/up), so one dispatch computes all of them.
-fn stack(parts: &[&Tensor]) -> Tensor {
-    let mut bytes = Vec::with_capacity(parts.iter().map(|t| t.byte_len()).sum());
-    for t in parts {
-        bytes.extend_from_slice(t.bytes.as_slice());
-    }
-    Tensor {
-        dtype: parts[0].dtype,
-        shape: vec![parts.iter().map(|t| t.rows()).sum(), parts[0].cols()],
-        bytes: crate::model::weights::Bytes::Owned(Arc::new(bytes)),
     }
 }
 
@@ -89,6 +75,7 @@ pub struct VramExecutor {
     counters: ExecCounters,
     profiler: Option<crate::gpu::profiler::Profiler>,
     _keep: Vec<wgpu::Buffer>,
+    _mats: Vec<GpuWeight>,
 }
 
 impl VramExecutor {
@@ -154,408 +141,27 @@ impl VramExecutor {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        // Weights: matrices as stored, norm vectors widened to f32 (tiny).
+        // Weights: matrices as stored (stacked where products fuse), norm
+        // vectors widened to f32 (tiny); the dispatches from the one graph.
+        let low = lower::lower(
+            lower::Context {
+                gpu: &gpu,
+                cfg,
+                weights: w,
+                step: &step_buf,
+                act: &act,
+                chunk,
+                ctx,
+                batch,
+                cos_sin: &cos_sin,
+                layer_table: &layer_table,
+            },
+            &crate::graph::forward(cfg),
+        )?;
         let weight_bytes = w.total_bytes() as u64;
-        let upload = |name: WeightName, t: &Tensor| -> Result<GpuWeight, ExecError> {
-            Ok(GpuWeight::upload(&gpu, &name.to_string(), t)?)
-        };
-        let norm = |gpu: &Gpu, name: WeightName, t: &Tensor| {
-            gpu.upload(&name.to_string(), bytemuck::cast_slice(&t.to_f32()))
-        };
-        // RMSNorm weights: Gemma's (1 + w), added in f32 as transformers does.
-        let offset = cfg.arch.norm_weight_offset;
-        let norm_w = |gpu: &Gpu, name: WeightName, t: &Tensor| {
-            let w: Vec<f32> = t.to_f32().into_iter().map(|v| offset + v).collect();
-            gpu.upload(&name.to_string(), bytemuck::cast_slice(&w))
-        };
-
-        let mut body = Vec::new();
-        let mut keep = cos_sin.clone();
-        // x = embed_tokens(ids) (Gemma: * sqrt(D))                [T, D]
-        let embed_w = upload(WeightName::Embed, &w.embed)?;
-        body.push(embed::build_scaled(
-            &gpu,
-            &step_buf,
-            &embed_w,
-            &act.ids,
-            &act.x,
-            cfg.arch.embed_scale.unwrap_or(1.0),
-        )?);
-        let mut kv_bytes = 0u64;
-        let shape = rope::Shape {
-            n_heads: cfg.num_heads,
-            n_kv_heads: cfg.num_kv_heads,
-            head_dim: cfg.head_dim,
-            layout: cfg.rope_layout,
-        };
-        let mut mats = Vec::new();
-        let scale = cfg.attn_scale();
-        // Gate and up outputs, for layers whose gate/up weights cannot stack.
-        let mut glu_scratch: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
-        // RMSNorm of the residual x into xn as a dispatch of its own, on the
-        // steps `when` holds (prefill); decode products normalise x inside
-        // (see matmul::Norm).
-        let norm_op = |name: &str, weight: &wgpu::Buffer, when: fn(&Step) -> bool| {
-            rmsnorm::build(
-                &gpu,
-                &step_buf,
-                name,
-                d,
-                cfg.rms_norm_eps,
-                weight,
-                &act.x,
-                &act.xn,
-            )
-            .map(|op| op.only_when(when))
-        };
-        for (i, lw) in w.layers.iter().enumerate() {
-            let name = |t| WeightName::Layer(i, t);
-            // This layer's sliding window (0: full causal attention) and RoPE table.
-            let window = cfg.layer_window(i);
-            let cos_sin = &cos_sin[layer_table[i]];
-            let k_cache = buf(&format!("layers.{i}.k_cache"), f(batch * ctx * kvd))?;
-            let v_cache = buf(&format!("layers.{i}.v_cache"), f(batch * ctx * kvd))?;
-            kv_bytes += 2 * f(batch * ctx * kvd);
-            let attn_norm = norm_w(&gpu, name(LayerTensor::AttnNorm), &lw.attn_norm)?;
-            let ffn_norm = norm_w(&gpu, name(LayerTensor::FfnNorm), &lw.ffn_norm)?;
-            // Q/K/V stacked into one weight (one dispatch for all three), and
-            // gate/up stacked (one dispatch that also applies SiLU·mul). Same
-            // bytes as the file, in one buffer each. Only weights of one
-            // encoding stack (Q4_K_M files keep attn_v in Q6_K): a mixed set
-            // runs as separate products (`mixed_qkv`, `mixed_gu`).
-            let same = |ts: &[&Tensor]| ts.iter().all(|t| t.dtype == ts[0].dtype);
-            let mixed_qkv = (!same(&[&lw.wq, &lw.wk, &lw.wv]))
-                .then(|| -> Result<_, ExecError> {
-                    Ok([
-                        upload(name(LayerTensor::Q), &lw.wq)?,
-                        upload(name(LayerTensor::K), &lw.wk)?,
-                        upload(name(LayerTensor::V), &lw.wv)?,
-                    ])
-                })
-                .transpose()?;
-            // Gate/up biases go in before SiLU, and the fused product knows
-            // only SiLU: separate products then.
-            let mixed_gu = (!same(&[&lw.w_gate, &lw.w_up])
-                || lw.bias(LayerTensor::Gate).is_some()
-                || cfg.arch.activation != crate::model::Activation::Silu)
-                .then(|| -> Result<_, ExecError> {
-                    Ok([
-                        upload(name(LayerTensor::Gate), &lw.w_gate)?,
-                        upload(name(LayerTensor::Up), &lw.w_up)?,
-                    ])
-                })
-                .transpose()?;
-            let wqkv = match mixed_qkv {
-                Some(_) => None,
-                None => Some(GpuWeight::upload(
-                    &gpu,
-                    &format!("layers.{i}.wqkv"),
-                    &stack(&[&lw.wq, &lw.wk, &lw.wv]),
-                )?),
-            };
-            let wo = upload(name(LayerTensor::O), &lw.wo)?;
-            let wgu = match mixed_gu {
-                Some(_) => None,
-                None => Some(GpuWeight::upload(
-                    &gpu,
-                    &format!("layers.{i}.w_gate_up"),
-                    &stack(&[&lw.w_gate, &lw.w_up]),
-                )?),
-            };
-            let wd = upload(name(LayerTensor::Down), &lw.w_down)?;
-            let l = format!("layers.{i}");
-            // y += bias after the product of projection `t`, if it has one.
-            let mut biases = Vec::new();
-            let mut bias_op =
-                |t: LayerTensor, y: &wgpu::Buffer| -> Result<Option<KernelOp>, ExecError> {
-                    let Some(b) = lw.bias(t) else { return Ok(None) };
-                    let bn = WeightName::Bias(i, t);
-                    let bb = norm(&gpu, bn, b)?;
-                    let op = crate::kernels::bias_add::build(
-                        &gpu,
-                        &step_buf,
-                        &bn.to_string(),
-                        b.numel(),
-                        &bb,
-                        y,
-                    )?;
-                    biases.push(bb);
-                    Ok(Some(op))
-                };
-            let mm = |n: &str, wt: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, acc: bool| {
-                matmul::build(
-                    &gpu,
-                    &step_buf,
-                    &format!("{l}.{n}"),
-                    wt,
-                    x,
-                    y,
-                    acc,
-                    matmul::Rows::Tokens,
-                )
-            };
-            // y = xn @ W.T for one projection of a layer whose q|k|v or
-            // gate|up are stored separately (decode steps: the norm inside).
-            let normed_mm =
-                |n: &str, wt: &GpuWeight, y: &wgpu::Buffer, nm: Option<matmul::Norm<'_>>| {
-                    matmul::build_fused(
-                        &gpu,
-                        &step_buf,
-                        &format!("{l}.{n}"),
-                        wt,
-                        &act.xn,
-                        &[y],
-                        false,
-                        matmul::Rows::Tokens,
-                        matmul::Fuse::None,
-                        nm,
-                    )
-                };
-            // xn = rms_norm(x) * attn_norm                        [T, D]
-            // (decode steps: inside the QKV product, see matmul::Norm)
-            body.push(norm_op(&format!("{l}.attn_norm"), &attn_norm, |s| {
-                s.n_tokens > 1 && !s.per_row()
-            })?);
-            // q, k, v = xn @ Wq.T, xn @ Wk.T, xn @ Wv.T           [T, H*hd], [T, Hkv*hd] x2
-            let attn_nm = Some(matmul::Norm {
-                x: &act.x,
-                weight: &attn_norm,
-                eps: cfg.rms_norm_eps,
-            });
-            match (&wqkv, &mixed_qkv) {
-                (Some(wqkv), _) => body.extend(matmul::build_fused(
-                    &gpu,
-                    &step_buf,
-                    &format!("{l}.wqkv"),
-                    wqkv,
-                    &act.xn,
-                    &[&act.q, &act.k, &act.v],
-                    false,
-                    matmul::Rows::Tokens,
-                    matmul::Fuse::Split3 {
-                        q_rows: qd,
-                        k_rows: kvd,
-                    },
-                    attn_nm,
-                )?),
-                (None, Some(parts)) => {
-                    for (wt, (n, y)) in
-                        parts
-                            .iter()
-                            .zip([("wq", &act.q), ("wk", &act.k), ("wv", &act.v)])
-                    {
-                        body.extend(normed_mm(n, wt, y, attn_nm)?);
-                    }
-                }
-                (None, None) => unreachable!("q/k/v weights are stacked or separate"),
-            }
-            // q, k, v += their biases (before RoPE, as transformers adds them)
-            for (t, y) in [
-                (LayerTensor::Q, &act.q),
-                (LayerTensor::K, &act.k),
-                (LayerTensor::V, &act.v),
-            ] {
-                body.extend(bias_op(t, y)?);
-            }
-            // q, k = per-head rms_norm(q) * q_norm, … * k_norm (Qwen3; before RoPE)
-            for (t, y, heads) in [
-                (LayerTensor::Q, &act.q, cfg.num_heads),
-                (LayerTensor::K, &act.k, cfg.num_kv_heads),
-            ] {
-                let Some(hw) = lw.head_norm(t) else { continue };
-                let hn = WeightName::HeadNorm(i, t);
-                let hb = norm_w(&gpu, hn, hw)?;
-                body.push(crate::kernels::head_norm::build(
-                    &gpu,
-                    &step_buf,
-                    &hn.to_string(),
-                    heads,
-                    cfg.head_dim,
-                    cfg.rms_norm_eps,
-                    &hb,
-                    y,
-                )?);
-                keep.push(hb);
-            }
-            // q, k = rope(q, k, pos); k_cache[pos], v_cache[pos] = k, v
-            // (decode steps: inside the attention kernel below)
-            body.push(
-                rope::build(
-                    &gpu,
-                    &step_buf,
-                    &format!("{l}.rope"),
-                    &shape,
-                    cos_sin,
-                    &act.q,
-                    &act.k,
-                    &act.v,
-                    &k_cache,
-                    &v_cache,
-                )?
-                .only_when(|s| s.n_tokens > 1 && !s.per_row()),
-            );
-            // att = softmax(q k^T * scale + causal) v             [T, H*hd]
-            // (scale = hd^-0.5 unless the architecture sets one)
-            body.push(
-                attention::build_scaled(
-                    &gpu,
-                    &step_buf,
-                    &format!("{l}.attention"),
-                    (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
-                    [&act.q, &k_cache, &v_cache, &act.att],
-                    window,
-                    scale,
-                )?
-                .only_when(|s| s.n_tokens > 1 && !s.per_row()),
-            );
-            body.push(attention::build_decode_rope_scaled(
-                &gpu,
-                &step_buf,
-                &format!("{l}.rope_attention"),
-                &shape,
-                cos_sin,
-                [
-                    &act.q, &act.k, &act.v, &k_cache, &v_cache, &act.att, &act.rows,
-                ],
-                window,
-                scale,
-            )?);
-            // Post-norms (Gemma): the product goes to xn (free between the
-            // q|k|v and gate|up products), then x += rms_norm(xn) * w.
-            let post = |t: LayerTensor| -> Result<Option<wgpu::Buffer>, ExecError> {
-                lw.post_norm(t)
-                    .map(|pw| norm_w(&gpu, WeightName::PostNorm(i, t), pw))
-                    .transpose()
-                    .map_err(Into::into)
-            };
-            let (post_attn, post_ffn) = (post(LayerTensor::O)?, post(LayerTensor::Down)?);
-            let post_op = |t: LayerTensor, pw: &wgpu::Buffer| {
-                rmsnorm::build_accumulate(
-                    &gpu,
-                    &step_buf,
-                    &WeightName::PostNorm(i, t).to_string(),
-                    d,
-                    cfg.rms_norm_eps,
-                    pw,
-                    &act.xn,
-                    &act.x,
-                )
-            };
-            // x += att @ Wo.T (+ bo)                              [T, D]
-            // (post-norm: x += rms_norm(att @ Wo.T + bo) * w)
-            match &post_attn {
-                None => {
-                    body.extend(mm("wo", &wo, &act.att, &act.x, true)?);
-                    body.extend(bias_op(LayerTensor::O, &act.x)?);
-                }
-                Some(pw) => {
-                    body.extend(mm("wo", &wo, &act.att, &act.xn, false)?);
-                    body.extend(bias_op(LayerTensor::O, &act.xn)?);
-                    body.push(post_op(LayerTensor::O, pw)?);
-                }
-            }
-            // xn = rms_norm(x) * ffn_norm
-            // (decode steps: inside the gate/up product)
-            body.push(norm_op(&format!("{l}.ffn_norm"), &ffn_norm, |s| {
-                s.n_tokens > 1 && !s.per_row()
-            })?);
-            // h = silu(xn @ Wg.T) * (xn @ Wu.T)                   [T, I]
-            let ffn_nm = Some(matmul::Norm {
-                x: &act.x,
-                weight: &ffn_norm,
-                eps: cfg.rms_norm_eps,
-            });
-            match (&wgu, &mixed_gu) {
-                (Some(wgu), _) => body.extend(matmul::build_fused(
-                    &gpu,
-                    &step_buf,
-                    &format!("{l}.w_gate_up"),
-                    wgu,
-                    &act.xn,
-                    &[&act.h],
-                    false,
-                    matmul::Rows::Tokens,
-                    matmul::Fuse::Glu,
-                    ffn_nm,
-                )?),
-                (None, Some([wg, wu])) => {
-                    // Gate and up into scratch rows, then silu(g) * u.
-                    if glu_scratch.is_none() {
-                        glu_scratch = Some((
-                            buf("glu.gate", f(chunk * inter))?,
-                            buf("glu.up", f(chunk * inter))?,
-                        ));
-                    }
-                    let (g, u) = glu_scratch.as_ref().expect("allocated above");
-                    for (wt, n, y) in [(wg, "w_gate", g), (wu, "w_up", u)] {
-                        body.extend(normed_mm(n, wt, y, ffn_nm)?);
-                    }
-                    body.extend(bias_op(LayerTensor::Gate, g)?);
-                    body.extend(bias_op(LayerTensor::Up, u)?);
-                    body.push(crate::kernels::silu_mul::build_act(
-                        &gpu,
-                        &step_buf,
-                        &format!("{l}.silu_mul"),
-                        inter,
-                        g,
-                        u,
-                        &act.h,
-                        cfg.arch.activation,
-                    )?);
-                }
-                (None, None) => unreachable!("gate/up weights are stacked or separate"),
-            }
-            // x += h @ Wd.T (+ bd)                               [T, D]
-            // (post-norm: x += rms_norm(h @ Wd.T + bd) * w)
-            match &post_ffn {
-                None => {
-                    body.extend(mm("w_down", &wd, &act.h, &act.x, true)?);
-                    body.extend(bias_op(LayerTensor::Down, &act.x)?);
-                }
-                Some(pw) => {
-                    body.extend(mm("w_down", &wd, &act.h, &act.xn, false)?);
-                    body.extend(bias_op(LayerTensor::Down, &act.xn)?);
-                    body.push(post_op(LayerTensor::Down, pw)?);
-                }
-            }
-            keep.extend([k_cache, v_cache, attn_norm, ffn_norm]);
-            keep.extend(post_attn.into_iter().chain(post_ffn));
-            keep.extend(biases);
-            mats.extend(wqkv.into_iter().chain(mixed_qkv.into_iter().flatten()));
-            mats.extend(wgu.into_iter().chain(mixed_gu.into_iter().flatten()));
-            mats.extend([wo, wd]);
-        }
-        // xn = rms_norm(x) * final_norm
-        let final_norm = norm_w(&gpu, WeightName::FinalNorm, &w.final_norm)?;
-        // (one logit row: inside the lm_head product)
-        body.push(norm_op("final_norm", &final_norm, |s| {
-            s.n_out_rows > 1 && !s.per_row()
-        })?);
-        // logits[rows] = xn[rows] @ W_out.T (tied: the embedding)   [rows, V]
-        let out_w = match &w.lm_head {
-            Some(t) => upload(WeightName::LmHead, t)?,
-            None => embed_w,
-        };
-        let head: Vec<KernelOp> = matmul::build_fused(
-            &gpu,
-            &step_buf,
-            "lm_head",
-            &out_w,
-            &act.xn,
-            &[&act.logits],
-            false,
-            matmul::Rows::OutRows,
-            matmul::Fuse::None,
-            Some(matmul::Norm {
-                x: &act.x,
-                weight: &final_norm,
-                eps: cfg.rms_norm_eps,
-            }),
-        )?
-        .into();
         let argmax = argmax::build(&gpu, &step_buf, vocab, &act.logits, &act.result)?;
-        keep.push(final_norm);
-        keep.extend(glu_scratch.into_iter().flat_map(|(g, u)| [g, u]));
+        let mut keep = cos_sin;
+        keep.extend(low.keep);
         let readback_size = f(2 * topk::MAX_K);
         let readback = gpu.readback_buffer("readback", readback_size);
         let greedy_slots = [
@@ -571,8 +177,8 @@ impl VramExecutor {
             seq: 0,
             step_buf,
             act,
-            body,
-            head,
+            body: low.body,
+            head: low.head,
             argmax,
             topk: None,
             penalty: None,
@@ -580,10 +186,11 @@ impl VramExecutor {
             readback_size,
             greedy_slots,
             weight_bytes,
-            kv_bytes,
+            kv_bytes: low.kv_bytes,
             counters: ExecCounters::default(),
             profiler: None,
             _keep: keep,
+            _mats: low.mats,
         })
     }
 
