@@ -98,7 +98,10 @@ pub(super) fn lower(cx: Context<'_>, nodes: &[Node]) -> Result<Lowered, ExecErro
 fn unknown(n: &Node, why: &str) -> ExecError {
     ExecError::ModeCannot {
         mode: "vram",
-        what: format!("lower graph node `{}` ({:?}): {why}", n.label, n.kind),
+        what: format!(
+            "cannot lower graph node `{}` ({:?}): {why}",
+            n.label, n.kind
+        ),
     }
 }
 
@@ -121,7 +124,7 @@ impl<'a> Lower<'a> {
     fn tensor(&self, w: WeightName) -> Result<&'a Tensor, ExecError> {
         self.cx.weights.get(w).ok_or_else(|| ExecError::ModeCannot {
             mode: "vram",
-            what: format!("run without weight `{w}`, which the graph uses"),
+            what: format!("cannot run without weight `{w}`, which the graph uses"),
         })
     }
 
@@ -193,7 +196,7 @@ impl<'a> Lower<'a> {
             Act::AttState => {
                 return Err(ExecError::ModeCannot {
                     mode: "vram",
-                    what: "hold the attention state between nodes (it stays in the kernel)".into(),
+                    what: "keeps the attention state inside its kernel, not between nodes".into(),
                 })
             }
         })
@@ -272,8 +275,16 @@ impl<'a> Lower<'a> {
         let stackable = ts
             .iter()
             .all(|t| t.dtype == ts[0].dtype && t.cols() == ts[0].cols());
-        let layer = products[0].layer.map_or(String::new(), |l| format!("layers.{l}."));
-        let silu_next = matches!(nodes.get(lowered), Some(Node { kind: NodeKind::SiluMul(_), .. }));
+        let layer = products[0]
+            .layer
+            .map_or(String::new(), |l| format!("layers.{l}."));
+        let silu_next = matches!(
+            nodes.get(lowered),
+            Some(Node {
+                kind: NodeKind::SiluMul(_),
+                ..
+            })
+        );
         // The fused GLU knows only SiLU, and biases go in before it.
         let glu = stackable
             && silu_next
@@ -372,8 +383,12 @@ impl<'a> Lower<'a> {
         let cx = &self.cx;
         let c = cx.cfg;
         let size = (cx.batch * cx.ctx * c.kv_dim() * 4) as u64;
-        let k_cache = cx.gpu.storage_buffer(&format!("layers.{l}.k_cache"), size)?;
-        let v_cache = cx.gpu.storage_buffer(&format!("layers.{l}.v_cache"), size)?;
+        let k_cache = cx
+            .gpu
+            .storage_buffer(&format!("layers.{l}.k_cache"), size)?;
+        let v_cache = cx
+            .gpu
+            .storage_buffer(&format!("layers.{l}.v_cache"), size)?;
         let a = cx.act;
         let shape = rope::Shape {
             n_heads: c.num_heads,
@@ -553,5 +568,47 @@ fn stack(parts: &[&Tensor]) -> Tensor {
         dtype: parts[0].dtype,
         shape: vec![parts.iter().map(|t| t.rows()).sum(), parts[0].cols()],
         bytes: crate::model::weights::Bytes::Owned(std::sync::Arc::new(bytes)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::forward;
+
+    /// The nodes after layer 0's attention norm that read its output.
+    fn qkv_run(c: &LlamaConfig) -> (Node, Vec<Node>) {
+        let g = forward(c);
+        let at = |label: &str| g.iter().position(|n| n.label == label).unwrap();
+        let (norm, attn) = (at("layers.0.attn_norm"), at("layers.0.attention"));
+        (g[norm].clone(), g[norm + 1..attn].to_vec())
+    }
+
+    #[test]
+    fn biases_and_head_norms_move_after_the_products_only_if_that_changes_nothing() {
+        let mut c = LlamaConfig::tiny_for_tests(1, 512, false);
+        c.arch.qkv_bias = true;
+        c.arch.qk_norm = true;
+        let (norm, run) = qkv_run(&c);
+        assert_eq!(
+            check_run(&norm, &run).unwrap(),
+            (vec![Act::Q, Act::K, Act::V], false)
+        );
+        let err = |run: &[Node]| check_run(&norm, run).unwrap_err().to_string();
+        // wq, wq.bias, q_norm, …: a bias after its activation's head norm.
+        let mut r = run.clone();
+        r.swap(1, 2);
+        assert!(err(&r).contains("`layers.0.wq.bias`"), "{}", err(&r));
+        // A bias before its product.
+        let mut r = run.clone();
+        r.swap(0, 1);
+        assert!(err(&r).contains("`layers.0.wq.bias`"), "{}", err(&r));
+        // An accumulating product of xn.
+        let mut r = run.clone();
+        if let NodeKind::MatMul { acc, .. } = &mut r[0].kind {
+            *acc = true;
+        }
+        assert!(err(&r).contains("`layers.0.wq`"), "{}", err(&r));
+        assert!(err(&[]).contains("`layers.0.attn_norm`"), "{}", err(&[]));
     }
 }

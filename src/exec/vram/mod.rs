@@ -10,6 +10,8 @@ use crate::model::{LlamaConfig, ModelWeights};
 use std::sync::Arc;
 
 mod lower;
+#[cfg(test)]
+mod tests;
 
 /// Default prompt-chunk size: tokens per batched prefill pass.
 pub const DEFAULT_CHUNK: usize = 256;
@@ -99,6 +101,19 @@ impl VramExecutor {
         opts: &VramOptions,
         batch: usize,
     ) -> Result<Self, ExecError> {
+        Self::with_graph(gpu, cfg, w, opts, batch, &crate::graph::forward(cfg))
+    }
+
+    /// The executor of `nodes`, the forward pass of `cfg` as
+    /// `graph::forward` lists it (tests hand it altered lists).
+    fn with_graph(
+        gpu: Arc<Gpu>,
+        cfg: &LlamaConfig,
+        w: &ModelWeights,
+        opts: &VramOptions,
+        batch: usize,
+        nodes: &[crate::graph::Node],
+    ) -> Result<Self, ExecError> {
         let ctx = opts.context.unwrap_or(cfg.max_position_embeddings).max(1);
         let chunk = opts.chunk.clamp(1, ctx);
         if batch == 0 {
@@ -156,7 +171,7 @@ impl VramExecutor {
                 cos_sin: &cos_sin,
                 layer_table: &layer_table,
             },
-            &crate::graph::forward(cfg),
+            nodes,
         )?;
         let weight_bytes = w.total_bytes() as u64;
         let argmax = argmax::build(&gpu, &step_buf, vocab, &act.logits, &act.result)?;
