@@ -10,7 +10,9 @@
 //! * the program (`chip::program`) expands each node into the work items the
 //!   chips that hold its weights run ([`Work`]), and finds what crosses each
 //!   chip boundary with the same liveness rule ([`live_out`]); the plan
-//!   stores that program and the SRAM executor runs it.
+//!   stores that program and the SRAM executor runs it;
+//! * VRAM mode (`exec::vram`) lowers it node by node into its kernels,
+//!   fusing a norm with the products that read its output.
 //!
 //! Liveness is computed here and nowhere else.
 

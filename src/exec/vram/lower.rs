@@ -237,54 +237,29 @@ impl<'a> Lower<'a> {
             })
             .count();
         let run = &nodes[1..1 + run_len];
+        let (outs, head) = check_run(&nodes[0], run)?;
         let products: Vec<&Node> = run
             .iter()
             .filter(|n| matches!(n.kind, NodeKind::MatMul { .. }))
             .collect();
-        let (outs, head) = check_run(&nodes[0], run)?;
+        let ws: Vec<WeightName> = products.iter().filter_map(|n| n.weight()).collect();
         let mut lowered = 1 + run_len;
 
-        let nw = self.vector(norm, true)?;
-        let cx = &self.cx;
-        let (d, eps) = (cx.cfg.hidden_size, cx.cfg.rms_norm_eps);
+        // The norm as its own dispatch only where the products do not
+        // apply it: prefill steps (the lm_head: several logit rows).
         let when: fn(&Step) -> bool = if head {
             |s| s.n_out_rows > 1 && !s.per_row()
         } else {
             prefill
         };
-        let label = &nodes[0].label;
-        let op = rmsnorm::build(
-            cx.gpu,
-            cx.step,
-            label,
-            d,
-            eps,
-            &self.out.keep[nw],
-            &cx.act.x,
-            &cx.act.xn,
-        )?;
-        self.out.body.push(op.only_when(when));
+        let nw = self.norm(&nodes[0].label, norm, when)?;
 
-        let ws: Vec<WeightName> = products.iter().filter_map(|n| n.weight()).collect();
-        let ts = ws
-            .iter()
-            .map(|&w| self.tensor(w))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Weights stack when they share an encoding and a row length (Q4_K_M
-        // files keep attn_v in Q6_K: separate products then).
-        let stackable = ts
-            .iter()
-            .all(|t| t.dtype == ts[0].dtype && t.cols() == ts[0].cols());
+        let stackable = self.stackable(&ws)?;
         let layer = products[0]
             .layer
             .map_or(String::new(), |l| format!("layers.{l}."));
-        let silu_next = matches!(
-            nodes.get(lowered),
-            Some(Node {
-                kind: NodeKind::SiluMul(_),
-                ..
-            })
-        );
+        let silu_next =
+            (nodes.get(lowered)).is_some_and(|n| matches!(n.kind, NodeKind::SiluMul(_)));
         // The fused GLU knows only SiLU, and biases go in before it.
         let glu = stackable
             && silu_next
@@ -293,8 +268,8 @@ impl<'a> Lower<'a> {
         match outs[..] {
             [Act::Q, Act::K, Act::V] if stackable => {
                 let fuse = matmul::Fuse::Split3 {
-                    q_rows: ts[0].rows(),
-                    k_rows: ts[1].rows(),
+                    q_rows: self.tensor(ws[0])?.rows(),
+                    k_rows: self.tensor(ws[1])?.rows(),
                 };
                 let ys = [Act::Q, Act::K, Act::V];
                 self.normed_product(&format!("{layer}wqkv"), &ws, &ys, fuse, nw, false)?;
@@ -323,6 +298,35 @@ impl<'a> Lower<'a> {
             }
         }
         Ok(lowered)
+    }
+
+    /// `xn = rmsnorm(x) · w` on the steps `when` holds; returns the index
+    /// of `w` in `out.keep` (the products apply it on the other steps).
+    fn norm(
+        &mut self,
+        label: &str,
+        w: WeightName,
+        when: fn(&Step) -> bool,
+    ) -> Result<usize, ExecError> {
+        let nw = self.vector(w, true)?;
+        let cx = &self.cx;
+        let (d, eps, a) = (cx.cfg.hidden_size, cx.cfg.rms_norm_eps, cx.act);
+        let wb = &self.out.keep[nw];
+        let op = rmsnorm::build(cx.gpu, cx.step, label, d, eps, wb, &a.x, &a.xn)?;
+        self.out.body.push(op.only_when(when));
+        Ok(nw)
+    }
+
+    /// Whether the weights `ws` stack into one: they share an encoding and a
+    /// row length (Q4_K_M files keep attn_v in Q6_K: separate products).
+    fn stackable(&self, ws: &[WeightName]) -> Result<bool, ExecError> {
+        let ts = ws
+            .iter()
+            .map(|&w| self.tensor(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ts
+            .iter()
+            .all(|t| t.dtype == ts[0].dtype && t.cols() == ts[0].cols()))
     }
 
     /// `ys = xn @ W.T` (dispatch `name`) for the weights `ws`, stacked when

@@ -1,7 +1,9 @@
 //! VRAM mode: the conventional engine. Every weight lives in a GPU storage
 //! buffer in its file encoding; each step streams them through the kernels.
 //! Activations and the KV cache are allocated once; a step is one command
-//! buffer and one submission; the next token is picked on the GPU.
+//! buffer and one submission; the next token is picked on the GPU. The
+//! dispatches are the forward pass of `graph::forward`, lowered node by
+//! node in [`lower`].
 
 use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
 use crate::gpu::Gpu;
