@@ -2,17 +2,25 @@
 //! the model the placement compiler and the SRAM executor also walk) into
 //! the dispatches of a VRAM step.
 //!
-//! [`lower`] is one loop over the graph's nodes. Most nodes become one
-//! kernel; a norm and the products that read its output are lowered
-//! together, because VRAM mode fuses them:
+//! [`lower`] is one loop over the graph's nodes. A norm and the products
+//! that read its output lower together, because VRAM mode fuses them; every
+//! other node is one rule:
 //!
-//! | nodes                                         | dispatches                                    |
-//! |-----------------------------------------------|-----------------------------------------------|
-//! | `Embed`                                       | row gather (Gemma: scaled)                    |
-//! | `Norm` + `MatMul`s reading `xn` (+ `Bias`, `HeadNorm` between) | rmsnorm (prefill only); the products normalise `x` themselves when decoding (`matmul::Norm`): q, k, v of one encoding as ONE stacked product (`Fuse::Split3`), gate, up of one encoding without biases + `SiluMul` as ONE product (`Fuse::Glu`), else one product each; the lm_head over the logit rows; then the biases, then the head norms |
-//! | `Attention(l)`                                | rope + KV write and attention (prefill), rope + attention (decode), with the layer's window, RoPE table, KV cache |
-//! | `MatMul` reading `att` / `h` (o, down)        | product (`+= x`, or into `xn` before a post-norm) |
-//! | `Bias`, `HeadNorm`, `PostNorm`, `SiluMul`     | bias add, per-head rmsnorm, rmsnorm accumulate into `x`, activation · mul |
+//! * `Norm` + the `MatMul`s reading `xn` (with the `Bias` / `HeadNorm` nodes
+//!   of their outputs between them) → the rmsnorm on prefill steps only
+//!   (when decoding, the products normalise `x` themselves, `matmul::Norm`);
+//!   q, k, v of one encoding as ONE stacked product (`Fuse::Split3`); gate,
+//!   up of one encoding without biases, with the `SiluMul` after them, as
+//!   ONE product (`Fuse::Glu`); else one product each (the lm_head: over the
+//!   logit rows); then the biases, then the head norms.
+//! * `Attention(l)` → rope + KV write and attention (prefill), rope +
+//!   attention in one kernel (decode), with the layer's window, RoPE table
+//!   and KV cache.
+//! * `MatMul` reading `att` / `h` (o, down) → the product (`+=` into `x`, or
+//!   into `xn` ahead of a post-norm).
+//! * `Embed`, `Bias`, `HeadNorm`, `PostNorm`, `SiluMul` → row gather (Gemma:
+//!   scaled), bias add, per-head rmsnorm, rmsnorm accumulated into `x`,
+//!   activation · mul.
 //!
 //! A node no rule knows is an error naming it.
 
@@ -105,8 +113,9 @@ fn unknown(n: &Node, why: &str) -> ExecError {
     }
 }
 
-/// Decode steps skip the separate norm dispatch: the products normalise
-/// their rows themselves.
+/// Steps of several tokens (not a batched decode): the only ones that run
+/// the separate norm, rope and attention dispatches; decode steps do that
+/// work inside the products and the decode attention.
 fn prefill(s: &Step) -> bool {
     s.n_tokens > 1 && !s.per_row()
 }
