@@ -3,7 +3,7 @@
 //! Activations and the KV cache are allocated once; a step is one command
 //! buffer and one submission; the next token is picked on the GPU. The
 //! dispatches are the forward pass of `graph::forward`, lowered node by
-//! node in [`lower`].
+//! node in `lower.rs`.
 
 use super::{ExecCounters, ExecError, Executor, Readback, StepOutput};
 use crate::gpu::Gpu;
