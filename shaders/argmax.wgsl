@@ -18,23 +18,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
 
 const WG: u32 = 256u;
-var<workgroup> best_v: array<f32, 256>;
-var<workgroup> best_i: array<u32, 256>;
-var<workgroup> bad: array<u32, 256>;
-
-// 1 when v is NaN or ±Inf (exponent bits all set), by bits, so no float
-// optimisation can fold it away.
-fn non_finite(v: f32) -> u32 {
-    return select(0u, 1u, (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u);
-}
-
-// NaN sorts below everything.
-fn key(v: f32) -> f32 {
-    if (v != v) {
-        return -3.4e38;
-    }
-    return v;
-}
+var<workgroup> sc: array<f32, 256>;
+var<workgroup> redi: array<u32, 512>;
+#include select with LOGITS=L
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -45,44 +31,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         row = wid.x;
         o = 2u * wid.x;
     }
-    let base = row * P.vocab;
-    var bv = -3.4e38;
-    var bi = 0xffffffffu;
-    var nf = 0u;
-    for (var i = lid; i < P.vocab; i += WG) {
-        let raw = L[base + i];
-        nf |= non_finite(raw);
-        let v = key(raw);
-        if (v > bv || bi == 0xffffffffu) {
-            bv = v;
-            bi = i;
-        }
-    }
-    best_v[lid] = bv;
-    best_i[lid] = bi;
-    bad[lid] = nf;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            bad[lid] |= bad[lid + s];
-            let ov = best_v[lid + s];
-            let oi = best_i[lid + s];
-            let mv = best_v[lid];
-            let mi = best_i[lid];
-            if (oi != 0xffffffffu && (mi == 0xffffffffu || ov > mv || (ov == mv && oi < mi))) {
-                best_v[lid] = ov;
-                best_i[lid] = oi;
-            }
-        }
-        workgroupBarrier();
-    }
+    let w = pick_words(pick_after(row * P.vocab, P.vocab, 0.0, NONE, lid), 0u);
     if (lid == 0u) {
-        if (bad[0] != 0u) {
-            out[o] = 0xffffffffu;
-            out[o + 1u] = 0x7fc00000u;
-        } else {
-            out[o] = best_i[0];
-            out[o + 1u] = bitcast<u32>(best_v[0]);
-        }
+        out[o] = w.x;
+        out[o + 1u] = w.y;
     }
 }

@@ -21,6 +21,7 @@ struct Params {
 
 const WG: u32 = 64u;
 var<workgroup> red: array<f32, 64>;
+#include reduce,rms with RMS_SRC=X
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -30,21 +31,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let base = (t * P.n_heads + h) * P.head_dim;
-    var ss = 0.0;
-    for (var i = lid; i < P.head_dim; i += WG) {
-        let v = X[base + i];
-        ss = fma(v, v, ss);
-    }
-    red[lid] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let inv = inverseSqrt(red[0] / f32(P.head_dim) + P.eps);
-    // Every thread has read its elements (and red[0]) before any write.
+    let inv = rms_inv(base, P.head_dim, P.eps, lid);
+    // Each thread rewrites only the elements it read.
     for (var i = lid; i < P.head_dim; i += WG) {
         X[base + i] = w[i] * (X[base + i] * inv);
     }

@@ -17,10 +17,7 @@ struct Params {
 
 const WG: u32 = 64u;
 var<workgroup> red: array<f32, 64>;
-#ifdef STAGE_WEIGHT
-// SRAM mode: the norm weight is staged into the slice and read from there.
-var<workgroup> wsram: array<f32, {{DIM}}>;
-#endif
+#include reduce,rms with RMS_SRC=X
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -29,35 +26,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let base = t * P.dim;
-#ifdef STAGE_WEIGHT
+    let inv = rms_inv(base, P.dim, P.eps, lid);
     for (var i = lid; i < P.dim; i += WG) {
-        wsram[i] = w[i];
-    }
-#endif
-    var ss = 0.0;
-    for (var i = lid; i < P.dim; i += WG) {
-        let v = X[base + i];
-        ss = fma(v, v, ss);
-    }
-    red[lid] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let inv = inverseSqrt(red[0] / f32(P.dim) + P.eps);
-    for (var i = lid; i < P.dim; i += WG) {
-#ifdef STAGE_WEIGHT
-        Y[base + i] = wsram[i] * (X[base + i] * inv);
-#else
 #ifdef ACCUMULATE
         // Post-norm (Gemma): the residual stream Y += the normed X.
         Y[base + i] = Y[base + i] + w[i] * (X[base + i] * inv);
 #else
         Y[base + i] = w[i] * (X[base + i] * inv);
-#endif
 #endif
     }
 }

@@ -3,25 +3,14 @@
 // Hugging Face does it (f32 inv_freq * f32 position), so large positions stay exact.
 // PyTorch: q, k = apply_rotary_pos_emb(q, k, cos, sin); cache[pos] = k, v
 //
-// LAYOUT 0 (rotate_half): pairs (i, i + hd/2); LAYOUT 1 (GGUF): pairs (2i, 2i+1).
-//
-// SRAM mode splits a layer's KV cache over chips by KV heads and positions:
-// each chip rotates and stores only its block [kv_head_begin, kv_head_end) x
-// [pos_begin, pos_end), and Q is rotated once (do_q). VRAM mode: the full ranges.
+// pair_layout 0 (rotate_half): pairs (i, i + hd/2); 1 (GGUF): pairs (2i, 2i+1)
+// (lib/rope_pair, which SRAM mode's interpreter shares).
 
 struct Params {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
     pair_layout: u32,
-    kv_head_begin: u32,
-    kv_head_end: u32,
-    pos_begin: u32,
-    pos_end: u32,
-    do_q: u32,
-    do_kv: u32,
-    _pad0: u32,
-    _pad1: u32,
 }
 #include step
 
@@ -33,6 +22,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> V: array<f32>;             // [T, Hkv*hd]
 @group(0) @binding(6) var<storage, read_write> Kc: array<f32>;      // [ctx, Hkv*hd]
 @group(0) @binding(7) var<storage, read_write> Vc: array<f32>;      // [ctx, Hkv*hd]
+#include rope_pair
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -46,55 +36,31 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let kv_pairs = P.n_kv_heads * half;
     let p = gid.x;
     let pos = S.pos0 + t;
-    let in_block = P.do_kv == 1u && pos >= P.pos_begin && pos < P.pos_end;
+    let row = (S.kv_base + pos) * kv_dim; // this position's KV-cache row
     // V copy: one element per thread over kv_dim.
-    if (in_block && p < kv_dim) {
-        let vh = p / P.head_dim;
-        if (vh >= P.kv_head_begin && vh < P.kv_head_end) {
-            Vc[(S.kv_base + pos) * kv_dim + p] = V[t * kv_dim + p];
-        }
+    if (p < kv_dim) {
+        Vc[row + p] = V[t * kv_dim + p];
     }
     if (p >= q_pairs + kv_pairs) {
         return;
     }
-    var head: u32;
-    var i: u32;
-    var is_q = p < q_pairs;
-    if (is_q) {
-        if (P.do_q == 0u) {
-            return;
-        }
-        head = p / half;
-        i = p % half;
-    } else {
-        head = (p - q_pairs) / half;
-        i = (p - q_pairs) % half;
-        if (!in_block || head < P.kv_head_begin || head >= P.kv_head_end) {
-            return;
-        }
-    }
-    var i0: u32;
-    var i1: u32;
-    if (P.pair_layout == 0u) {
-        i0 = i;
-        i1 = i + half;
-    } else {
-        i0 = 2u * i;
-        i1 = 2u * i + 1u;
-    }
+    // Pair p: rotation i of a q head, then of a k head.
+    let is_q = p < q_pairs;
+    let pk = select(p - q_pairs, p, is_q);
+    let head = pk / half;
+    let i = pk % half;
+    let pr = rope_pair(P.pair_layout, P.head_dim, i);
     let cs = cos_sin[pos * half + i];
     if (is_q) {
         let b = t * P.n_heads * P.head_dim + head * P.head_dim;
-        let x0 = Q[b + i0];
-        let x1 = Q[b + i1];
-        Q[b + i0] = x0 * cs.x - x1 * cs.y;
-        Q[b + i1] = x1 * cs.x + x0 * cs.y;
+        let r = rope_rotate(Q[b + pr.x], Q[b + pr.y], cs);
+        Q[b + pr.x] = r.x;
+        Q[b + pr.y] = r.y;
     } else {
         let b = t * kv_dim + head * P.head_dim;
-        let x0 = K[b + i0];
-        let x1 = K[b + i1];
-        let c = (S.kv_base + pos) * kv_dim + head * P.head_dim;
-        Kc[c + i0] = x0 * cs.x - x1 * cs.y;
-        Kc[c + i1] = x1 * cs.x + x0 * cs.y;
+        let r = rope_rotate(K[b + pr.x], K[b + pr.y], cs);
+        let c = row + head * P.head_dim;
+        Kc[c + pr.x] = r.x;
+        Kc[c + pr.y] = r.y;
     }
 }

@@ -299,7 +299,7 @@ fn op_embed(t: Task, lid: u32) {
     }
 }
 
-// RMSNorm (rmsnorm.wgsl, STAGE_WEIGHT): the norm vector staged into the slice.
+// RMSNorm (rmsnorm.wgsl; lib/rms): the norm vector staged into the slice.
 // p: w byte, dim, x_off, y_off, accumulate (1: y += the norm; Gemma's
 // post-norms, rmsnorm.wgsl ACCUMULATE)
 fn op_norm(t: Task, lid: u32) {
@@ -310,20 +310,7 @@ fn op_norm(t: Task, lid: u32) {
     stage(prm(t, 0u), dim * 4u, lid);
     for (var tt = 0u; tt < t.n_tok; tt++) {
         let base = tt * dim;
-        var ss = 0.0;
-        for (var i = lid; i < dim; i += WG) {
-            let v = A[x_off + base + i];
-            ss = fma(v, v, ss);
-        }
-        red[lid] = ss;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s) {
-                red[lid] += red[lid + s];
-            }
-            workgroupBarrier();
-        }
-        let inv = inverseSqrt(red[0] / f32(dim) + eps);
+        let inv = rms_inv(x_off + base, dim, eps, lid);
         let accumulate = prm(t, 4u) == 1u;
         for (var i = lid; i < dim; i += WG) {
             let v = bitcast<f32>(W[i]) * (A[x_off + base + i] * inv);
@@ -333,7 +320,6 @@ fn op_norm(t: Task, lid: u32) {
                 A[y_off + base + i] = v;
             }
         }
-        workgroupBarrier(); // red is rewritten for the next token
     }
 }
 
@@ -385,15 +371,9 @@ fn cos_sin(tab: u32, pos: u32, i: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(img(w)), bitcast<f32>(img(w + 1u)));
 }
 
-// The pair (i0, i1) of rotation i (rope.wgsl's layouts).
-fn pair(i: u32) -> vec2<u32> {
-    if (T[8] == 0u) {
-        return vec2<u32>(i, i + HD / 2u);
-    }
-    return vec2<u32>(2u * i, 2u * i + 1u);
-}
+#include rope_pair
 
-// RoPE on q in place (rope.wgsl, do_q). p: q_off, table
+// RoPE on q in place (rope.wgsl; lib/rope_pair). p: q_off, table
 fn op_rope_q(t: Task, lid: u32) {
     let q_off = prm(t, 0u);
     let tab = prm(t, 1u);
@@ -404,13 +384,11 @@ fn op_rope_q(t: Task, lid: u32) {
         for (var p = lid; p < nh * half; p += WG) {
             let head = p / half;
             let i = p % half;
-            let pr = pair(i);
-            let cs = cos_sin(tab, pos, i);
+            let pr = rope_pair(T[8], HD, i);
             let b = q_off + tt * nh * HD + head * HD;
-            let x0 = A[b + pr.x];
-            let x1 = A[b + pr.y];
-            A[b + pr.x] = x0 * cs.x - x1 * cs.y;
-            A[b + pr.y] = x1 * cs.x + x0 * cs.y;
+            let r = rope_rotate(A[b + pr.x], A[b + pr.y], cos_sin(tab, pos, i));
+            A[b + pr.x] = r.x;
+            A[b + pr.y] = r.y;
         }
     }
 }
@@ -422,7 +400,7 @@ fn kv_cell(region: u32, seq: u32, pos: u32, h: u32, p0: u32, p1: u32, h0: u32, h
 }
 
 // RoPE on k and the KV write of the step's positions in this chip's block
-// (rope.wgsl, do_kv). p: k_off, v_off, h0, h1, p0, p1, k region, v region,
+// (rope.wgsl; lib/rope_pair). p: k_off, v_off, h0, h1, p0, p1, k region, v region,
 // table
 fn op_kv_write(t: Task, lid: u32) {
     let k_off = prm(t, 0u);
@@ -450,14 +428,12 @@ fn op_kv_write(t: Task, lid: u32) {
         for (var p = lid; p < nh * half; p += WG) {
             let h = h0 + p / half;
             let i = p % half;
-            let pr = pair(i);
-            let cs = cos_sin(tab, pos, i);
+            let pr = rope_pair(T[8], HD, i);
             let b = k_off + tt * kv_dim + h * HD;
-            let x0 = A[b + pr.x];
-            let x1 = A[b + pr.y];
+            let r = rope_rotate(A[b + pr.x], A[b + pr.y], cos_sin(tab, pos, i));
             let c = kv_cell(kr, t.seq, pos, h, p0, p1, h0, h1);
-            KV[c + pr.x] = x0 * cs.x - x1 * cs.y;
-            KV[c + pr.y] = x1 * cs.x + x0 * cs.y;
+            KV[c + pr.x] = r.x;
+            KV[c + pr.y] = r.y;
         }
     }
 }
@@ -474,40 +450,24 @@ fn kv4(b: u32, i: u32) -> vec4<f32> {
     return vec4<f32>(KV[e], select(0.0, KV[e + 1u], r > 1u), select(0.0, KV[e + 2u], r > 2u), select(0.0, KV[e + 3u], r > 3u));
 }
 
-fn reduce_max(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
+#include reduce,rms with RMS_SRC=A
+
+#include attend
+
+// Chunk i of the key / value at position p of this chip's KV block (lib/attend).
+fn key4(s: Keys, p: u32, i: u32) -> vec4<f32> {
+    return kv4(s.k + (p - s.first) * s.stride, i);
+}
+fn val4(s: Keys, p: u32, lane: u32) -> vec4<f32> {
+    return kv4(s.v + (p - s.first) * s.stride, lane);
 }
 
-fn reduce_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-// Query head t.sub + p12 folded over this chip's KV block into the running
-// softmax state (attention.wgsl PARTIAL, same arithmetic), or normalised into
-// Att by the last block. p: q_off, att_off, st_off, h0, h1, p0, p1, k region,
-// v region, init, finalize, window (0: full causal; else only the keys
-// pos - window + 1 ..= pos, as attention.wgsl), first query head (tensor
-// parallelism)
+// Query head t.sub + p12 folded over this chip's KV block (lib/attend, as
+// attention.wgsl) into the running softmax state carried from block to
+// block, or normalised into Att by the last block. p: q_off, att_off,
+// st_off, h0, h1, p0, p1, k region, v region, init, finalize, window (0:
+// full causal; else only the keys pos - window + 1 ..= pos, as
+// attention.wgsl), first query head (tensor parallelism)
 fn op_attn(t: Task, lid: u32) {
     let q_off = prm(t, 0u);
     let att_off = prm(t, 1u);
@@ -532,65 +492,10 @@ fn op_attn(t: Task, lid: u32) {
             qs[i] = a4(qb, i);
         }
         workgroupBarrier();
-        var s_begin = p0;
-        let win = prm(t, 11u);
-        if (win > 0u && pos + 1u > win) {
-            s_begin = max(p0, pos + 1u - win);
-        }
-        var s_end = min(p1, pos + 1u);
-        if (kvh < h0 || kvh >= h1 || s_end < s_begin) {
-            s_end = s_begin;
-        }
-        var m_run = -3.0e38;
-        var l_run = 0.0;
-        var acc = vec4<f32>(0.0);
-        for (var c0 = s_begin; c0 < s_end; c0 += CHUNK) {
-            let n = min(CHUNK, s_end - c0);
-            var local_max = -3.0e38;
-            for (var j = lid; j < n; j += WG) {
-                let kb = kv_cell(kr, t.seq, c0 + j, kvh, p0, p1, h0, h1);
-                var d = 0.0;
-                for (var i = 0u; i < HD4; i++) {
-                    d += dot(qs[i], kv4(kb, i));
-                }
-                let score = d * scale;
-                sc[j] = score;
-                local_max = max(local_max, score);
-            }
-            let m_new = max(m_run, reduce_max(local_max, lid));
-            let corr = exp(m_run - m_new);
-            var local_sum = 0.0;
-            for (var j = lid; j < n; j += WG) {
-                let p = exp(sc[j] - m_new);
-                sc[j] = p;
-                local_sum += p;
-            }
-            let chunk_sum = reduce_sum(local_sum, lid);
-            l_run = l_run * corr + chunk_sum;
-            let lane = lid % HD4;
-            let grp = lid / HD4;
-            var av = vec4<f32>(0.0);
-            if (grp < G) {
-                let vb = kv_cell(vr, t.seq, c0, kvh, p0, p1, h0, h1);
-                for (var j = grp; j < n; j += G) {
-                    av = fma(vec4<f32>(sc[j]), kv4(vb + j * pstride, lane), av);
-                }
-            }
-            vpart[lid] = av;
-            workgroupBarrier();
-            var a = vec4<f32>(0.0);
-            for (var g = 0u; g < G; g++) {
-                for (var k = 0u; k < NA; k++) {
-                    let d = lid + k * WG;
-                    if (d < HD) {
-                        a[k] += vpart[g * HD4 + d / 4u][d % 4u];
-                    }
-                }
-            }
-            acc = acc * corr + a;
-            m_run = m_new;
-            workgroupBarrier();
-        }
+        let r = key_range(pos, p0, p1, prm(t, 11u), kvh >= h0 && kvh < h1);
+        let kb = kv_cell(kr, t.seq, r.x, kvh, p0, p1, h0, h1);
+        let vb = kv_cell(vr, t.seq, r.x, kvh, p0, p1, h0, h1);
+        let st = attend(Keys(r.x, r.y, kb, vb, pstride, pos), scale, lid);
         let ob = att_off + tt * n_heads * HD + h * HD;
         let sb = st_off + (tt * n_heads + h) * (2u + HD);
         var m0 = -3.0e38;
@@ -600,20 +505,20 @@ fn op_attn(t: Task, lid: u32) {
             l0 = A[sb + 1u];
         }
         workgroupBarrier();
-        let m_new = max(m0, m_run);
+        let m_new = max(m0, st.m);
         var a = 0.0;
         if (l0 > 0.0) {
             a = exp(m0 - m_new);
         }
         var b = 0.0;
-        if (l_run > 0.0) {
-            b = exp(m_run - m_new);
+        if (st.l > 0.0) {
+            b = exp(st.m - m_new);
         }
-        let l_new = l0 * a + l_run * b;
+        let l_new = l0 * a + st.l * b;
         for (var k = 0u; k < NA; k++) {
             let d = lid + k * WG;
             if (d < HD) {
-                let mine = acc[k];
+                let mine = st.acc[k];
                 var prev = 0.0;
                 if (init == 0u) {
                     prev = A[sb + 2u + d];
@@ -660,12 +565,7 @@ fn op_head_norm(t: Task, lid: u32) {
     stage(prm(t, 0u), HD * 4u, lid);
     for (var tt = 0u; tt < t.n_tok; tt++) {
         let base = x_off + (tt * nh + t.sub) * HD;
-        var ss = 0.0;
-        for (var i = lid; i < HD; i += WG) {
-            let v = A[base + i];
-            ss = fma(v, v, ss);
-        }
-        let inv = inverseSqrt(reduce_sum(ss, lid) / f32(HD) + eps);
+        let inv = rms_inv(base, HD, eps, lid);
         for (var i = lid; i < HD; i += WG) {
             A[base + i] = bitcast<f32>(W[i]) * (A[base + i] * inv);
         }
@@ -722,127 +622,35 @@ fn op_link(t: Task, lid: u32) {
     }
 }
 
-// 1 when v is NaN or ±Inf, by bits (argmax.wgsl).
-fn non_finite(v: f32) -> u32 {
-    return select(0u, 1u, (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u);
-}
+#include select with LOGITS=A
 
-fn key(v: f32) -> f32 {
-    if (v != v) {
-        return -3.4e38;
-    }
-    return v;
-}
-
-// true if (v, i) ranks before (bv, bi) (topk.wgsl).
-fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
-    return bi == 0xffffffffu || v > bv || (v == bv && i < bi);
-}
-
-// Greedy pick over the last logit row (argmax.wgsl; 64 threads: the same
-// first-index-of-the-maximum). p: logits_off, vocab, out word
+// Greedy pick over the last logit row (argmax.wgsl; lib/select).
+// p: logits_off, vocab, out word
 fn op_argmax(t: Task, lid: u32) {
     let vocab = prm(t, 1u);
     let o = prm(t, 2u) + 2u * TOK;
     let base = prm(t, 0u) + (t.n_out - 1u) * vocab;
-    var bv = -3.4e38;
-    var bi = 0xffffffffu;
-    var nf = 0u;
-    for (var i = lid; i < vocab; i += WG) {
-        let raw = A[base + i];
-        nf |= non_finite(raw);
-        let v = key(raw);
-        if (v > bv || bi == 0xffffffffu) {
-            bv = v;
-            bi = i;
-        }
-    }
-    sc[lid] = bv;
-    redi[lid] = bi;
-    redi[64u + lid] = nf;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            redi[64u + lid] |= redi[64u + lid + s];
-            let ov = sc[lid + s];
-            let oi = redi[lid + s];
-            let mv = sc[lid];
-            let mi = redi[lid];
-            if (oi != 0xffffffffu && (mi == 0xffffffffu || ov > mv || (ov == mv && oi < mi))) {
-                sc[lid] = ov;
-                redi[lid] = oi;
-            }
-        }
-        workgroupBarrier();
-    }
+    let w = pick_words(pick_after(base, vocab, 0.0, NONE, lid), 0u);
     if (lid == 0u) {
-        if (redi[64] != 0u) {
-            R[o] = 0xffffffffu;
-            R[o + 1u] = 0x7fc00000u;
-        } else {
-            R[o] = redi[0];
-            R[o + 1u] = bitcast<u32>(sc[0]);
-        }
+        R[o] = w.x;
+        R[o + 1u] = w.y;
     }
 }
 
-// The k largest logits of the last row, best first (topk.wgsl).
+// The k largest logits of the last row, best first (topk.wgsl; lib/select).
 // p: logits_off, vocab, k
 fn op_topk(t: Task, lid: u32) {
     let vocab = prm(t, 1u);
     let kk = prm(t, 2u);
     let base = prm(t, 0u) + (t.n_out - 1u) * vocab;
-    var nf = 0u;
-    for (var i = lid; i < vocab; i += WG) {
-        nf |= non_finite(A[base + i]);
-    }
-    redi[64u + lid] = nf;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            redi[64u + lid] |= redi[64u + lid + s];
-        }
-        workgroupBarrier();
-    }
-    let any_bad = redi[64];
-    var prev_v = 3.4e38;
-    var prev_i = 0xffffffffu;
+    var p = Pick(3.4e38, NONE, false);
     for (var r = 0u; r < kk; r++) {
-        var bv = -3.4e38;
-        var bi = 0xffffffffu;
-        for (var i = lid; i < vocab; i += WG) {
-            let v = key(A[base + i]);
-            let after = prev_i == 0xffffffffu || v < prev_v || (v == prev_v && i > prev_i);
-            if (after && better(v, i, bv, bi)) {
-                bv = v;
-                bi = i;
-            }
-        }
-        sc[lid] = bv;
-        redi[lid] = bi;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s) {
-                let ov = sc[lid + s];
-                let oi = redi[lid + s];
-                if (oi != 0xffffffffu && better(ov, oi, sc[lid], redi[lid])) {
-                    sc[lid] = ov;
-                    redi[lid] = oi;
-                }
-            }
-            workgroupBarrier();
-        }
-        prev_v = sc[0];
-        prev_i = redi[0];
+        p = pick_after(base, vocab, p.v, p.i, lid);
+        let w = pick_words(p, r);
         if (lid == 0u) {
-            R[2u * r] = prev_i;
-            R[2u * r + 1u] = bitcast<u32>(prev_v);
+            R[2u * r] = w.x;
+            R[2u * r + 1u] = w.y;
         }
-        workgroupBarrier();
-    }
-    if (lid == 0u && any_bad != 0u) {
-        R[0] = 0xffffffffu;
-        R[1] = 0x7fc00000u;
     }
 }
 

@@ -212,23 +212,26 @@ fn rename_declared(src: &str, suffix: &str) -> String {
     out
 }
 
-/// Shared WGSL snippets (`#include NAME`), under `shaders/lib/`.
+/// Shared WGSL snippets (`#include NAME`), `shaders/lib/NAME.wgsl`.
 fn include(name: &str) -> &'static str {
-    match name {
-        "wdecode" => include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/shaders/lib/wdecode.wgsl"
-        )),
-        "step" => include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/shaders/lib/step.wgsl"
-        )),
-        "sram_dot" => include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/shaders/lib/sram_dot.wgsl"
-        )),
-        _ => "",
+    macro_rules! libs {
+        ($($n:literal),* $(,)?) => {
+            match name {
+                $($n => include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/lib/", $n, ".wgsl")),)*
+                _ => "",
+            }
+        };
     }
+    libs!(
+        "wdecode",
+        "step",
+        "sram_dot",
+        "reduce",
+        "rms",
+        "select",
+        "attend",
+        "rope_pair",
+    )
 }
 
 /// Bytes of `var<workgroup>` storage the module declares (naga's layout rules).

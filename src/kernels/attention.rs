@@ -10,28 +10,12 @@ pub struct Params {
     pub n_kv_heads: u32,
     pub head_dim: u32,
     pub scale: f32,
-    pub kv_head_begin: u32,
-    pub kv_head_end: u32,
-    pub pos_begin: u32,
-    pub pos_end: u32,
-    pub init: u32,
-    pub finalize: u32,
     /// ROPE variant: [`crate::model::RopeLayout::as_u32`].
     pub pair_layout: u32,
     /// Sliding window (Mistral): the token at `pos` attends to keys
     /// `pos - window + 1 ..= pos`; 0 for plain causal attention.
     pub window: u32,
-}
-
-/// One KV block's share of a layer's attention (SRAM mode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Block {
-    pub kv_heads: (usize, usize),
-    pub positions: (usize, usize),
-    /// First block of the layer: start the running state.
-    pub init: bool,
-    /// Last block: normalise into the output.
-    pub finalize: bool,
+    pub _pad: [u32; 2],
 }
 
 pub fn variant(head_dim: usize) -> ShaderVariant {
@@ -75,10 +59,6 @@ fn check_head_dim(head_dim: usize) -> Result<(), GpuError> {
         )));
     }
     Ok(())
-}
-
-pub fn partial_variant(head_dim: usize) -> ShaderVariant {
-    variant(head_dim).define("PARTIAL")
 }
 
 /// Rows of a batched decode step (sequences decoded together): entries of
@@ -207,14 +187,9 @@ fn decode_rope_op(
         n_kv_heads: rope.n_kv_heads as u32,
         head_dim: rope.head_dim as u32,
         scale,
-        kv_head_begin: 0,
-        kv_head_end: rope.n_kv_heads as u32,
-        pos_begin: 0,
-        pos_end: u32::MAX,
-        init: 1,
-        finalize: 1,
         pair_layout: rope.layout.as_u32(),
         window,
+        _pad: [0; 2],
     };
     let params = gpu.uniform("attention.params", &p);
     let pipe = gpu.pipeline(Shader::Attention, &rope_variant(rope.head_dim, wg))?;
@@ -234,51 +209,6 @@ fn decode_rope_op(
                 [0, 0, 0]
             }
         },
-    ))
-}
-
-/// SRAM mode: folds one KV block into the running state `st` `[T, H, 2+hd]`,
-/// writing `out` on the last block.
-#[allow(clippy::too_many_arguments)]
-pub fn build_block(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    name: &str,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    block: Block,
-    q: &wgpu::Buffer,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    st: &wgpu::Buffer,
-) -> Result<KernelOp, GpuError> {
-    check_head_dim(head_dim)?;
-    let p = Params {
-        n_heads: n_heads as u32,
-        n_kv_heads: n_kv_heads as u32,
-        head_dim: head_dim as u32,
-        scale: default_scale(head_dim),
-        kv_head_begin: block.kv_heads.0 as u32,
-        kv_head_end: block.kv_heads.1 as u32,
-        pos_begin: block.positions.0 as u32,
-        pos_end: block.positions.1.min(u32::MAX as usize) as u32,
-        init: block.init as u32,
-        finalize: block.finalize as u32,
-        pair_layout: 0,
-        window: 0,
-    };
-    let params = gpu.uniform("attention.params", &p);
-    let pipe = gpu.pipeline(Shader::Attention, &partial_variant(head_dim))?;
-    let h = n_heads as u32;
-    Ok(KernelOp::new(
-        gpu,
-        name,
-        KernelClass::Attention,
-        pipe,
-        &[&params, step, q, k_cache, v_cache, out, st],
-        move |s: &Step| [h, s.n_tokens, 1],
     ))
 }
 
@@ -370,14 +300,9 @@ fn prefill_op(
         n_kv_heads: n_kv_heads as u32,
         head_dim: head_dim as u32,
         scale,
-        kv_head_begin: 0,
-        kv_head_end: n_kv_heads as u32,
-        pos_begin: 0,
-        pos_end: u32::MAX,
-        init: 1,
-        finalize: 1,
         pair_layout: 0,
         window,
+        _pad: [0; 2],
     };
     let params = gpu.uniform("attention.params", &p);
     let pipe = gpu.pipeline(Shader::Attention, &variant_wg(head_dim, wg))?;
@@ -595,59 +520,6 @@ mod tests {
                 &format!("v cache {tag}"),
             );
         }
-    }
-
-    /// The same attention folded over KV blocks split by heads and positions.
-    #[test]
-    fn attention_in_blocks_matches_whole() {
-        for hd in [16, 10, 6, 256] {
-            blocks_match_whole(hd);
-        }
-    }
-
-    fn blocks_match_whole(hd: usize) {
-        let Some(gpu) = gpu() else { return };
-        let (h, hkv, t, pos0) = (6usize, 3usize, 4usize, 9usize);
-        let ctx = 20;
-        let kv_dim = hkv * hd;
-        let q: Vec<f32> = seeded(t * h * hd, 1).iter().map(|v| v * 3.0).collect();
-        let kc = seeded(ctx * kv_dim, 2);
-        let vc = seeded(ctx * kv_dim, 3);
-        let up = |n: &str, d: &[f32]| gpu.upload(n, bytemuck::cast_slice(d)).unwrap();
-        let (qb, kb, vb) = (up("q", &q), up("kc", &kc), up("vc", &vc));
-        let ob = gpu.storage_buffer("o", (t * h * hd * 4) as u64).unwrap();
-        let sb = gpu
-            .storage_buffer("st", (t * h * (2 + hd) * 4) as u64)
-            .unwrap();
-        let step_buf = gpu.uniform("step", &Step::default());
-        let blocks = [
-            ((0, 2), (0, 5)),
-            ((0, 2), (5, 11)),
-            ((2, 3), (0, 7)),
-            ((0, 2), (11, 20)),
-            ((2, 3), (7, 20)),
-        ];
-        let ops: Vec<_> = blocks
-            .iter()
-            .enumerate()
-            .map(|(i, &(kv_heads, positions))| {
-                let b = Block {
-                    kv_heads,
-                    positions,
-                    init: i == 0,
-                    finalize: i == blocks.len() - 1,
-                };
-                build_block(
-                    &gpu, &step_buf, "blk", h, hkv, hd, b, &qb, &kb, &vb, &ob, &sb,
-                )
-                .unwrap()
-            })
-            .collect();
-        let refs: Vec<_> = ops.iter().collect();
-        run(&gpu, &step_buf, Step::tokens(t as u32, pos0 as u32), &refs);
-        let got = read_f32(&gpu, &ob, t * h * hd);
-        let want = cpu_tokens(&q, &kc, &vc, pos0, (h, hkv, hd), 0);
-        assert_close(&got, &want, 1e-5, &format!("attention in blocks hd={hd}"));
     }
 
     #[test]

@@ -303,7 +303,6 @@ pub fn all_variants() -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
     }
     for hd in [6, 8, 16, 18, 24, 32, 64, 128, 256] {
         v.push((Shader::Attention, attention::variant(hd)));
-        v.push((Shader::Attention, attention::partial_variant(hd)));
         for wg in [64, 256] {
             v.push((Shader::Attention, attention::variant_wg(hd, wg)));
             v.push((Shader::Attention, attention::rope_variant(hd, wg)));

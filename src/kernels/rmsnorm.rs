@@ -54,15 +54,8 @@ pub fn build_accumulate(
     build_variant(gpu, step, name, dim, eps, w, x, y, &v)
 }
 
-/// SRAM mode: the weight vector is staged in workgroup memory (`dim` floats).
-pub fn sram_variant(dim: usize) -> ShaderVariant {
-    ShaderVariant::new("main")
-        .define("STAGE_WEIGHT")
-        .define(format!("DIM={dim}"))
-}
-
 #[allow(clippy::too_many_arguments)]
-pub fn build_variant(
+fn build_variant(
     gpu: &Gpu,
     step: &wgpu::Buffer,
     name: &str,

@@ -11,29 +11,6 @@ pub struct Params {
     pub n_kv_heads: u32,
     pub head_dim: u32,
     pub layout: u32,
-    pub kv_head_begin: u32,
-    pub kv_head_end: u32,
-    pub pos_begin: u32,
-    pub pos_end: u32,
-    pub do_q: u32,
-    pub do_kv: u32,
-    pub _pad: [u32; 2],
-}
-
-/// Which part of the work one dispatch does (SRAM mode splits it over chips).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Part {
-    pub q: bool,
-    /// KV block: kv heads and positions stored by this dispatch (`None`: none).
-    pub kv: Option<((usize, usize), (usize, usize))>,
-}
-
-impl Part {
-    /// Everything (VRAM mode).
-    pub const ALL: Part = Part {
-        q: true,
-        kv: Some(((0, usize::MAX), (0, usize::MAX))),
-    };
 }
 
 /// cos/sin table `[ctx, head_dim/2]` as (cos, sin) pairs for plain RoPE
@@ -179,6 +156,8 @@ pub struct Shape {
     pub layout: RopeLayout,
 }
 
+/// RoPE on q (in place) and k, and k, v into the caches at the step's
+/// positions (`cos_sin`: [`rope_table`]).
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     gpu: &Gpu,
@@ -192,47 +171,11 @@ pub fn build(
     k_cache: &wgpu::Buffer,
     v_cache: &wgpu::Buffer,
 ) -> Result<KernelOp, GpuError> {
-    build_part(
-        gpu,
-        step,
-        name,
-        s,
-        Part::ALL,
-        cos_sin,
-        q,
-        k,
-        v,
-        k_cache,
-        v_cache,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn build_part(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    name: &str,
-    s: &Shape,
-    part: Part,
-    cos_sin: &wgpu::Buffer,
-    q: &wgpu::Buffer,
-    k: &wgpu::Buffer,
-    v: &wgpu::Buffer,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
-) -> Result<KernelOp, GpuError> {
     let p = Params {
         n_heads: s.n_heads as u32,
         n_kv_heads: s.n_kv_heads as u32,
         head_dim: s.head_dim as u32,
         layout: s.layout.as_u32(),
-        kv_head_begin: part.kv.map_or(0, |b| b.0 .0.min(s.n_kv_heads)) as u32,
-        kv_head_end: part.kv.map_or(0, |b| b.0 .1.min(s.n_kv_heads)) as u32,
-        pos_begin: part.kv.map_or(0, |b| b.1 .0.min(u32::MAX as usize)) as u32,
-        pos_end: part.kv.map_or(0, |b| b.1 .1.min(u32::MAX as usize)) as u32,
-        do_q: part.q as u32,
-        do_kv: part.kv.is_some() as u32,
-        _pad: [0; 2],
     };
     let params = gpu.uniform("rope.params", &p);
     let pipe = gpu.pipeline(Shader::Rope, &ShaderVariant::new("main"))?;
