@@ -227,6 +227,10 @@ fn include(name: &str) -> &'static str {
             env!("CARGO_MANIFEST_DIR"),
             "/shaders/lib/sram_dot.wgsl"
         )),
+        "q41x" => include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/lib/q41x.wgsl"
+        )),
         _ => "",
     }
 }
