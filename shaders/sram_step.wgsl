@@ -46,17 +46,24 @@ var<workgroup> red: array<f32, 64>;
 var<workgroup> redi: array<u32, 128>;
 var<workgroup> vpart: array<vec4<f32>, 64>;
 var<workgroup> qs: array<vec4<f32>, {{HD4}}>;
+// A decode step's matmul input row, staged once per task (XK4 four-wide
+// chunks; 0: never, x is read from A), and its 32-value block sums (Q4_1's
+// offset term, lib/q41x).
+var<workgroup> XN: array<vec4<f32>, {{XK4N}}>;
+var<workgroup> XS: array<f32, {{XSN}}>;
 
 // Resident mode (`resident` below): the token this workgroup is on, and
 // whether it keeps its slice's weights staged (resident) after token 0.
 // Both 0 in the stepped entry.
 var<private> TOK: u32;
 var<private> KEEP: bool;
+var<private> XSTAGED: bool;
 
 const WG: u32 = 64u;
 const HD: u32 = {{HD}}u;
 const HD4: u32 = {{HD4}}u;
 const CHUNK: u32 = 256u;
+const XK4: u32 = {{XK4}}u;
 const NA: u32 = (HD + WG - 1u) / WG;
 const G: u32 = WG / HD4;
 // Mirrors kernels::sram_step.
@@ -97,8 +104,12 @@ fn prm(t: Task, i: u32) -> u32 {
     return T[t.base + i];
 }
 
-// Chunk c4 of the activation row starting at element xb (zero past k).
+// Chunk c4 of the activation row starting at element xb (zero past k);
+// from XN once op_mat has staged the row.
 fn xload(xb: u32, c4: u32, k: u32) -> vec4<f32> {
+    if (XSTAGED) {
+        return XN[c4];
+    }
     let i = xb + 4u * c4;
     let r = k - 4u * c4;
     return vec4<f32>(A[i], select(0.0, A[i + 1u], r > 1u), select(0.0, A[i + 2u], r > 2u), select(0.0, A[i + 3u], r > 3u));
@@ -121,6 +132,7 @@ fn xload(xb: u32, c4: u32, k: u32) -> vec4<f32> {
 #endif
 #ifdef E_Q4_1
 #include wdecode,sram_dot as _q4_1 with W_Q4_1
+#include q41x
 #endif
 #ifdef E_Q5_0
 #include wdecode,sram_dot as _q5_0 with W_Q5_0
@@ -185,6 +197,52 @@ fn row_dot_any(enc: u32, rb: u32, xb: u32, k: u32) -> f32 {
 #endif
 #ifdef E_Q6_K
         case 12u: { return row_dot_q6_k(rb, xb, k); }
+#endif
+        default: { return 0.0; }
+    }
+}
+
+// The row · the staged x, whole blocks (lib/sram_dot row_dot_staged).
+fn row_dot_staged_any(enc: u32, rb: u32, nb: u32) -> f32 {
+    switch enc {
+#ifdef E_F32
+        case 0u: { return row_dot_staged_f32(rb, nb); }
+#endif
+#ifdef E_F16
+        case 1u: { return row_dot_staged_f16(rb, nb); }
+#endif
+#ifdef E_BF16
+        case 2u: { return row_dot_staged_bf16(rb, nb); }
+#endif
+#ifdef E_Q8_0
+        case 3u: { return row_dot_staged_q8_0(rb, nb); }
+#endif
+#ifdef E_Q4_0
+        case 4u: { return row_dot_staged_q4_0(rb, nb); }
+#endif
+#ifdef E_Q4_1
+        case 5u: { return row_dot_staged_q4_1(rb, nb); }
+#endif
+#ifdef E_Q5_0
+        case 6u: { return row_dot_staged_q5_0(rb, nb); }
+#endif
+#ifdef E_Q5_1
+        case 7u: { return row_dot_staged_q5_1(rb, nb); }
+#endif
+#ifdef E_Q2_K
+        case 8u: { return row_dot_staged_q2_k(rb, nb); }
+#endif
+#ifdef E_Q3_K
+        case 9u: { return row_dot_staged_q3_k(rb, nb); }
+#endif
+#ifdef E_Q4_K
+        case 10u: { return row_dot_staged_q4_k(rb, nb); }
+#endif
+#ifdef E_Q5_K
+        case 11u: { return row_dot_staged_q5_k(rb, nb); }
+#endif
+#ifdef E_Q6_K
+        case 12u: { return row_dot_staged_q6_k(rb, nb); }
 #endif
         default: { return 0.0; }
     }
@@ -324,7 +382,11 @@ fn op_norm(t: Task, lid: u32) {
 }
 
 // One row tile of a matmul (sram_matmul): Y[t, r] (+)= X[t] · W[r] for the
-// tile's rows, weights from the slice only.
+// tile's rows, weights from the slice only; a thread per row (per row and
+// token). A one-token step whose row fits XN stages x there, under the
+// barrier that publishes the weights; rows of whole 32-weight blocks then
+// take the block dot (lib/sram_dot row_dot_staged), Q4_1 with the staged
+// block sums XS (lib/q41x), as the VRAM matmul's decode path.
 // p: enc, block byte, block row0, block row_end, rows per tile, row_bytes,
 //    k, n (Y stride), x_off, y_off, flags (1 accumulate, 2 logit rows)
 fn op_mat(t: Task, lid: u32) {
@@ -342,19 +404,46 @@ fn op_mat(t: Task, lid: u32) {
     let r0 = b_r0 + t.sub * rpt;
     let rows = min(rpt, b_r1 - r0);
     let byte0 = blk + (r0 - b_r0) * row_bytes;
-    stage(byte0, rows * row_bytes, lid);
-    let shift = byte0 & 3u;
     var n_tok = t.n_tok;
     var x_row0 = 0u;
     if ((flags & 2u) != 0u) {
         n_tok = t.n_out;
         x_row0 = t.out_row0;
     }
+    let k4n = (k + 3u) / 4u;
+    let staged = n_tok == 1u && k4n <= XK4;
+    let blocks = staged && (k & 31u) == 0u;
+    let q41 = blocks && enc == 5u;
+    if (staged) {
+        let xb = x_off + x_row0 * k;
+        for (var c = lid; c < k4n; c += WG) {
+            XN[c] = xload(xb, c, k);
+        }
+        if (q41) {
+            for (var b = lid; b < k / 32u; b += WG) {
+                var v = 0.0;
+                for (var i = 0u; i < 32u; i++) {
+                    v += A[xb + 32u * b + i];
+                }
+                XS[b] = v;
+            }
+        }
+    }
+    stage(byte0, rows * row_bytes, lid);
+    XSTAGED = staged;
+    let shift = byte0 & 3u;
     let items = rows * n_tok;
     for (var it = lid; it < items; it += WG) {
         let r = it % rows;
         let tt = it / rows;
-        let acc = row_dot_any(enc, shift + r * row_bytes, x_off + (x_row0 + tt) * k, k);
+        var acc = 0.0;
+        if (q41) {
+            acc = q41_row(shift + r * row_bytes, k / 32u);
+        } else if (blocks) {
+            acc = row_dot_staged_any(enc, shift + r * row_bytes, k / 32u);
+        } else {
+            acc = row_dot_any(enc, shift + r * row_bytes, x_off + (x_row0 + tt) * k, k);
+        }
         let o = y_off + tt * n + r0 + r;
         if ((flags & 1u) != 0u) {
             A[o] = A[o] + acc;
@@ -362,6 +451,20 @@ fn op_mat(t: Task, lid: u32) {
             A[o] = acc;
         }
     }
+    XSTAGED = false;
+}
+
+// The Q4_1 row at byte rb · the staged x (nb blocks).
+fn q41_row(rb: u32, nb: u32) -> f32 {
+#ifdef E_Q4_1
+    var acc = 0.0;
+    for (var b = 0u; b < nb; b++) {
+        acc += q41_dot(rb, b);
+    }
+    return acc;
+#else
+    return 0.0;
+#endif
 }
 
 // RoPE's (cos, sin) for position pos, pair i, from the table `tab` words
@@ -602,23 +705,27 @@ fn op_silu(t: Task, lid: u32) {
     }
 }
 
-// A link transfer of one carried activation: the first
-// cols columns of the step's rows, from the sending stage's region into the
-// receiving stage's. p: src_off, src stride, dst_off, dst stride, cols, logit rows
+// A link transfer of up to two carried activations (kernels::sram_step::
+// LINK_COPIES): for each, the first cols columns of the step's rows, from
+// the sending stage's region into the receiving stage's.
+// p (6 words each; cols 0: no second): src_off, src stride, dst_off,
+// dst stride, cols, logit rows
 fn op_link(t: Task, lid: u32) {
-    let src = prm(t, 0u);
-    let ss = prm(t, 1u);
-    let dst = prm(t, 2u);
-    let ds = prm(t, 3u);
-    let cols = prm(t, 4u);
-    var rows = t.n_tok;
-    if (prm(t, 5u) == 1u) {
-        rows = t.n_out;
-    }
-    for (var i = lid; i < rows * cols; i += WG) {
-        let r = i / cols;
-        let c = i % cols;
-        A[dst + r * ds + c] = A[src + r * ss + c];
+    for (var c = 0u; c < 2u; c++) {
+        let src = prm(t, 6u * c);
+        let ss = prm(t, 6u * c + 1u);
+        let dst = prm(t, 6u * c + 2u);
+        let ds = prm(t, 6u * c + 3u);
+        let cols = prm(t, 6u * c + 4u);
+        var rows = t.n_tok;
+        if (prm(t, 6u * c + 5u) == 1u) {
+            rows = t.n_out;
+        }
+        for (var i = lid; i < rows * cols; i += WG) {
+            let r = i / cols;
+            let e = i % cols;
+            A[dst + r * ds + e] = A[src + r * ss + e];
+        }
     }
 }
 
@@ -723,14 +830,15 @@ var<workgroup> ticket: u32;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    if (lid == 0u) {
-        if (T[15] == 1u) {
+    // By workgroup id the index needs no barrier (a barrier is a large part
+    // of a small task's cost on lavapipe).
+    var ti = wid.y * nwg.x + wid.x;
+    if (T[15] == 1u) {
+        if (lid == 0u) {
             ticket = atomicAdd(&C[2], 1u);
-        } else {
-            ticket = wid.y * nwg.x + wid.x;
         }
+        ti = workgroupUniformLoad(&ticket);
     }
-    let ti = workgroupUniformLoad(&ticket);
     if (ti >= T[0]) {
         return;
     }

@@ -231,6 +231,7 @@ fn include(name: &str) -> &'static str {
         "select",
         "attend",
         "rope_pair",
+        "q41x",
     )
 }
 

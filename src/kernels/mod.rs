@@ -356,7 +356,7 @@ pub fn sram_variants(
     for hd in hds {
         v.push((
             Shader::SramStep,
-            sram_step::variant_sized(slice_bytes, hd, &DType::ALL),
+            sram_step::variant_sized(slice_bytes, sram_step::Dims::head(hd), &DType::ALL),
         ));
     }
     v
@@ -372,7 +372,11 @@ pub fn sram_kernels(
 ) -> Vec<(crate::gpu::Shader, crate::gpu::ShaderVariant)> {
     vec![(
         crate::gpu::Shader::SramStep,
-        sram_step::variant_sized(slice_bytes, cfg.head_dim, &DType::ALL),
+        sram_step::variant_sized(
+            slice_bytes,
+            sram_step::Dims::of(cfg, slice_bytes),
+            &DType::ALL,
+        ),
     )]
 }
 

@@ -18,6 +18,8 @@ pub const PARAMS: usize = REC - 6;
 /// Words of one micro-batch record in the run buffer: n_tokens, pos0,
 /// out_row0, n_out_rows, kv_base, sequence, first token id index, 0.
 pub const MB_WORDS: usize = 8;
+/// Activations one link task carries (6 parameter words each).
+pub const LINK_COPIES: usize = 2;
 /// Threads per task.
 pub const WG: usize = 64;
 /// Polls a waiting task may spend while no task of the dispatch finishes
@@ -71,17 +73,72 @@ pub enum Op {
     HeadNorm = 21,
 }
 
+/// What sizes the interpreter's workgroup memory besides the weight tile:
+/// the head size (attention's scratch) and the widest matmul input row a
+/// decode step stages into workgroup memory (`x_stage` values, a multiple of
+/// 32; 0: none, every product reads x from the activations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub head_dim: usize,
+    pub x_stage: usize,
+}
+
+impl Dims {
+    /// No x staging (the interpreter's smallest footprint).
+    pub fn head(head_dim: usize) -> Dims {
+        Dims {
+            head_dim,
+            x_stage: 0,
+        }
+    }
+
+    /// For the products of `cfg` (inputs of `hidden`, `q_dim` and
+    /// `intermediate` values), as [`Dims::fit`].
+    pub fn of(cfg: &crate::model::LlamaConfig, slice_bytes: usize) -> Dims {
+        let ks = [cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size];
+        Dims::fit(slice_bytes, cfg.head_dim, &ks)
+    }
+
+    /// For a model with matmul input widths `ks` on slices of `slice_bytes`:
+    /// stages the widest input whose row (and block sums) still leaves a
+    /// quarter of the slice for weights; a wider product reads x from the
+    /// activations. (More, smaller weight tiles cost less than unstaged x on
+    /// lavapipe: SmolLM2 on 16 KiB slices, 1536 staged values, 306 ms/token
+    /// against 335 with only 576 staged, one thread.)
+    pub fn fit(slice_bytes: usize, head_dim: usize, ks: &[usize]) -> Dims {
+        let mut best = Dims::head(head_dim);
+        for &k in ks {
+            let d = Dims {
+                head_dim,
+                x_stage: k.div_ceil(32) * 32,
+            };
+            if d.x_stage > best.x_stage && 4 * tile_bytes(slice_bytes, d) >= slice_bytes {
+                best = d;
+            }
+        }
+        best
+    }
+}
+
 /// Bytes of `var<workgroup>` the interpreter uses besides the weight tile
-/// (scores, reductions, a head's q, the task ticket; naga counts each
-/// variable from a 16-byte boundary), for head dimension
-/// `head_dim`.
-pub fn scratch_bytes(head_dim: usize) -> usize {
-    256 * 4 + 64 * 4 + 128 * 4 + 64 * 16 + head_dim.div_ceil(4) * 16 + 16
+/// (scores, reductions, a head's q, the staged x row and its block sums, the
+/// task ticket; naga counts each variable from a 16-byte boundary).
+pub fn scratch_bytes(d: Dims) -> usize {
+    let x4 = (d.x_stage / 4).max(1);
+    let sums = (d.x_stage / 32).max(1);
+    256 * 4
+        + 64 * 4
+        + 128 * 4
+        + 64 * 16
+        + d.head_dim.div_ceil(4) * 16
+        + x4 * 16
+        + sums.div_ceil(4) * 16
+        + 16
 }
 
 /// Bytes of weight tile the slice leaves after the scratch (0 if none).
-pub fn tile_bytes(slice_bytes: usize, head_dim: usize) -> usize {
-    (slice_bytes / 4).saturating_sub(scratch_bytes(head_dim) / 4) * 4
+pub fn tile_bytes(slice_bytes: usize, d: Dims) -> usize {
+    (slice_bytes / 4).saturating_sub(scratch_bytes(d) / 4) * 4
 }
 
 /// The run-time code of a weight encoding (its index in [`DType::ALL`]).
@@ -92,15 +149,12 @@ pub fn encoding(dt: DType) -> u32 {
 /// The smallest weight tile the interpreter is built with (bytes).
 const MIN_TILE: usize = 16;
 
-/// The interpreter for a slice of `slice_bytes`, heads of `head_dim` and
+/// The interpreter for a slice of `slice_bytes`, scratch for `d` and
 /// weights in `encodings`. Errors (naming both sizes) when the scratch
 /// leaves no tile.
-pub fn variant(
-    slice_bytes: usize,
-    head_dim: usize,
-    encodings: &[DType],
-) -> Result<ShaderVariant, String> {
-    let v = variant_sized(slice_bytes, head_dim, encodings);
+pub fn variant(slice_bytes: usize, d: Dims, encodings: &[DType]) -> Result<ShaderVariant, String> {
+    let head_dim = d.head_dim;
+    let v = variant_sized(slice_bytes, d, encodings);
     let bytes = crate::gpu::shader::workgroup_bytes(&Shader::SramStep.source(&v), &v)?;
     if bytes as usize > slice_bytes || head_dim > 256 {
         return Err(format!(
@@ -113,10 +167,14 @@ pub fn variant(
 /// [`variant`] without the check: the tile is what the slice leaves after
 /// the scratch, at least 16 bytes (so naga can measure what a too-small
 /// slice would need).
-pub fn variant_sized(slice_bytes: usize, head_dim: usize, encodings: &[DType]) -> ShaderVariant {
-    let tile = tile_bytes(slice_bytes, head_dim).max(MIN_TILE);
+pub fn variant_sized(slice_bytes: usize, d: Dims, encodings: &[DType]) -> ShaderVariant {
+    let head_dim = d.head_dim;
+    let tile = tile_bytes(slice_bytes, d).max(MIN_TILE);
     let mut v = ShaderVariant::new("main")
         .define(format!("W_WORDS={}", tile / 4))
+        .define(format!("XK4={}", d.x_stage / 4))
+        .define(format!("XK4N={}", (d.x_stage / 4).max(1)))
+        .define(format!("XSN={}", (d.x_stage / 32).max(1)))
         .define(format!("HD={head_dim}"))
         .define(format!("HD4={}", head_dim.div_ceil(4)));
     let mut seen: Vec<DType> = Vec::new();
@@ -154,7 +212,14 @@ mod tests {
 
     #[test]
     fn every_encoding_compiles_into_one_interpreter() {
-        let v = variant(16384, 64, &DType::ALL).unwrap();
+        let d = Dims::fit(16384, 64, &[576, 1536]);
+        assert_eq!(d.x_stage, 1536);
+        assert_eq!(
+            Dims::fit(8192, 64, &[576, 1536]).x_stage,
+            576,
+            "1536 would leave under a quarter"
+        );
+        let v = variant(16384, d, &DType::ALL).unwrap();
         let src = Shader::SramStep.source(&v);
         crate::gpu::shader::validate(&src).unwrap();
         let bytes = crate::gpu::shader::workgroup_bytes(&src, &v).unwrap();
@@ -166,10 +231,10 @@ mod tests {
         crate::gpu::shader::validate(&csrc).unwrap();
         // Odd head sizes too.
         for hd in [6, 8, 18, 256] {
-            let v = variant(16384, hd, &[DType::F32]).unwrap();
+            let v = variant(16384, Dims::head(hd), &[DType::F32]).unwrap();
             crate::gpu::shader::validate(&Shader::SramStep.source(&v)).unwrap();
         }
-        let e = variant(2048, 64, &[DType::F32]).unwrap_err();
+        let e = variant(2048, Dims::head(64), &[DType::F32]).unwrap_err();
         assert!(e.contains("2048-byte slice"), "{e}");
     }
 
@@ -197,7 +262,7 @@ mod tests {
                 t.push(v);
             }
         }
-        let v = variant(16384, 8, &[DType::F32]).unwrap();
+        let v = variant(16384, Dims::head(8), &[DType::F32]).unwrap();
         let pipe = pipeline(&gpu, &v).unwrap();
         let tb = gpu.upload("t", bytemuck::cast_slice(&t)).unwrap();
         let runb = gpu.upload("run", &[0u8; 64]).unwrap();

@@ -154,7 +154,8 @@ pub(super) fn build(
             eprintln!("stage {s} chip {}: {:?} -> {:?}", l.chip, l.work, l.carry);
         }
     }
-    let tile = sram_step::tile_bytes(slice, cfg.head_dim);
+    let dims = sram_step::Dims::of(cfg, slice);
+    let tile = sram_step::tile_bytes(slice, dims);
     let tensor = |n: WeightName| w.get(n).ok_or(SramBuildError::MissingWeight(n));
     let mut img = Image::default();
     let mut ar = Arenas {
@@ -387,21 +388,32 @@ pub(super) fn build(
     }
 
     // The links: after stage k, each live activation's valid columns go
-    // from stage k's region straight into stage k + 1's.
+    // from stage k's region straight into stage k + 1's; one task carries
+    // LINK_COPIES activations (a task's fixed cost is most of a small copy).
     let mut link_codes = Vec::new();
     let mut link_counts = Vec::new();
     for l in &program.links {
-        let mut params = Vec::new();
+        let mut params: Vec<[u32; sram_step::PARAMS]> = Vec::new();
         let mut counts = Vec::new();
-        for c in &l.copies {
+        for (i, c) in l.copies.iter().enumerate() {
             let a = c.act;
             let src = ar.act(c.from_stage, a, cfg, mb) + u(c.cols.0);
             let dst = ar.act(c.to_stage, a, cfg, mb) + u(c.cols.0);
             let aw = u(a.width(cfg));
             let out_rows = a == Act::Logits;
-            let mut p = [0u32; sram_step::PARAMS];
-            p[..6].copy_from_slice(&[src, aw, dst, aw, u(c.values()), u32::from(out_rows)]);
-            params.push(p);
+            let slot = i % sram_step::LINK_COPIES;
+            if slot == 0 {
+                params.push([0; sram_step::PARAMS]);
+            }
+            let p = params.last_mut().expect("pushed above");
+            p[6 * slot..6 * slot + 6].copy_from_slice(&[
+                src,
+                aw,
+                dst,
+                aw,
+                u(c.values()),
+                u32::from(out_rows),
+            ]);
             // A copy between two stages of one chip is no link traffic.
             if !c.is_local() {
                 counts.push(LinkCount {
@@ -486,8 +498,8 @@ pub(super) fn build(
     let counters_buf = gpu.storage_buffer("sram.counters", (COUNTERS0 * 4) as u64)?;
     let results_len = (2 * topk::MAX_K).max(2 * batch);
     let results = gpu.storage_buffer("sram.results", (results_len * 4) as u64)?;
-    let mut variant = sram_step::variant(slice, cfg.head_dim, &encodings)
-        .map_err(SramBuildError::KernelOverSlice)?;
+    let mut variant =
+        sram_step::variant(slice, dims, &encodings).map_err(SramBuildError::KernelOverSlice)?;
     if gpu.level.coherent {
         variant = variant.define("COHERENT");
     }

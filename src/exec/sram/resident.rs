@@ -331,7 +331,8 @@ mod tests {
         use crate::gpu::Shader;
         use crate::model::DType;
         for (slice, hd) in [(16384, 64), (65536, 8), (16384, 18)] {
-            let v = sram_step::variant(slice, hd, &DType::ALL).unwrap();
+            let d = sram_step::Dims::fit(slice, hd, &[576, 1536]);
+            let v = sram_step::variant(slice, d, &DType::ALL).unwrap();
             let mut r = v.clone().define("RESIDENT");
             r.entry = "resident";
             for c in [false, true] {
