@@ -38,6 +38,10 @@
 @group(0) @binding(4) var<storage, read_write> KV: array<f32>;  // KV cache, per chip block
 #endif
 @group(0) @binding(5) var<storage, read_write> C: array<atomic<u32>>; // [0] stall flag, [1] progress, [2] ticket, nodes
+// Words per counter: each on a cache line of its own, so a thread polling
+// one counter does not contend with the writes to the others
+// (kernels::sram_step::COUNTER_WORDS).
+const CW: u32 = 16u;
 @group(0) @binding(6) var<storage, read_write> R: array<u32>;   // token ids / logits out
 
 var<workgroup> W: array<u32, {{W_WORDS}}>;
@@ -58,6 +62,11 @@ var<workgroup> XS: array<f32, {{XSN}}>;
 var<private> TOK: u32;
 var<private> KEEP: bool;
 var<private> XSTAGED: bool;
+#ifdef SG
+// This thread's subgroup size and lane (lib/reduce).
+var<private> SG_SIZE: u32;
+var<private> SG_LANE: u32;
+#endif
 
 const WG: u32 = 64u;
 const HD: u32 = {{HD}}u;
@@ -782,12 +791,12 @@ fn spin_until(c: u32, want: u32, st: ptr<function, vec2<u32>>) {
         // A read-modify-write: lavapipe hoists a relaxed atomicLoad out of
         // this loop (gpu::litmus), so a wait on a workgroup running at the
         // same time would never see it finish.
-        if (atomicOr(&C[c], 0u) >= want) {
+        if (atomicOr(&C[CW * c], 0u) >= want) {
             break;
         }
         (*st).x++;
         if (((*st).x & 255u) == 0u) {
-            let now = atomicOr(&C[1], 0u);
+            let now = atomicOr(&C[CW], 0u);
             if (now != (*st).y) {
                 (*st).y = now;
                 (*st).x = 0u;
@@ -804,7 +813,7 @@ fn spin_until(c: u32, want: u32, st: ptr<function, vec2<u32>>) {
 // target (all earlier tasks), bounded as spin_until.
 fn wait_deps(dep_off: u32, dep_n: u32, lid: u32) {
     if (lid == 0u) {
-        var st = vec2<u32>(0u, atomicOr(&C[1], 0u));
+        var st = vec2<u32>(0u, atomicOr(&C[CW], 0u));
         for (var d = 0u; d < dep_n; d++) {
             let c = T[dep_off + 2u * d];
             let want = T[dep_off + 2u * d + 1u] * (TOK + 1u);
@@ -829,13 +838,25 @@ fn wait_deps(dep_off: u32, dep_n: u32, lid: u32) {
 var<workgroup> ticket: u32;
 
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#ifdef SG
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+#endif
+) {
+#ifdef SG
+    SG_SIZE = sg_size;
+    SG_LANE = sg_lane;
+#endif
     // By workgroup id the index needs no barrier (a barrier is a large part
     // of a small task's cost on lavapipe).
     var ti = wid.y * nwg.x + wid.x;
     if (T[15] == 1u) {
         if (lid == 0u) {
-            ticket = atomicAdd(&C[2], 1u);
+            ticket = atomicAdd(&C[2u * CW], 1u);
         }
         ti = workgroupUniformLoad(&ticket);
     }
@@ -873,8 +894,8 @@ fn run_task(ti: u32, lid: u32) {
     // Publish this task's writes (a control barrier), then count it done.
     storageBarrier();
     if (lid == 0u) {
-        atomicAdd(&C[t.node], 1u);
-        atomicAdd(&C[1], 1u);
+        atomicAdd(&C[CW * t.node], 1u);
+        atomicAdd(&C[CW], 1u);
     }
 }
 
@@ -906,7 +927,18 @@ const RES_TOKENS: u32 = 13u;
 const RES_TAIL: u32 = 14u;
 
 @compute @workgroup_size(64)
-fn resident(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn resident(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#ifdef SG
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+#endif
+) {
+#ifdef SG
+    SG_SIZE = sg_size;
+    SG_LANE = sg_lane;
+#endif
     let l = T[RES_LISTS] + 3u * wid.x;
     let off = T[l];
     let len = T[l + 1u];
@@ -936,7 +968,7 @@ fn resident(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
 // Thread 0 waits until token tok - 1's arg-max is done (bounded as wait_deps).
 fn wait_tail(tok: u32, lid: u32) {
     if (lid == 0u) {
-        var st = vec2<u32>(0u, atomicOr(&C[1], 0u));
+        var st = vec2<u32>(0u, atomicOr(&C[CW], 0u));
         spin_until(T[RES_TAIL], tok, &st);
     }
     storageBarrier();

@@ -18,6 +18,10 @@ pub const PARAMS: usize = REC - 6;
 /// Words of one micro-batch record in the run buffer: n_tokens, pos0,
 /// out_row0, n_out_rows, kv_base, sequence, first token id index, 0.
 pub const MB_WORDS: usize = 8;
+/// Words per completion counter in the counter buffer (64 bytes: one cache
+/// line each, so a poll of one counter does not contend with the writes to
+/// another; `CW` in the WGSL).
+pub const COUNTER_WORDS: usize = 16;
 /// Activations one link task carries (6 parameter words each).
 pub const LINK_COPIES: usize = 2;
 /// Threads per task.
@@ -229,6 +233,11 @@ mod tests {
         let csrc = Shader::SramStep.source(&c);
         assert!(csrc.contains("@coherent"));
         crate::gpu::shader::validate(&csrc).unwrap();
+        // With subgroup reductions (adapters with subgroups).
+        let g = c.clone().define("SG");
+        let gsrc = Shader::SramStep.source(&g);
+        assert!(gsrc.contains("subgroupAdd"));
+        crate::gpu::shader::validate(&gsrc).unwrap();
         // Odd head sizes too.
         for hd in [6, 8, 18, 256] {
             let v = variant(16384, Dims::head(hd), &[DType::F32]).unwrap();
@@ -270,7 +279,7 @@ mod tests {
         let a = gpu.storage_buffer("a", 64).unwrap();
         let kv = gpu.storage_buffer("kv", 64).unwrap();
         let c = gpu
-            .storage_buffer("c", (4 * (n + FIRST_NODE)) as u64)
+            .storage_buffer("c", (4 * COUNTER_WORDS * (n + FIRST_NODE)) as u64)
             .unwrap();
         let r = gpu.storage_buffer("r", 64).unwrap();
         let op = crate::kernels::KernelOp::new(
@@ -284,9 +293,10 @@ mod tests {
         let step = gpu.uniform("step", &crate::kernels::Step::default());
         run(&gpu, &step, crate::kernels::Step::default(), &[&op]);
         let bytes = gpu
-            .read_storage(&c, (4 * (n + FIRST_NODE)) as u64)
+            .read_storage(&c, (4 * COUNTER_WORDS * (n + FIRST_NODE)) as u64)
             .expect("readback");
-        Some(bytemuck::cast_slice(&bytes).to_vec())
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        Some(words.iter().step_by(COUNTER_WORDS).copied().collect())
     }
 
     #[test]

@@ -495,13 +495,20 @@ pub(super) fn build(
         "sram.run",
         ((max_mbs * sram_step::MB_WORDS + ctx.max(batch)) * 4) as u64,
     )?;
-    let counters_buf = gpu.storage_buffer("sram.counters", (COUNTERS0 * 4) as u64)?;
+    let counters_buf = gpu.storage_buffer(
+        "sram.counters",
+        (COUNTERS0 * 4 * sram_step::COUNTER_WORDS) as u64,
+    )?;
     let results_len = (2 * topk::MAX_K).max(2 * batch);
     let results = gpu.storage_buffer("sram.results", (results_len * 4) as u64)?;
     let mut variant =
         sram_step::variant(slice, dims, &encodings).map_err(SramBuildError::KernelOverSlice)?;
     if gpu.level.coherent {
         variant = variant.define("COHERENT");
+    }
+    // Reductions by subgroup where the adapter has them (lib/reduce).
+    if gpu.level.subgroups {
+        variant = variant.define("SG");
     }
     let pipeline = sram_step::pipeline(&gpu, &variant)?;
     let resident_variant = variant.clone();

@@ -76,7 +76,9 @@ impl SramExecutor {
         );
         if t.n_counters > self.counters_len {
             let n = t.n_counters.next_power_of_two();
-            self.counters_buf = self.gpu.storage_buffer("sram.counters", (n * 4) as u64)?;
+            self.counters_buf = self
+                .gpu
+                .storage_buffer("sram.counters", (n * 4 * sram_step::COUNTER_WORDS) as u64)?;
             self.counters_len = n;
             self.tables.clear();
         }
@@ -238,7 +240,11 @@ impl SramExecutor {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("sram run"),
             });
-        e.clear_buffer(&self.counters_buf, 0, Some((table.n_counters * 4) as u64));
+        e.clear_buffer(
+            &self.counters_buf,
+            0,
+            Some((table.n_counters * 4 * sram_step::COUNTER_WORDS) as u64),
+        );
         {
             let tw = self
                 .profiler

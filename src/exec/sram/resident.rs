@@ -189,7 +189,9 @@ impl SramExecutor {
 
         if t.n_counters > self.counters_len {
             let c = t.n_counters.next_power_of_two();
-            self.counters_buf = self.gpu.storage_buffer("sram.counters", (c * 4) as u64)?;
+            self.counters_buf = self
+                .gpu
+                .storage_buffer("sram.counters", (c * 4 * sram_step::COUNTER_WORDS) as u64)?;
             self.counters_len = c;
             self.tables.clear();
         }
@@ -249,7 +251,11 @@ impl SramExecutor {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("sram resident"),
             });
-        e.clear_buffer(&self.counters_buf, 0, Some((t.n_counters * 4) as u64));
+        e.clear_buffer(
+            &self.counters_buf,
+            0,
+            Some((t.n_counters * 4 * sram_step::COUNTER_WORDS) as u64),
+        );
         {
             let mut pass = e.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("sram_step resident"),
@@ -337,7 +343,7 @@ mod tests {
             r.entry = "resident";
             for c in [false, true] {
                 let r = if c {
-                    r.clone().define("COHERENT")
+                    r.clone().define("COHERENT").define("SG")
                 } else {
                     r.clone()
                 };
