@@ -107,10 +107,28 @@ struct Task {
     n_out: u32,
     seq: u32,
     ids0: u32,
+    rows: u32, // 0, or where the rows' (sequence, position) pairs start in Run
 }
 
 fn prm(t: Task, i: u32) -> u32 {
     return T[t.base + i];
+}
+
+// Row tt's position and KV-cache sequence: consecutive positions of one
+// sequence, or (a decode round with several sequences in a micro-batch)
+// the row's own pair.
+fn tok_pos(t: Task, tt: u32) -> u32 {
+    if (t.rows != 0u) {
+        return Run[t.rows + 2u * (t.ids0 + tt) + 1u] + TOK;
+    }
+    return t.pos0 + tt;
+}
+
+fn tok_seq(t: Task, tt: u32) -> u32 {
+    if (t.rows != 0u) {
+        return Run[t.rows + 2u * (t.ids0 + tt)];
+    }
+    return t.seq;
 }
 
 // Chunk c4 of the activation row starting at element xb (zero past k);
@@ -492,7 +510,8 @@ fn op_rope_q(t: Task, lid: u32) {
     let nh = T[4];
     let half = HD / 2u;
     for (var tt = 0u; tt < t.n_tok; tt++) {
-        let pos = t.pos0 + tt;
+        let pos = tok_pos(t, tt);
+        let seq = tok_seq(t, tt);
         for (var p = lid; p < nh * half; p += WG) {
             let head = p / half;
             let i = p % half;
@@ -528,14 +547,15 @@ fn op_kv_write(t: Task, lid: u32) {
     let half = HD / 2u;
     let nh = h1 - h0;
     for (var tt = 0u; tt < t.n_tok; tt++) {
-        let pos = t.pos0 + tt;
+        let pos = tok_pos(t, tt);
+        let seq = tok_seq(t, tt);
         if (pos < p0 || pos >= p1) {
             continue;
         }
         for (var p = lid; p < nh * HD; p += WG) {
             let h = h0 + p / HD;
             let d = p % HD;
-            KV[kv_cell(vr, t.seq, pos, h, p0, p1, h0, h1) + d] = A[v_off + tt * kv_dim + h * HD + d];
+            KV[kv_cell(vr, seq, pos, h, p0, p1, h0, h1) + d] = A[v_off + tt * kv_dim + h * HD + d];
         }
         for (var p = lid; p < nh * half; p += WG) {
             let h = h0 + p / half;
@@ -543,7 +563,7 @@ fn op_kv_write(t: Task, lid: u32) {
             let pr = rope_pair(T[8], HD, i);
             let b = k_off + tt * kv_dim + h * HD;
             let r = rope_rotate(A[b + pr.x], A[b + pr.y], cos_sin(tab, pos, i));
-            let c = kv_cell(kr, t.seq, pos, h, p0, p1, h0, h1);
+            let c = kv_cell(kr, seq, pos, h, p0, p1, h0, h1);
             KV[c + pr.x] = r.x;
             KV[c + pr.y] = r.y;
         }
@@ -598,15 +618,16 @@ fn op_attn(t: Task, lid: u32) {
     let kvh = h / (n_heads / T[5]);
     let pstride = (h1 - h0) * HD;
     for (var tt = 0u; tt < t.n_tok; tt++) {
-        let pos = t.pos0 + tt;
+        let pos = tok_pos(t, tt);
+        let seq = tok_seq(t, tt);
         let qb = q_off + tt * n_heads * HD + h * HD;
         for (var i = lid; i < HD4; i += WG) {
             qs[i] = a4(qb, i);
         }
         workgroupBarrier();
         let r = key_range(pos, p0, p1, prm(t, 11u), kvh >= h0 && kvh < h1);
-        let kb = kv_cell(kr, t.seq, r.x, kvh, p0, p1, h0, h1);
-        let vb = kv_cell(vr, t.seq, r.x, kvh, p0, p1, h0, h1);
+        let kb = kv_cell(kr, seq, r.x, kvh, p0, p1, h0, h1);
+        let vb = kv_cell(vr, seq, r.x, kvh, p0, p1, h0, h1);
         let st = attend(Keys(r.x, r.y, kb, vb, pstride, pos), scale, lid);
         let ob = att_off + tt * n_heads * HD + h * HD;
         let sb = st_off + (tt * n_heads + h) * (2u + HD);
@@ -740,12 +761,21 @@ fn op_link(t: Task, lid: u32) {
 
 #include select with LOGITS=A
 
-// Greedy pick over the last logit row (argmax.wgsl; lib/select).
-// p: logits_off, vocab, out word
+// Greedy pick over the last logit row (argmax.wgsl; lib/select), or with
+// p3 = 1 over row t.sub. p: logits_off, vocab, out word, per row
 fn op_argmax(t: Task, lid: u32) {
     let vocab = prm(t, 1u);
-    let o = prm(t, 2u) + 2u * TOK;
-    let base = prm(t, 0u) + (t.n_out - 1u) * vocab;
+    var row = t.n_out - 1u;
+    var o = prm(t, 2u) + 2u * TOK;
+    if (prm(t, 3u) == 1u) {
+        // p3 = 1: one task per row (row t.sub, into pair p2 / 2 + t.sub).
+        if (t.sub >= t.n_out) {
+            return;
+        }
+        row = t.sub;
+        o += 2u * t.sub;
+    }
+    let base = prm(t, 0u) + row * vocab;
     let w = pick_words(pick_after(base, vocab, 0.0, NONE, lid), 0u);
     if (lid == 0u) {
         R[o] = w.x;
@@ -873,7 +903,7 @@ fn run_task(ti: u32, lid: u32) {
     let r = HDR + ti * REC;
     let mb = T[r + 1u];
     let m = 8u * mb;
-    let t = Task(T[r], mb, T[r + 2u], T[r + 5u], r + 6u, Run[m], Run[m + 1u] + TOK, Run[m + 2u], Run[m + 3u], Run[m + 5u], Run[m + 6u]);
+    let t = Task(T[r], mb, T[r + 2u], T[r + 5u], r + 6u, Run[m], Run[m + 1u] + TOK, Run[m + 2u], Run[m + 3u], Run[m + 5u], Run[m + 6u], Run[m + 7u]);
     wait_deps(T[r + 3u], T[r + 4u], lid);
     switch t.op {
         case OP_EMBED: { op_embed(t, lid); }

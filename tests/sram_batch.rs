@@ -34,8 +34,10 @@ fn three_sequences_decoded_together_match_their_references() {
     .unwrap();
     let chips = plan.totals.chips_used;
     assert!(chips > 10);
-    // Both ways of picking tasks (by workgroup id, by ticket).
-    for order in [TaskOrder::Index, TaskOrder::Ticket] {
+    // Both ways of picking tasks (by workgroup id, by ticket); the three
+    // sequences as one micro-batch of three rows, or as micro-batches of two
+    // rows and one.
+    for (order, microbatch) in [(TaskOrder::Index, 8), (TaskOrder::Ticket, 2)] {
         let mut exec = SramExecutor::new(
             gpu.clone(),
             &m.config,
@@ -45,7 +47,7 @@ fn three_sequences_decoded_together_match_their_references() {
                 image_split_bytes: None,
                 task_order: Some(order),
                 context: Some(ctx),
-                microbatch: 8,
+                microbatch,
                 batch,
             },
         )
@@ -75,11 +77,13 @@ fn three_sequences_decoded_together_match_their_references() {
                 p.key
             );
         }
-        // B micro-batches through S stages: B + S - 1 pipeline steps per round.
+        // M = ceil(B / micro-batch) micro-batches through S stages: M + S - 1
+        // pipeline steps per round, one arg-max per sequence.
         let stats = exec.sram_stats();
         assert_eq!(stats.pipeline_stages, plan.stages.len());
         assert!(plan.stages.len() >= chips);
-        assert_eq!(stats.pipeline_steps_last, batch + plan.stages.len() - 1);
+        let m = batch.div_ceil(microbatch);
+        assert_eq!(stats.pipeline_steps_last, m + plan.stages.len() - 1);
     }
     // A plan for fewer sequences is refused.
     let mut small = PlaceOptions::for_config(&m.config);

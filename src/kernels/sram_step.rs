@@ -16,7 +16,9 @@ pub const HDR: usize = 16;
 pub const REC: usize = 20;
 pub const PARAMS: usize = REC - 6;
 /// Words of one micro-batch record in the run buffer: n_tokens, pos0,
-/// out_row0, n_out_rows, kv_base, sequence, first token id index, 0.
+/// out_row0, n_out_rows, kv_base, sequence, first token id index, and 0 or
+/// (several sequences, one row each) where the rows' (sequence, position)
+/// pairs start.
 pub const MB_WORDS: usize = 8;
 /// Words per completion counter in the counter buffer (64 bytes: one cache
 /// line each, so a poll of one counter does not contend with the writes to
@@ -46,6 +48,10 @@ pub mod hdr {
     pub const PAIR_LAYOUT: usize = 8;
     /// Words of the images in the first image binding (the rest in the second).
     pub const IMG_SPLIT: usize = 9;
+    /// Word offset in the run buffer of the per-row (sequence, position)
+    /// pairs of a decode round whose micro-batches hold several sequences
+    /// (a micro-batch record's last word points here, 0: one sequence).
+    pub const ROWS_BASE: usize = 10;
     /// Resident mode (`RES_*` in the WGSL): offset of the per-workgroup
     /// task lists, tokens to decode, the arg-max's counter (one task).
     pub const RES_LISTS: usize = 12;

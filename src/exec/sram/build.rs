@@ -491,9 +491,10 @@ pub(super) fn build(
     let kv = gpu.storage_buffer("sram.kv_cache", (ar.kv_words.max(1) * 4) as u64)?;
     let kv_bytes = (ar.kv_words * 4) as u64;
     let max_mbs = ctx.max(batch);
+    // Micro-batch records, token ids, then per-row (sequence, position).
     let run_buf = gpu.storage_buffer(
         "sram.run",
-        ((max_mbs * sram_step::MB_WORDS + ctx.max(batch)) * 4) as u64,
+        ((max_mbs * sram_step::MB_WORDS + ctx.max(batch) + 2 * batch) * 4) as u64,
     )?;
     let counters_buf = gpu.storage_buffer(
         "sram.counters",
@@ -515,6 +516,7 @@ pub(super) fn build(
     let mut header = [0u32; sram_step::HDR];
     header[hdr::SPIN_LIMIT] = sram_step::SPIN_LIMIT;
     header[hdr::IDS_BASE] = u(max_mbs * sram_step::MB_WORDS);
+    header[hdr::ROWS_BASE] = u(max_mbs * sram_step::MB_WORDS + ctx.max(batch));
     header[hdr::ROPE_OFF] = u(rope_off);
     header[hdr::N_HEADS] = u(cfg.num_heads);
     header[hdr::N_KV_HEADS] = u(cfg.num_kv_heads);

@@ -128,6 +128,9 @@ struct TableKey {
     m: usize,
     rb: ReadoutKind,
     per_mb: bool,
+    /// Rows of each micro-batch in a decode round whose micro-batches hold
+    /// several sequences (one row each); 0 otherwise.
+    rows: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -198,6 +201,7 @@ pub struct ChipStats {
 /// position `pos0` of the sequence whose KV cache starts at row `kv_base`.
 #[derive(Clone, Copy, Debug)]
 struct Mb {
+    /// First row (index into the step's ids).
     start: usize,
     len: usize,
     pos0: usize,
@@ -301,8 +305,11 @@ impl SramExecutor {
     }
 
     /// One greedy decode step for every sequence at once: `tokens[s]` is
-    /// sequence s's last token. The sequences are the pipeline's micro-batches,
-    /// so in each pipeline step different chips work on different sequences.
+    /// sequence s's last token. The sequences go through the pipeline as
+    /// micro-batches of up to the plan's micro-batch rows, one row per
+    /// sequence with its own position and KV cache: a chip stages its
+    /// weights once for all the rows of a micro-batch, and in each pipeline
+    /// step different chips work on different micro-batches.
     pub fn decode_all(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ExecError> {
         if tokens.len() != self.pos.len() {
             return Err(ExecError::BatchMismatch {
@@ -318,15 +325,20 @@ impl SramExecutor {
                 self.cfg.vocab_size,
             )?;
         }
+        let g = self.mb.clamp(1, tokens.len());
         let mbs: Vec<Mb> = (0..tokens.len())
-            .map(|s| Mb {
-                start: s,
-                len: 1,
-                pos0: self.pos[s],
-                kv_base: s * self.ctx,
+            .step_by(g)
+            .map(|start| Mb {
+                start,
+                len: (tokens.len() - start).min(g),
+                pos0: 0,
+                kv_base: 0,
             })
             .collect();
-        let out = self.run(tokens, &mbs, Readback::Argmax, true)?;
+        let rows: Vec<(u32, u32)> = (0..tokens.len())
+            .map(|s| (s as u32, self.pos[s] as u32))
+            .collect();
+        let out = self.run_rows(tokens, &mbs, Readback::Argmax, true, &rows)?;
         for p in &mut self.pos {
             *p += 1;
         }

@@ -12,22 +12,29 @@ use crate::kernels::{topk, KernelClass};
 
 impl SramExecutor {
     /// Micro-batch `j`'s record (`sram_step::MB_WORDS` words): tokens,
-    /// position, logit rows, KV-cache base and sequence, first token id.
+    /// position, logit rows, KV-cache base and sequence, first token id, and
+    /// (`per_row`: one row per sequence) where the rows' pairs are.
     pub(super) fn mb_record(
         &self,
         mbs: &[Mb],
         j: usize,
         rb: Readback,
         per_mb: bool,
+        per_row: bool,
     ) -> [u32; MB_WORDS] {
         let m = mbs.len();
         let len = mbs[j].len;
-        let (out_row0, n_out_rows) = if rb == Readback::AllLogits {
+        let (out_row0, n_out_rows) = if rb == Readback::AllLogits || per_row {
             (0, len)
         } else if j == m - 1 || per_mb {
             (len - 1, 1)
         } else {
             (0, 0)
+        };
+        let rows = if per_row {
+            self.header[sram_step::hdr::ROWS_BASE]
+        } else {
+            0
         };
         [
             len as u32,
@@ -37,7 +44,7 @@ impl SramExecutor {
             mbs[j].kv_base as u32,
             (mbs[j].kv_base / self.ctx) as u32,
             mbs[j].start as u32,
-            0,
+            rows,
         ]
     }
 
@@ -47,6 +54,12 @@ impl SramExecutor {
         let l = self.logits_off as u32;
         let final_mb = j + 1 == key.m;
         match key.rb {
+            // One arg-max per row, row r of micro-batch j into pair j·rows + r.
+            ReadoutKind::Argmax if key.rows > 0 => Some(Code::shared(
+                Op::Argmax,
+                &[l, vocab, (2 * j * key.rows) as u32, 1],
+                key.rows as u32,
+            )),
             ReadoutKind::Argmax if key.per_mb => {
                 Some(Code::one(Op::Argmax, &[l, vocab, 2 * j as u32]))
             }
@@ -144,6 +157,21 @@ impl SramExecutor {
         rb: Readback,
         per_mb: bool,
     ) -> Result<StepOutput, ExecError> {
+        self.run_rows(ids, mbs, rb, per_mb, &[])
+    }
+
+    /// As [`run`](Self::run); with `rows` (a decode round: per row, its
+    /// sequence and position) each micro-batch holds several sequences, one
+    /// row each, and every row gets its own arg-max.
+    pub(super) fn run_rows(
+        &mut self,
+        ids: &[u32],
+        mbs: &[Mb],
+        rb: Readback,
+        per_mb: bool,
+        rows: &[(u32, u32)],
+    ) -> Result<StepOutput, ExecError> {
+        let per_row = !rows.is_empty();
         let vocab = self.cfg.vocab_size;
         self.counters.steps += 1;
         let n = ids.len();
@@ -165,13 +193,25 @@ impl SramExecutor {
             m,
             rb: kind,
             per_mb,
+            rows: if per_row {
+                mbs.iter().map(|b| b.len).max().unwrap_or(1)
+            } else {
+                0
+            },
         };
         self.table(key)?;
 
         // The micro-batch records and token ids.
         let mut run: Vec<u32> = Vec::with_capacity(m * MB_WORDS);
         for j in 0..m {
-            run.extend(self.mb_record(mbs, j, rb, per_mb));
+            run.extend(self.mb_record(mbs, j, rb, per_mb, per_row));
+        }
+        if per_row {
+            let pairs: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s, p]).collect();
+            let base = self.header[sram_step::hdr::ROWS_BASE] as u64 * 4;
+            self.gpu
+                .queue
+                .write_buffer(&self.run_buf, base, bytemuck::cast_slice(&pairs));
         }
         let ids_base = self.header[sram_step::hdr::IDS_BASE] as u64 * 4;
         self.gpu
@@ -218,6 +258,7 @@ impl SramExecutor {
         }
 
         let read_len: u64 = match rb {
+            _ if per_row => (n * 8) as u64,
             _ if per_mb => (m * 8) as u64,
             Readback::Argmax => 8,
             Readback::TopK(_) => {

@@ -153,6 +153,7 @@ impl SramExecutor {
             m: 1,
             rb: ReadoutKind::Argmax,
             per_mb: false,
+            rows: 0,
         };
         let tails = vec![self.tail(&key, 0)];
         let t = schedule::build_groups(
@@ -214,7 +215,7 @@ impl SramExecutor {
             pos0: pos,
             kv_base: seq * self.ctx,
         }];
-        let run = self.mb_record(&mbs, 0, crate::exec::Readback::Argmax, false);
+        let run = self.mb_record(&mbs, 0, crate::exec::Readback::Argmax, false, false);
         let ids_base = self.header[hdr::IDS_BASE] as u64 * 4;
         self.gpu
             .queue
