@@ -33,25 +33,29 @@ fn names(m: &Model) -> Option<Vec<String>> {
     Some(e.ops().iter().map(|(n, _)| n.to_string()).collect())
 }
 
+/// The dispatches of one Llama layer whose q|k|v and gate|up stack (names
+/// after the layer prefix; each product twice, see `expect`).
+const LLAMA_LAYER: [&str; 13] = [
+    "attn_norm",
+    "wqkv",
+    "wqkv",
+    "rope",
+    "attention",
+    "rope_attention",
+    "wo",
+    "wo",
+    "ffn_norm",
+    "w_gate_up",
+    "w_gate_up",
+    "w_down",
+    "w_down",
+];
+
 #[test]
 fn llama_layer_is_five_decode_dispatches() {
     let m = model::load(&model::default_model_path()).unwrap();
     let Some(got) = names(&m) else { return };
-    let layer = [
-        "attn_norm",
-        "wqkv",
-        "wqkv",
-        "rope",
-        "attention",
-        "rope_attention",
-        "wo",
-        "wo",
-        "ffn_norm",
-        "w_gate_up",
-        "w_gate_up",
-        "w_down",
-        "w_down",
-    ];
+    let layer = LLAMA_LAYER;
     assert_eq!(got, expect(&vec![&layer[..]; m.config.num_layers]));
     // Decoding: q|k|v, rope+attention, o, gate|up, down per layer, and the
     // embedding, the lm_head and the argmax (stories260K: 28).
@@ -153,21 +157,7 @@ fn mixed_encodings_run_separate_products() {
         "w_down",
         "w_down",
     ];
-    let one = [
-        "attn_norm",
-        "wqkv",
-        "wqkv",
-        "rope",
-        "attention",
-        "rope_attention",
-        "wo",
-        "wo",
-        "ffn_norm",
-        "w_gate_up",
-        "w_gate_up",
-        "w_down",
-        "w_down",
-    ];
+    let one = LLAMA_LAYER;
     assert_eq!(got, expect(&[&layer, &one]));
 }
 
