@@ -628,16 +628,20 @@ fn op_attn(t: Task, lid: u32) {
         let r = key_range(pos, p0, p1, prm(t, 11u), kvh >= h0 && kvh < h1);
         let kb = kv_cell(kr, seq, r.x, kvh, p0, p1, h0, h1);
         let vb = kv_cell(vr, seq, r.x, kvh, p0, p1, h0, h1);
-        let st = attend(Keys(r.x, r.y, kb, vb, pstride, pos), scale, lid);
         let ob = att_off + tt * n_heads * HD + h * HD;
         let sb = st_off + (tt * n_heads + h) * (2u + HD);
+        // The running state, read before thread 0 rewrites it below: the
+        // barriers inside `attend` order the two (none when no key is here).
         var m0 = -3.0e38;
         var l0 = 0.0;
         if (init == 0u) {
             m0 = A[sb];
             l0 = A[sb + 1u];
         }
-        workgroupBarrier();
+        let st = attend(Keys(r.x, r.y, kb, vb, pstride, pos), scale, lid);
+        if (r.x == r.y) {
+            workgroupBarrier();
+        }
         let m_new = max(m0, st.m);
         var a = 0.0;
         if (l0 > 0.0) {
@@ -668,7 +672,9 @@ fn op_attn(t: Task, lid: u32) {
             A[sb] = m_new;
             A[sb + 1u] = l_new;
         }
-        workgroupBarrier(); // qs and the state are reused for the next token
+        if (tt + 1u < t.n_tok) {
+            workgroupBarrier(); // qs, sc, vpart and the state are reused for the next token
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 // (lib/reduce), then the WG threads split as G = WG / HD4 position groups ×
 // HD4 vec4 lanes add p · V[j, .] for their positions and the groups are
 // summed; a running softmax (max, sum) carries across chunks of CHUNK
-// positions.
+// positions. The last chunk ends without a barrier: a caller that reuses
+// sc or vpart after `attend` puts one first.
 // Expects consts WG, HD, HD4, CHUNK, NA (output dims per thread), G;
 // workgroup arrays qs (the query, HD4 vec4), sc (CHUNK f32), vpart (WG vec4)
 // and red (lib/reduce); and from the including shader key4(s, p, i) and
@@ -94,7 +95,9 @@ fn attend(s: Keys, scale: f32, lid: u32) -> Attend {
         }
         acc = acc * corr + a;
         m_run = m_new;
-        workgroupBarrier(); // sc and vpart are rewritten by the next chunk
+        if (c0 + CHUNK < s.end) {
+            workgroupBarrier(); // sc and vpart are rewritten by the next chunk
+        }
     }
     return Attend(m_run, l_run, acc);
 }
