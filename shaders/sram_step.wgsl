@@ -410,10 +410,11 @@ fn op_norm(t: Task, lid: u32) {
 
 // One row tile of a matmul (sram_matmul): Y[t, r] (+)= X[t] · W[r] for the
 // tile's rows, weights from the slice only; a thread per row (per row and
-// token). A one-token step whose row fits XN stages x there, under the
-// barrier that publishes the weights; rows of whole 32-weight blocks then
-// take the block dot (lib/sram_dot row_dot_staged), Q4_1 with the staged
-// block sums XS (lib/q41x), as the VRAM matmul's decode path.
+// token). Where the input row fits XN, each token's x is staged there in
+// turn (the first under the barrier that publishes the weights): the
+// weights are decoded once per token from the slice, rows of whole 32-weight
+// blocks take the block dot (lib/sram_dot row_dot_staged), Q4_1 with the
+// staged block sums XS (lib/q41x), as the VRAM matmul's decode path.
 // p: enc, block byte, block row0, block row_end, rows per tile, row_bytes,
 //    k, n (Y stride), x_off, y_off, flags (1 accumulate, 2 logit rows)
 fn op_mat(t: Task, lid: u32) {
@@ -438,47 +439,84 @@ fn op_mat(t: Task, lid: u32) {
         x_row0 = t.out_row0;
     }
     let k4n = (k + 3u) / 4u;
-    let staged = n_tok == 1u && k4n <= XK4;
-    let blocks = staged && (k & 31u) == 0u;
-    let q41 = blocks && enc == 5u;
-    if (staged) {
-        let xb = x_off + x_row0 * k;
-        for (var c = lid; c < k4n; c += WG) {
-            XN[c] = xload(xb, c, k);
+    let shift = byte0 & 3u;
+    if (k4n > XK4) {
+        // x read from the activations, every (row, token) at once.
+        stage(byte0, rows * row_bytes, lid);
+        let items = rows * n_tok;
+        for (var it = lid; it < items; it += WG) {
+            let r = it % rows;
+            let tt = it / rows;
+            let acc = row_dot_any(enc, shift + r * row_bytes, x_off + (x_row0 + tt) * k, k);
+            mat_out(y_off + tt * n + r0 + r, acc, flags);
         }
-        if (q41) {
-            for (var b = lid; b < k / 32u; b += WG) {
-                var v = 0.0;
-                for (var i = 0u; i < 32u; i++) {
-                    v += A[xb + 32u * b + i];
-                }
-                XS[b] = v;
+        return;
+    }
+    // Token by token: its x row into XN (the first under the weights'
+    // barrier), then the tile's rows against it. (One token: no loop around
+    // the barriers, which lavapipe runs much slower.)
+    let blocks = (k & 31u) == 0u;
+    let q41 = blocks && enc == 5u;
+    let xb0 = x_off + x_row0 * k;
+    stage_x(xb0, k, q41, lid);
+    stage(byte0, rows * row_bytes, lid);
+    if (n_tok == 1u) {
+        mat_rows(enc, shift, row_bytes, rows, xb0, k, y_off + r0, flags, q41, blocks, lid);
+        return;
+    }
+    for (var tt = 0u; tt < n_tok; tt++) {
+        let xb = xb0 + tt * k;
+        if (tt > 0u) {
+            workgroupBarrier(); // the previous token's rows have read XN
+            stage_x(xb, k, q41, lid);
+            workgroupBarrier();
+        }
+        mat_rows(enc, shift, row_bytes, rows, xb, k, y_off + tt * n + r0, flags, q41, blocks, lid);
+    }
+}
+
+// The x row at A[xb ..] (k values) into XN, and with q41 its 32-value block
+// sums into XS; the caller's barrier publishes them.
+fn stage_x(xb: u32, k: u32, q41: bool, lid: u32) {
+    for (var c = lid; c * 4u < k; c += WG) {
+        XN[c] = xload(xb, c, k);
+    }
+    if (q41) {
+        for (var b = lid; b < k / 32u; b += WG) {
+            var v = 0.0;
+            for (var i = 0u; i < 32u; i++) {
+                v += A[xb + 32u * b + i];
             }
+            XS[b] = v;
         }
     }
-    stage(byte0, rows * row_bytes, lid);
-    XSTAGED = staged;
-    let shift = byte0 & 3u;
-    let items = rows * n_tok;
-    for (var it = lid; it < items; it += WG) {
-        let r = it % rows;
-        let tt = it / rows;
+}
+
+// Rows [0, rows) of the staged tile (rows from byte `shift`) · the staged x
+// row (xb: its place in A, for the per-chunk decoders), into Y[y0 + r].
+fn mat_rows(enc: u32, shift: u32, row_bytes: u32, rows: u32, xb: u32, k: u32, y0: u32, flags: u32, q41: bool, blocks: bool, lid: u32) {
+    XSTAGED = true;
+    for (var r = lid; r < rows; r += WG) {
         var acc = 0.0;
         if (q41) {
             acc = q41_row(shift + r * row_bytes, k / 32u);
         } else if (blocks) {
             acc = row_dot_staged_any(enc, shift + r * row_bytes, k / 32u);
         } else {
-            acc = row_dot_any(enc, shift + r * row_bytes, x_off + (x_row0 + tt) * k, k);
+            acc = row_dot_any(enc, shift + r * row_bytes, xb, k);
         }
-        let o = y_off + tt * n + r0 + r;
-        if ((flags & 1u) != 0u) {
-            A[o] = A[o] + acc;
-        } else {
-            A[o] = acc;
-        }
+        mat_out(y0 + r, acc, flags);
     }
     XSTAGED = false;
+}
+
+// Y[o] = v, or += v (flags bit 0: accumulate into the residual).
+fn mat_out(o: u32, v: f32, flags: u32) {
+    if ((flags & 1u) != 0u) {
+        A[o] = A[o] + v;
+    } else {
+        A[o] = v;
+    }
 }
 
 // The Q4_1 row at byte rb · the staged x (nb blocks).
