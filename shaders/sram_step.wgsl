@@ -50,9 +50,9 @@ var<workgroup> red: array<f32, 64>;
 var<workgroup> redi: array<u32, 128>;
 var<workgroup> vpart: array<vec4<f32>, 64>;
 var<workgroup> qs: array<vec4<f32>, {{HD4}}>;
-// A decode step's matmul input row, staged once per task (XK4 four-wide
-// chunks; 0: never, x is read from A), and its 32-value block sums (Q4_1's
-// offset term, lib/q41x).
+// A matmul's input row, staged one token at a time (XK4 four-wide chunks;
+// 0: never, x is read from A), and its 32-value block sums (Q4_1's offset
+// term, lib/q41x).
 var<workgroup> XN: array<vec4<f32>, {{XK4N}}>;
 var<workgroup> XS: array<f32, {{XSN}}>;
 
